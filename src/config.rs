@@ -1,0 +1,121 @@
+//! Runtime configuration: every limit SPEC.md names, with Binance's values as defaults.
+//!
+//! One struct serves the command line (clap, with `BOOKCAST_*` environment variables) and the
+//! tests, which start servers with short intervals and small bounds through [`Config::default`]
+//! and struct update syntax.
+
+use crate::outbox::QueueBound;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 20s, 500ms, 24h)"))
+}
+
+/// bookcast: a Binance-compatible market-data server (WebSocket streams + REST snapshots)
+/// that fans each update out, serialized once, to every subscriber.
+#[derive(Parser, Clone, Debug)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve HTTP and WebSocket on.
+    #[arg(long, env = "BOOKCAST_LISTEN", default_value = "127.0.0.1:9443")]
+    pub listen: SocketAddr,
+
+    /// Feed file (TOML) listing the symbols to simulate; the embedded feeds/default.toml if unset.
+    #[arg(long, env = "BOOKCAST_FEED")]
+    pub feed: Option<PathBuf>,
+
+    /// Slow-consumer bound: bytes a connection may have queued before it is closed with 4008.
+    #[arg(long, env = "BOOKCAST_QUEUE_BYTES", default_value_t = 256 * 1024)]
+    pub queue_bytes: usize,
+
+    /// Slow-consumer bound: frames a connection may have queued before it is closed with 4008.
+    #[arg(long, env = "BOOKCAST_QUEUE_FRAMES", default_value_t = 4096)]
+    pub queue_frames: usize,
+
+    /// Kernel send buffer per connection in bytes (SO_SNDBUF); 0 keeps the kernel's autotuning.
+    /// A small buffer makes slow consumers visible sooner, at some cost in burst throughput.
+    #[arg(long, env = "BOOKCAST_SOCKET_SEND_BUFFER", default_value_t = 0)]
+    pub socket_send_buffer: usize,
+
+    /// Interval between server pings.
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    pub ping_interval: Duration,
+
+    /// A connection silent (no pong, no frame at all) for this long is terminated.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub pong_timeout: Duration,
+
+    /// Connection lifetime; at the end the connection is closed with 4009.
+    #[arg(long, value_parser = duration, default_value = "24h")]
+    pub max_lifetime: Duration,
+
+    /// Incoming messages (pings, pongs, JSON) per second per connection before closing with 4002.
+    #[arg(long, default_value_t = 5)]
+    pub max_messages_per_second: u32,
+
+    /// Streams one connection may listen to.
+    #[arg(long, default_value_t = 1024)]
+    pub max_streams: usize,
+
+    /// Open connections (HTTP and WebSocket) before new ones get 503.
+    #[arg(long, env = "BOOKCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Time a client has to send a complete HTTP request head.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// Time a closing connection has to take its last frames and close frame.
+    #[arg(long, value_parser = duration, default_value = "5s")]
+    pub close_timeout: Duration,
+
+    /// On SIGTERM/Ctrl-C, how long to wait for clients to be closed before exiting anyway.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    pub fn queue_bound(&self) -> QueueBound {
+        QueueBound {
+            max_bytes: self.queue_bytes,
+            max_frames: self.queue_frames,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The defaults of the command line, ignoring the environment.
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9443)),
+            feed: None,
+            queue_bytes: 256 * 1024,
+            queue_frames: 4096,
+            socket_send_buffer: 0,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            max_messages_per_second: 5,
+            max_streams: 1024,
+            max_connections: 50_000,
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_matches_the_command_line_defaults() {
+        let parsed = Config::try_parse_from(["bookcast", "--listen", "127.0.0.1:9443"]).unwrap();
+        let default = Config::default();
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+}

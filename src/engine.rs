@@ -1,0 +1,647 @@
+//! The engine thread: steps every symbol's book on its own clock, derives every stream's events
+//! from the steps, and publishes them through the [`Hub`], which it alone owns.
+//!
+//! Commands from connections (subscribe, unsubscribe, replies, snapshots) arrive on one bounded
+//! channel and are applied between steps, so a subscription's reply is queued after the
+//! subscription is live and a depth snapshot is taken exactly at the last published update id:
+//! Binance's snapshot-plus-diff algorithm then works with no special cases.
+
+use crate::book::{OrderBook, Side};
+use crate::feed::{Feed, SymbolSpec};
+use crate::hub::{ConnId, Hub};
+use crate::json::{self, push_e8_str, push_time, push_u64, TimeUnit};
+use crate::metrics::EngineMetrics;
+use crate::outbox::Outbox;
+use crate::sim::{MarketSim, Step, Trade};
+use crate::stats::kline::{KlineBuilder, KlineInterval};
+use crate::stats::rolling::{self, Rolling24h, TickerStats};
+use crate::stats::TradePrint;
+use crate::stream::{Speed, StreamKind, SymbolId, Topic};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// How many commands may wait for the engine; beyond that, senders are told the server is busy.
+pub const COMMAND_CAPACITY: usize = 65_536;
+/// Commands applied per loop turn at most, so a storm of subscriptions cannot stall the books.
+const COMMANDS_PER_TURN: usize = 4_096;
+const DAY_US: u64 = 86_400_000_000;
+const MINUTE_US: u64 = 60_000_000;
+
+/// A change a control message makes to a connection's subscriptions.
+#[derive(Debug)]
+pub enum Change {
+    None,
+    Subscribe(Vec<Topic>),
+    Unsubscribe(Vec<Topic>),
+    SetCombined(bool),
+}
+
+pub enum Command {
+    /// A new connection and the streams named in its URL; `ready` fires once they are live.
+    Attach {
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        combined: bool,
+        unit: TimeUnit,
+        topics: Vec<Topic>,
+        ready: oneshot::Sender<()>,
+    },
+    /// Apply `change`, then queue `reply` to the connection behind everything already queued.
+    Control {
+        conn: ConnId,
+        change: Change,
+        reply: Bytes,
+    },
+    Detach {
+        conn: ConnId,
+    },
+    /// Render `/api/v3/depth` for a symbol at the last published update id.
+    Snapshot {
+        symbol: SymbolId,
+        limit: usize,
+        reply: oneshot::Sender<Bytes>,
+    },
+}
+
+/// The connection-side handle: a clonable sender of commands.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Sends without waiting; `Err` means the engine is saturated or gone.
+    pub fn try_send(&self, command: Command) -> Result<(), Command> {
+        self.tx.try_send(command).map_err(|e| e.into_inner())
+    }
+}
+
+/// Starts the engine thread. It stops when every [`EngineHandle`] is dropped.
+pub fn spawn(feed: Arc<Feed>) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
+    let thread = std::thread::Builder::new()
+        .name("bookcast-engine".into())
+        .spawn(move || Engine::new(feed).run(rx))?;
+    Ok((EngineHandle { tx }, thread))
+}
+
+fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Depth changes merged over a 100 ms or 1000 ms window.
+#[derive(Default)]
+struct DiffWindow {
+    first_update_id: u64,
+    last_update_id: u64,
+    bids: HashMap<u64, u64>,
+    asks: HashMap<u64, u64>,
+}
+
+impl DiffWindow {
+    fn add(&mut self, step: &Step) {
+        if self.first_update_id == 0 {
+            self.first_update_id = step.update_id;
+        }
+        self.last_update_id = step.update_id;
+        self.bids.extend(step.bids.iter().copied());
+        self.asks.extend(step.asks.iter().copied());
+    }
+
+    /// Moves the window's levels into `out` sorted best-first and resets it.
+    fn drain_into(&mut self, out: &mut Step) {
+        out.update_id = self.last_update_id;
+        out.bids.clear();
+        out.asks.clear();
+        out.trades.clear();
+        out.bids.extend(self.bids.drain());
+        out.asks.extend(self.asks.drain());
+        out.bids.sort_unstable_by_key(|level| std::cmp::Reverse(level.0));
+        out.asks.sort_unstable_by_key(|level| level.0);
+        self.first_update_id = 0;
+    }
+}
+
+/// Everything the engine keeps for one symbol.
+struct SymbolState {
+    id: SymbolId,
+    spec: SymbolSpec,
+    sim: MarketSim,
+    step: Step,
+    period: Duration,
+    next_step: Instant,
+    window_100ms: DiffWindow,
+    window_1000ms: DiffWindow,
+    rolling: Rolling24h,
+    klines: Vec<KlineBuilder>,
+    last_book_ticker: Option<((u64, u64), (u64, u64))>,
+    next_agg_id: u64,
+}
+
+impl SymbolState {
+    fn price(&self, tick: u64) -> u64 {
+        tick * self.spec.tick_e8
+    }
+
+    fn qty(&self, lots: u64) -> u64 {
+        lots * self.spec.lot_e8
+    }
+
+    fn topic(&self, kind: StreamKind) -> Topic {
+        Topic::Symbol {
+            symbol: self.id,
+            kind,
+        }
+    }
+
+    fn best(&self) -> ((u64, u64), (u64, u64)) {
+        let book = self.sim.book();
+        let convert =
+            |level: Option<(u64, u64)>| level.map_or((0, 0), |(t, l)| (self.price(t), self.qty(l)));
+        (convert(book.best_bid()), convert(book.best_ask()))
+    }
+}
+
+struct Engine {
+    feed: Arc<Feed>,
+    symbols: Vec<SymbolState>,
+    hub: Hub,
+    metrics: EngineMetrics,
+    scratch: Step,
+    /// 1000 ms ticks since start, to push non-1s klines every other second as Binance does.
+    seconds: u64,
+}
+
+impl Engine {
+    fn new(feed: Arc<Feed>) -> Self {
+        let now = Instant::now();
+        let now_us = wall_clock_us();
+        let symbols = feed
+            .symbols
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let sim = MarketSim::new(spec);
+                let reference = spec.start_price_ticks * spec.tick_e8;
+                SymbolState {
+                    id: index as SymbolId,
+                    spec: spec.clone(),
+                    sim,
+                    step: Step::default(),
+                    period: Duration::from_secs(1) / spec.rate_hz.max(1),
+                    next_step: now,
+                    window_100ms: DiffWindow::default(),
+                    window_1000ms: DiffWindow::default(),
+                    rolling: Rolling24h::new(DAY_US, MINUTE_US, now_us, reference),
+                    klines: KlineInterval::ALL
+                        .iter()
+                        .map(|&i| KlineBuilder::new(i, now_us, reference))
+                        .collect(),
+                    last_book_ticker: None,
+                    next_agg_id: 1,
+                }
+            })
+            .collect();
+        let hub = Hub::new(feed.clone());
+        Engine {
+            feed,
+            symbols,
+            hub,
+            metrics: EngineMetrics::new(),
+            scratch: Step::default(),
+            seconds: 0,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        let start = Instant::now();
+        let mut next_100ms = start + Duration::from_millis(100);
+        let mut next_1000ms = start + Duration::from_secs(1);
+        loop {
+            for _ in 0..COMMANDS_PER_TURN {
+                match rx.try_recv() {
+                    Ok(command) => self.apply(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            let now = Instant::now();
+            let now_us = wall_clock_us();
+            for index in 0..self.symbols.len() {
+                let state = &mut self.symbols[index];
+                if state.next_step <= now {
+                    state.next_step += state.period;
+                    if state.next_step + Duration::from_secs(1) < now {
+                        // Fell far behind (a stalled machine): skip instead of bursting.
+                        state.next_step = now + state.period;
+                    }
+                    self.step_symbol(index, now_us);
+                }
+            }
+            if now >= next_100ms {
+                next_100ms += Duration::from_millis(100);
+                if next_100ms < now {
+                    next_100ms = now + Duration::from_millis(100);
+                }
+                self.every_100ms(now_us);
+            }
+            if now >= next_1000ms {
+                next_1000ms += Duration::from_secs(1);
+                if next_1000ms < now {
+                    next_1000ms = now + Duration::from_secs(1);
+                }
+                self.every_1000ms(now_us);
+            }
+            let next_step = self
+                .symbols
+                .iter()
+                .map(|s| s.next_step)
+                .min()
+                .unwrap_or(next_100ms);
+            let deadline = next_step.min(next_100ms).min(next_1000ms);
+            match rx.recv_deadline(deadline) {
+                Ok(command) => self.apply(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Attach {
+                conn,
+                outbox,
+                combined,
+                unit,
+                topics,
+                ready,
+            } => {
+                self.hub.attach(conn, outbox, combined, unit);
+                self.hub.subscribe(conn, &topics);
+                let _ = ready.send(());
+            }
+            Command::Control {
+                conn,
+                change,
+                reply,
+            } => {
+                match change {
+                    Change::None => {}
+                    Change::Subscribe(topics) => self.hub.subscribe(conn, &topics),
+                    Change::Unsubscribe(topics) => self.hub.unsubscribe(conn, &topics),
+                    Change::SetCombined(combined) => self.hub.set_combined(conn, combined),
+                }
+                if let Some(outbox) = self.hub.outbox(conn) {
+                    outbox.push_control(reply);
+                }
+            }
+            Command::Detach { conn } => self.hub.detach(conn),
+            Command::Snapshot {
+                symbol,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.snapshot(symbol, limit));
+            }
+        }
+    }
+
+    fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {
+        let state = &self.symbols[usize::from(symbol)];
+        let mut out = Vec::with_capacity(64 + limit * 48);
+        write_partial(&mut out, state, state.sim.book(), limit);
+        Bytes::from(out)
+    }
+
+    fn step_symbol(&mut self, index: usize, now_us: u64) {
+        let state = &mut self.symbols[index];
+        state.sim.step(&mut state.step);
+        self.metrics.updates.increment(1);
+        state.window_100ms.add(&state.step);
+        state.window_1000ms.add(&state.step);
+        let state = &self.symbols[index];
+        self.hub.publish(
+            state.topic(StreamKind::Diff(Speed::Unspecified)),
+            |out, unit| write_diff(out, state, &state.step, state.step.update_id, now_us, unit),
+        );
+        self.publish_trades(index, now_us);
+        let state = &mut self.symbols[index];
+        let best = state.best();
+        if state.last_book_ticker != Some(best) {
+            state.last_book_ticker = Some(best);
+            let state = &self.symbols[index];
+            self.hub
+                .publish(state.topic(StreamKind::BookTicker), |out, _| {
+                    write_book_ticker(out, &state.spec.symbol, state.step.update_id, best)
+                });
+        }
+    }
+
+    /// Records the step's trades in the statistics and publishes `trade` and `aggTrade`.
+    fn publish_trades(&mut self, index: usize, now_us: u64) {
+        let state = &mut self.symbols[index];
+        if state.step.trades.is_empty() {
+            return;
+        }
+        for trade in &state.step.trades {
+            let print = TradePrint {
+                id: trade.id,
+                price_e8: trade.price_tick * state.spec.tick_e8,
+                qty_e8: trade.qty_lots * state.spec.lot_e8,
+                time_us: now_us,
+                buyer_is_maker: trade.buyer_is_maker,
+            };
+            state.rolling.record(&print);
+            for kline in &mut state.klines {
+                kline.record(&print);
+            }
+        }
+        let state = &self.symbols[index];
+        let trade_topic = state.topic(StreamKind::Trade);
+        if self.hub.wants(&trade_topic) {
+            for trade in &state.step.trades {
+                self.hub.publish(trade_topic, |out, unit| {
+                    write_trade(out, state, trade, now_us, unit)
+                });
+            }
+        }
+        // aggTrade: consecutive fills at one price by one aggressor are one aggregate.
+        let trades = &state.step.trades;
+        let mut agg_id = state.next_agg_id;
+        let agg_topic = state.topic(StreamKind::AggTrade);
+        let mut start = 0;
+        while start < trades.len() {
+            let mut end = start + 1;
+            while end < trades.len()
+                && trades[end].price_tick == trades[start].price_tick
+                && trades[end].buyer_is_maker == trades[start].buyer_is_maker
+            {
+                end += 1;
+            }
+            let group = &trades[start..end];
+            self.hub.publish(agg_topic, |out, unit| {
+                write_agg_trade(out, state, agg_id, group, now_us, unit)
+            });
+            agg_id += 1;
+            start = end;
+        }
+        self.symbols[index].next_agg_id = agg_id;
+    }
+
+    fn every_100ms(&mut self, now_us: u64) {
+        for index in 0..self.symbols.len() {
+            self.flush_window(index, Speed::Ms100, now_us);
+            for levels in [5u8, 10, 20] {
+                self.publish_partial(index, levels, Speed::Ms100);
+            }
+        }
+    }
+
+    fn every_1000ms(&mut self, now_us: u64) {
+        self.seconds += 1;
+        for index in 0..self.symbols.len() {
+            self.flush_window(index, Speed::Ms1000, now_us);
+            for levels in [5u8, 10, 20] {
+                self.publish_partial(index, levels, Speed::Unspecified);
+                self.publish_partial(index, levels, Speed::Ms1000);
+            }
+            self.publish_klines(index, now_us);
+        }
+        self.publish_tickers(now_us);
+        self.hub.sweep();
+    }
+
+    fn flush_window(&mut self, index: usize, speed: Speed, now_us: u64) {
+        let state = &mut self.symbols[index];
+        let window = match speed {
+            Speed::Ms100 => &mut state.window_100ms,
+            _ => &mut state.window_1000ms,
+        };
+        if window.first_update_id == 0 {
+            return;
+        }
+        let first = window.first_update_id;
+        window.drain_into(&mut self.scratch);
+        let state = &self.symbols[index];
+        let merged = &self.scratch;
+        self.hub
+            .publish(state.topic(StreamKind::Diff(speed)), |out, unit| {
+                write_diff(out, state, merged, first, now_us, unit)
+            });
+    }
+
+    fn publish_partial(&mut self, index: usize, levels: u8, speed: Speed) {
+        let state = &self.symbols[index];
+        self.hub.publish(
+            state.topic(StreamKind::Partial { levels, speed }),
+            |out, _| write_partial(out, state, state.sim.book(), usize::from(levels)),
+        );
+    }
+
+    fn publish_klines(&mut self, index: usize, now_us: u64) {
+        let seconds = self.seconds;
+        let state = &mut self.symbols[index];
+        for slot in 0..state.klines.len() {
+            let interval = KlineInterval::ALL[slot];
+            let topic = state.topic(StreamKind::Kline(interval));
+            let symbol = state.spec.symbol.as_str();
+            state.klines[slot].roll(now_us);
+            while let Some(closed) = state.klines[slot].pop_closed() {
+                self.hub
+                    .publish(topic, |out, unit| closed.write(out, symbol, now_us, unit));
+            }
+            let period_s = (interval.push_period_us() / 1_000_000).max(1);
+            if seconds % period_s == 0 {
+                let kline = &state.klines[slot];
+                self.hub
+                    .publish(topic, |out, unit| kline.write(out, symbol, now_us, unit));
+            }
+        }
+    }
+
+    fn publish_tickers(&mut self, now_us: u64) {
+        let all = Topic::AllMiniTickers;
+        let want_all = self.hub.wants(&all);
+        let mut every: Vec<(usize, TickerStats)> = Vec::new();
+        for index in 0..self.symbols.len() {
+            let state = &self.symbols[index];
+            let ticker = state.topic(StreamKind::Ticker);
+            let mini = state.topic(StreamKind::MiniTicker);
+            if !(want_all || self.hub.wants(&ticker) || self.hub.wants(&mini)) {
+                continue;
+            }
+            let stats = self.symbols[index].rolling.stats(now_us);
+            let state = &self.symbols[index];
+            let symbol = state.spec.symbol.as_str();
+            let (bid, ask) = state.best();
+            self.hub.publish(ticker, |out, unit| {
+                rolling::write_ticker(out, symbol, &stats, bid, ask, now_us, unit)
+            });
+            self.hub.publish(mini, |out, unit| {
+                rolling::write_mini_ticker(out, symbol, &stats, now_us, unit)
+            });
+            if want_all {
+                every.push((index, stats));
+            }
+        }
+        if want_all {
+            let symbols = &self.symbols;
+            self.hub.publish(all, |out, unit| {
+                out.push(b'[');
+                for (n, (index, stats)) in every.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    rolling::write_mini_ticker(
+                        out,
+                        &symbols[*index].spec.symbol,
+                        stats,
+                        now_us,
+                        unit,
+                    );
+                }
+                out.push(b']');
+            });
+        }
+        let _ = &self.feed;
+    }
+}
+
+/// `depthUpdate` covering updates `first..=step.update_id`.
+fn write_diff(
+    out: &mut Vec<u8>,
+    state: &SymbolState,
+    step: &Step,
+    first: u64,
+    now_us: u64,
+    unit: TimeUnit,
+) {
+    out.extend_from_slice(b"{\"e\":\"depthUpdate\",\"E\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(state.spec.symbol.as_bytes());
+    out.extend_from_slice(b"\",\"U\":");
+    push_u64(out, first);
+    out.extend_from_slice(b",\"u\":");
+    push_u64(out, step.update_id);
+    out.extend_from_slice(b",\"b\":");
+    json::push_levels(
+        out,
+        step.bids
+            .iter()
+            .map(|&(t, l)| (state.price(t), state.qty(l))),
+    );
+    out.extend_from_slice(b",\"a\":");
+    json::push_levels(
+        out,
+        step.asks
+            .iter()
+            .map(|&(t, l)| (state.price(t), state.qty(l))),
+    );
+    out.push(b'}');
+}
+
+/// `{"lastUpdateId":..,"bids":[..],"asks":[..]}`: partial depth streams and REST snapshots.
+fn write_partial(out: &mut Vec<u8>, state: &SymbolState, book: &OrderBook, limit: usize) {
+    out.extend_from_slice(b"{\"lastUpdateId\":");
+    push_u64(out, state.sim.last_update_id());
+    out.extend_from_slice(b",\"bids\":");
+    json::push_levels(
+        out,
+        book.top(Side::Bid)
+            .take(limit)
+            .map(|(t, l)| (state.price(t), state.qty(l))),
+    );
+    out.extend_from_slice(b",\"asks\":");
+    json::push_levels(
+        out,
+        book.top(Side::Ask)
+            .take(limit)
+            .map(|(t, l)| (state.price(t), state.qty(l))),
+    );
+    out.push(b'}');
+}
+
+fn write_trade(out: &mut Vec<u8>, state: &SymbolState, trade: &Trade, now_us: u64, unit: TimeUnit) {
+    out.extend_from_slice(b"{\"e\":\"trade\",\"E\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(state.spec.symbol.as_bytes());
+    out.extend_from_slice(b"\",\"t\":");
+    push_u64(out, trade.id);
+    out.extend_from_slice(b",\"p\":");
+    push_e8_str(out, state.price(trade.price_tick));
+    out.extend_from_slice(b",\"q\":");
+    push_e8_str(out, state.qty(trade.qty_lots));
+    out.extend_from_slice(b",\"T\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(if trade.buyer_is_maker {
+        b",\"m\":true,\"M\":true}"
+    } else {
+        b",\"m\":false,\"M\":true}"
+    });
+}
+
+fn write_agg_trade(
+    out: &mut Vec<u8>,
+    state: &SymbolState,
+    agg_id: u64,
+    group: &[Trade],
+    now_us: u64,
+    unit: TimeUnit,
+) {
+    let first = &group[0];
+    let lots: u64 = group.iter().map(|t| t.qty_lots).sum();
+    out.extend_from_slice(b"{\"e\":\"aggTrade\",\"E\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(state.spec.symbol.as_bytes());
+    out.extend_from_slice(b"\",\"a\":");
+    push_u64(out, agg_id);
+    out.extend_from_slice(b",\"p\":");
+    push_e8_str(out, state.price(first.price_tick));
+    out.extend_from_slice(b",\"q\":");
+    push_e8_str(out, state.qty(lots));
+    out.extend_from_slice(b",\"f\":");
+    push_u64(out, first.id);
+    out.extend_from_slice(b",\"l\":");
+    push_u64(out, group[group.len() - 1].id);
+    out.extend_from_slice(b",\"T\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(if first.buyer_is_maker {
+        b",\"m\":true,\"M\":true}"
+    } else {
+        b",\"m\":false,\"M\":true}"
+    });
+}
+
+fn write_book_ticker(
+    out: &mut Vec<u8>,
+    symbol: &str,
+    update_id: u64,
+    best: ((u64, u64), (u64, u64)),
+) {
+    let ((bid, bid_qty), (ask, ask_qty)) = best;
+    out.extend_from_slice(b"{\"u\":");
+    push_u64(out, update_id);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(symbol.as_bytes());
+    out.extend_from_slice(b"\",\"b\":");
+    push_e8_str(out, bid);
+    out.extend_from_slice(b",\"B\":");
+    push_e8_str(out, bid_qty);
+    out.extend_from_slice(b",\"a\":");
+    push_e8_str(out, ask);
+    out.extend_from_slice(b",\"A\":");
+    push_e8_str(out, ask_qty);
+    out.push(b'}');
+}

@@ -1,0 +1,420 @@
+//! The HTTP side of the one port: reading request heads, the REST endpoints, and routing
+//! WebSocket upgrades to [`crate::session`].
+//!
+//! REST and WebSocket share a port (as on Binance's test setups and in SPEC.md), so every
+//! connection starts here. Heads are parsed with httparse from a bounded buffer under a
+//! deadline, so a slow or oversized request costs at most one small buffer for a bounded time.
+
+use crate::json::TimeUnit;
+use crate::rest;
+use crate::server::Context;
+use crate::stream::{self, Topic};
+use bytes::{Buf, BytesMut};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+/// Largest request head accepted; larger gets 431.
+pub const MAX_HEAD: usize = 8 * 1024;
+const MAX_HEADERS: usize = 32;
+
+/// The parts of a request head bookcast looks at.
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub upgrade_websocket: bool,
+    pub connection_upgrade: bool,
+    pub connection_close: bool,
+    pub ws_key: Option<String>,
+    pub ws_version: Option<String>,
+    pub content_length: usize,
+    pub http10: bool,
+}
+
+impl Head {
+    /// Query parameters, percent-decoded.
+    pub fn params(
+        &self,
+    ) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+        form_urlencoded::parse(self.query.as_bytes())
+    }
+
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.params()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+enum ReadHead {
+    Head(Head, usize),
+    Closed,
+    TooLarge,
+    Malformed,
+    TimedOut,
+}
+
+fn header_has_token(value: &[u8], token: &str) -> bool {
+    std::str::from_utf8(value)
+        .map(|v| {
+            v.split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+        .unwrap_or(false)
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let consumed = match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let target = request.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut head = Head {
+        method: request.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        upgrade_websocket: false,
+        connection_upgrade: false,
+        connection_close: false,
+        ws_key: None,
+        ws_version: None,
+        content_length: 0,
+        http10: request.version == Some(0),
+    };
+    for header in request.headers.iter() {
+        let value = header.value;
+        let text = || String::from_utf8_lossy(value).trim().to_string();
+        if header.name.eq_ignore_ascii_case("upgrade") {
+            head.upgrade_websocket = header_has_token(value, "websocket");
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            head.connection_upgrade = header_has_token(value, "upgrade");
+            head.connection_close = header_has_token(value, "close");
+        } else if header.name.eq_ignore_ascii_case("sec-websocket-key") {
+            head.ws_key = Some(text());
+        } else if header.name.eq_ignore_ascii_case("sec-websocket-version") {
+            head.ws_version = Some(text());
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            head.content_length = text().parse().map_err(|_| ())?;
+        }
+    }
+    Ok(Some((head, consumed)))
+}
+
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> ReadHead {
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf) {
+                Ok(Some((head, consumed))) => return ReadHead::Head(head, consumed),
+                Ok(None) => {}
+                Err(()) => return ReadHead::Malformed,
+            }
+        }
+        if buf.len() >= MAX_HEAD {
+            return ReadHead::TooLarge;
+        }
+        buf.reserve(MAX_HEAD - buf.len());
+        match timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return ReadHead::TimedOut,
+            Ok(Ok(0)) | Ok(Err(_)) => return ReadHead::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A response to write before closing or continuing a keep-alive connection.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub extra_headers: &'static str,
+}
+
+impl Response {
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Response {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+            extra_headers: "",
+        }
+    }
+
+    /// A Binance-shaped error: `{"code":-1121,"msg":"Invalid symbol."}`.
+    pub fn error(status: u16, code: i32, msg: &str) -> Self {
+        let mut body = Vec::new();
+        body.extend_from_slice(format!("{{\"code\":{code},\"msg\":").as_bytes());
+        crate::json::push_escaped_str(&mut body, msg);
+        body.push(b'}');
+        Response::json(status, body)
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+pub async fn write_response(
+    stream: &mut TcpStream,
+    response: &Response,
+    close: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n{}\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len(),
+        if close { "close" } else { "keep-alive" },
+        response.extra_headers,
+    );
+    let mut out = Vec::with_capacity(head.len() + response.body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&response.body);
+    stream.write_all(&out).await
+}
+
+/// What a WebSocket path asks for.
+pub struct Upgrade {
+    pub combined: bool,
+    pub unit: TimeUnit,
+    pub topics: Vec<Topic>,
+}
+
+/// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
+///
+/// Like Binance, names in the URL that are not streams are ignored rather than refused (ccxt
+/// connects to `/ws/<n>` with a number and subscribes afterwards); the count limit holds.
+pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
+    let (combined, names): (bool, Vec<String>) =
+        if head.path == "/stream" || head.path == "/stream/" {
+            let streams = head.param("streams").unwrap_or_default();
+            (
+                true,
+                streams
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )
+        } else if head.path == "/ws" || head.path.starts_with("/ws/") {
+            let rest = head.path.trim_start_matches("/ws");
+            let decoded: Vec<String> = rest
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    form_urlencoded::parse(format!("x={s}").as_bytes())
+                        .map(|(_, v)| v.into_owned())
+                        .next()
+                        .unwrap_or_default()
+                })
+                .collect();
+            (false, decoded)
+        } else {
+            return Err(Response::error(
+                404,
+                -1000,
+                "Unknown WebSocket path; use /ws, /ws/<stream> or /stream?streams=<a>/<b>.",
+            ));
+        };
+    let unit = match head.param("timeUnit") {
+        None => TimeUnit::Millisecond,
+        Some(value) => TimeUnit::parse(&value).ok_or_else(|| {
+            Response::error(
+                400,
+                -1100,
+                "Invalid timeUnit; use MILLISECOND or MICROSECOND.",
+            )
+        })?,
+    };
+    if names.len() > ctx.config.max_streams {
+        let msg = format!(
+            "Too many streams: at most {} per connection.",
+            ctx.config.max_streams
+        );
+        return Err(Response::error(400, -1101, &msg));
+    }
+    let mut topics: Vec<Topic> = Vec::with_capacity(names.len());
+    for name in &names {
+        if let Ok(topic) = stream::parse(name, &ctx.feed) {
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+    }
+    Ok(Upgrade {
+        combined,
+        unit,
+        topics,
+    })
+}
+
+/// Checks the RFC 6455 handshake headers; `Err` is the response to refuse with.
+fn check_handshake(head: &Head) -> Result<String, Response> {
+    if head.method != "GET" {
+        return Err(Response::error(
+            405,
+            -1000,
+            "WebSocket upgrades must use GET.",
+        ));
+    }
+    if !head.upgrade_websocket || !head.connection_upgrade {
+        let mut response = Response::error(
+            426,
+            -1000,
+            "This path serves WebSocket only: send an Upgrade: websocket request.",
+        );
+        response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+        return Err(response);
+    }
+    if head.ws_version.as_deref() != Some("13") {
+        let mut response = Response::error(
+            426,
+            -1000,
+            "Unsupported Sec-WebSocket-Version; this server speaks 13.",
+        );
+        response.extra_headers = "Sec-WebSocket-Version: 13\r\n";
+        return Err(response);
+    }
+    let key = head.ws_key.clone().unwrap_or_default();
+    let valid_key = key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !valid_key {
+        return Err(Response::error(
+            400,
+            -1000,
+            "Missing or invalid Sec-WebSocket-Key.",
+        ));
+    }
+    Ok(key)
+}
+
+fn is_websocket_path(path: &str) -> bool {
+    path == "/ws" || path.starts_with("/ws/") || path == "/stream" || path == "/stream/"
+}
+
+/// Serves one accepted TCP connection: REST requests (keep-alive) until it upgrades or ends.
+pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut deadline = Instant::now() + ctx.config.handshake_timeout;
+    loop {
+        let (head, consumed) = match read_head(&mut stream, &mut buf, deadline).await {
+            ReadHead::Head(head, consumed) => (head, consumed),
+            ReadHead::Closed => return,
+            ReadHead::TimedOut => {
+                crate::metrics::rejected("handshake_timeout");
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(408, -1000, "Request head not received in time."),
+                    true,
+                )
+                .await;
+                return;
+            }
+            ReadHead::TooLarge => {
+                crate::metrics::rejected("head_too_large");
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(431, -1000, "Request head too large."),
+                    true,
+                )
+                .await;
+                return;
+            }
+            ReadHead::Malformed => {
+                crate::metrics::rejected("malformed_request");
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(400, -1000, "Malformed HTTP request."),
+                    true,
+                )
+                .await;
+                return;
+            }
+        };
+        buf.advance(consumed);
+        if is_websocket_path(&head.path) && (head.upgrade_websocket || head.ws_key.is_some()) {
+            let key = match check_handshake(&head) {
+                Ok(key) => key,
+                Err(response) => {
+                    crate::metrics::rejected("bad_handshake");
+                    let _ = write_response(&mut stream, &response, true).await;
+                    return;
+                }
+            };
+            let upgrade = match parse_upgrade(&head, &ctx) {
+                Ok(upgrade) => upgrade,
+                Err(response) => {
+                    crate::metrics::rejected("bad_stream_path");
+                    let _ = write_response(&mut stream, &response, true).await;
+                    return;
+                }
+            };
+            crate::session::upgrade(stream, buf, &key, upgrade, ctx).await;
+            return;
+        }
+        let close = head.connection_close || head.http10 || head.content_length > 0;
+        let response = if is_websocket_path(&head.path) {
+            crate::metrics::rejected("not_websocket");
+            let mut response = Response::error(
+                426,
+                -1000,
+                "This path serves WebSocket only: send an Upgrade: websocket request.",
+            );
+            response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+            response
+        } else {
+            rest::handle(&head, &ctx).await
+        };
+        if write_response(&mut stream, &response, close).await.is_err() || close {
+            return;
+        }
+        deadline = Instant::now() + ctx.config.handshake_timeout;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_websocket_upgrade_head() {
+        let raw = b"GET /stream?streams=btcusdt@depth/ethusdt@trade&timeUnit=MICROSECOND HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
+        let (head, consumed) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(&raw[consumed..], b"rest");
+        assert!(head.upgrade_websocket && head.connection_upgrade);
+        assert_eq!(head.path, "/stream");
+        assert_eq!(
+            head.param("streams").as_deref(),
+            Some("btcusdt@depth/ethusdt@trade")
+        );
+        assert_eq!(check_handshake(&head).unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn partial_and_malformed_heads() {
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
+        assert!(parse_head(b"\x00\x01 nonsense\r\n\r\n").is_err());
+    }
+}

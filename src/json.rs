@@ -1,0 +1,153 @@
+//! Tiny append-only JSON writers for the hot path.
+//!
+//! Every event is rendered straight into a byte buffer that later becomes a shared WebSocket
+//! frame; going through serde would allocate per field and cost a dynamic dispatch per value for
+//! payloads whose shape is fixed. Only bookcast's own strings (symbols, stream names, fixed
+//! field names) are written unescaped; anything a peer sent goes through [`push_escaped_str`].
+
+use crate::decimal::push_e8;
+
+/// The unit of the time fields (`E`, `T`, kline `t`/`T`) a connection asked for with `timeUnit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TimeUnit {
+    #[default]
+    Millisecond,
+    Microsecond,
+}
+
+impl TimeUnit {
+    /// Parses the `timeUnit` query value the way Binance does (upper or lower case only).
+    pub fn parse(value: &str) -> Option<TimeUnit> {
+        match value {
+            "MILLISECOND" | "millisecond" => Some(TimeUnit::Millisecond),
+            "MICROSECOND" | "microsecond" => Some(TimeUnit::Microsecond),
+            _ => None,
+        }
+    }
+
+    /// Converts a microsecond timestamp into this unit.
+    #[inline]
+    pub fn from_micros(self, micros: u64) -> u64 {
+        match self {
+            TimeUnit::Millisecond => micros / 1000,
+            TimeUnit::Microsecond => micros,
+        }
+    }
+}
+
+/// Appends an unsigned integer.
+#[inline]
+pub fn push_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Appends a signed integer.
+#[inline]
+pub fn push_i64(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Appends an e8 fixed-point value as a quoted 8-digit decimal string: `"4.00000000"`.
+#[inline]
+pub fn push_e8_str(out: &mut Vec<u8>, value: u64) {
+    out.push(b'"');
+    push_e8(out, value);
+    out.push(b'"');
+}
+
+/// Appends a signed e8 value as a quoted decimal string: `"-0.50000000"`.
+#[inline]
+pub fn push_signed_e8_str(out: &mut Vec<u8>, value: i64) {
+    out.push(b'"');
+    if value < 0 {
+        out.push(b'-');
+    }
+    push_e8(out, value.unsigned_abs());
+    out.push(b'"');
+}
+
+/// Appends a time field converted from microseconds into `unit`.
+#[inline]
+pub fn push_time(out: &mut Vec<u8>, micros: u64, unit: TimeUnit) {
+    push_u64(out, unit.from_micros(micros));
+}
+
+/// Appends `value` as a JSON string, escaping what RFC 8259 requires.
+pub fn push_escaped_str(out: &mut Vec<u8>, value: &str) {
+    out.push(b'"');
+    for &byte in value.as_bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..=0x1f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0xf)]);
+            }
+            _ => out.push(byte),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Appends `[["price","qty"],...]` for book levels given as (price e8, qty e8).
+pub fn push_levels(out: &mut Vec<u8>, levels: impl Iterator<Item = (u64, u64)>) {
+    out.push(b'[');
+    let mut first = true;
+    for (price, qty) in levels {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(b"[");
+        push_e8_str(out, price);
+        out.push(b',');
+        push_e8_str(out, qty);
+        out.push(b']');
+    }
+    out.push(b']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn writes_binance_number_shapes() {
+        assert_eq!(render(|o| push_e8_str(o, 400_000_000)), "\"4.00000000\"");
+        assert_eq!(
+            render(|o| push_signed_e8_str(o, -50_000_000)),
+            "\"-0.50000000\""
+        );
+        assert_eq!(
+            render(|o| push_time(o, 1_700_000_000_123_456, TimeUnit::Millisecond)),
+            "1700000000123"
+        );
+        assert_eq!(
+            render(|o| push_time(o, 1_700_000_000_123_456, TimeUnit::Microsecond)),
+            "1700000000123456"
+        );
+        assert_eq!(
+            render(|o| push_levels(o, [(100_000_000, 0), (200_000_000, 5)].into_iter())),
+            r#"[["1.00000000","0.00000000"],["2.00000000","0.00000005"]]"#
+        );
+    }
+
+    #[test]
+    fn escapes_peer_strings() {
+        assert_eq!(
+            render(|o| push_escaped_str(o, "a\"b\\c\n\u{1}")),
+            r#""a\"b\\c\n\u0001""#
+        );
+    }
+}

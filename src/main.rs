@@ -1,0 +1,78 @@
+//! The `bookcast` binary: parse the command line, load the feed, serve until Ctrl-C or SIGTERM.
+
+use bookcast::config::Config;
+use bookcast::feed::Feed;
+use clap::Parser;
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+
+/// Resolves on Ctrl-C or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: closing clients with 1001");
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config::parse();
+    let feed = match &config.feed {
+        Some(path) => match Feed::load(path) {
+            Ok(feed) => feed,
+            Err(e) => {
+                eprintln!("bookcast: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Feed::embedded_default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bookcast: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("bookcast: cannot listen on {}: {e}", config.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let symbols = feed.symbols.len();
+        println!("bookcast listening on {addr}: ws://{addr}/ws, ws://{addr}/stream?streams=..., http://{addr}/api/v3/..., http://{addr}/metrics ({symbols} symbols)");
+        match bookcast::server::run(listener, config, feed, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bookcast: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,205 @@
+//! Metrics, emitted through typed handles resolved once (Vector's internal-events style).
+//!
+//! Hot paths hold [`metrics::Counter`]s looked up at construction, so recording is an atomic
+//! add: no label formatting or registry lookup per message. Labels are low-cardinality
+//! constants (stream kind, close code, path), never per connection.
+
+use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+///
+/// Must run before any handle below is created: a handle made before a recorder exists is a
+/// no-op forever. [`crate::server::run`] calls it first thing.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = match PrometheusBuilder::new().install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder owns the process (an embedding application): keep serving
+                // our own exposition from a recorder that only we render.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(
+        "bookcast_connections_open",
+        "WebSocket connections currently open."
+    );
+    describe_counter!(
+        "bookcast_connections_accepted_total",
+        "WebSocket upgrades accepted."
+    );
+    describe_counter!(
+        "bookcast_connections_rejected_total",
+        "Connections refused before the upgrade, by reason."
+    );
+    describe_gauge!(
+        "bookcast_subscriptions",
+        "Active stream subscriptions, by stream kind."
+    );
+    describe_counter!(
+        "bookcast_engine_updates_total",
+        "Order-book updates produced by the engine."
+    );
+    describe_counter!(
+        "bookcast_events_serialized_total",
+        "Event payloads rendered (once per distinct payload, not per subscriber)."
+    );
+    describe_counter!(
+        "bookcast_frames_enqueued_total",
+        "Frames handed to subscriber queues."
+    );
+    describe_counter!(
+        "bookcast_frames_delivered_total",
+        "Frames written to subscriber sockets."
+    );
+    describe_counter!(
+        "bookcast_bytes_delivered_total",
+        "Bytes written to subscriber sockets."
+    );
+    describe_counter!(
+        "bookcast_write_syscalls_total",
+        "Vectored socket writes made by subscriber writers."
+    );
+    describe_counter!(
+        "bookcast_slow_consumer_disconnects_total",
+        "Connections closed with 4008 because their queue overflowed."
+    );
+    describe_counter!(
+        "bookcast_closes_total",
+        "Connections closed, by close code (1006: dropped without a close frame)."
+    );
+    describe_counter!(
+        "bookcast_control_messages_total",
+        "Control messages received from clients."
+    );
+    describe_counter!(
+        "bookcast_control_errors_total",
+        "Control messages answered with an error, by error code."
+    );
+    describe_counter!(
+        "bookcast_http_requests_total",
+        "Plain HTTP requests, by path and status."
+    );
+}
+
+/// The hub's handles (engine thread).
+pub struct HubMetrics {
+    serialized: Counter,
+    enqueued: Counter,
+    slow_consumers: Counter,
+}
+
+impl HubMetrics {
+    pub fn new() -> Self {
+        HubMetrics {
+            serialized: counter!("bookcast_events_serialized_total"),
+            enqueued: counter!("bookcast_frames_enqueued_total"),
+            slow_consumers: counter!("bookcast_slow_consumer_disconnects_total"),
+        }
+    }
+
+    pub fn serialized(&self) {
+        self.serialized.increment(1);
+    }
+
+    pub fn enqueued(&self, frames: u64, evicted: u64) {
+        self.enqueued.increment(frames - evicted);
+        if evicted > 0 {
+            self.slow_consumers.increment(evicted);
+        }
+    }
+
+    pub fn subscribed(&self, kind: &'static str) {
+        gauge!("bookcast_subscriptions", "kind" => kind).increment(1.0);
+    }
+
+    pub fn unsubscribed(&self, kind: &'static str) {
+        gauge!("bookcast_subscriptions", "kind" => kind).decrement(1.0);
+    }
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The engine's handles.
+pub struct EngineMetrics {
+    pub updates: Counter,
+}
+
+impl EngineMetrics {
+    pub fn new() -> Self {
+        EngineMetrics {
+            updates: counter!("bookcast_engine_updates_total"),
+        }
+    }
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handles shared by every connection's writer (cloning a handle is a refcount bump).
+#[derive(Clone)]
+pub struct SessionMetrics {
+    pub frames_delivered: Counter,
+    pub bytes_delivered: Counter,
+    pub write_syscalls: Counter,
+    pub control_messages: Counter,
+    pub open: Gauge,
+    pub accepted: Counter,
+}
+
+impl SessionMetrics {
+    pub fn new() -> Self {
+        SessionMetrics {
+            frames_delivered: counter!("bookcast_frames_delivered_total"),
+            bytes_delivered: counter!("bookcast_bytes_delivered_total"),
+            write_syscalls: counter!("bookcast_write_syscalls_total"),
+            control_messages: counter!("bookcast_control_messages_total"),
+            open: gauge!("bookcast_connections_open"),
+            accepted: counter!("bookcast_connections_accepted_total"),
+        }
+    }
+
+    /// A connection ended with `code` (cold path: once per connection).
+    pub fn closed(&self, code: u16) {
+        counter!("bookcast_closes_total", "code" => code.to_string()).increment(1);
+    }
+
+    /// A control message was answered with error `code` (rate-limited by the protocol).
+    pub fn control_error(&self, code: u8) {
+        counter!("bookcast_control_errors_total", "code" => code.to_string()).increment(1);
+    }
+}
+
+impl Default for SessionMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A connection refused before the WebSocket upgrade.
+pub fn rejected(reason: &'static str) {
+    counter!("bookcast_connections_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A plain HTTP request answered; `path` must be one of the server's fixed routes or "other".
+pub fn http_request(path: &'static str, status: u16) {
+    counter!("bookcast_http_requests_total", "path" => path, "status" => status.to_string())
+        .increment(1);
+}

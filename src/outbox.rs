@@ -1,0 +1,249 @@
+//! A connection's bounded send queue: the one place the hub and a writer meet.
+//!
+//! The publisher (engine thread) pushes shared frames; the connection's writer drains everything
+//! queued in one swap and writes it with one vectored write. The bound is enforced on push, in
+//! bytes and in frames, counting frames taken by the writer until they reach the socket, so
+//! memory per connection never exceeds the bound plus one batch of control replies. Overflow
+//! never blocks the publisher: the outbox is emptied at once, marked with why, and the writer
+//! closes the connection with 4008. Other closes (shutdown, limits) let the queue drain first,
+//! within the writer's close timeout.
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use tokio::sync::Notify;
+
+/// How much one connection may have queued before it counts as a slow consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueBound {
+    pub max_bytes: usize,
+    pub max_frames: usize,
+}
+
+/// Why an outbox stopped accepting frames; the writer turns it into a close frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The queue overflowed: close 4008 naming the bound.
+    SlowConsumer {
+        queued_bytes: usize,
+        queued_frames: usize,
+        bound: QueueBound,
+    },
+    /// Someone else (shutdown, lifetime, rate limit, ...) asked to close with this code.
+    Close { code: u16, reason: String },
+}
+
+/// What the publisher learns from a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// This push overflowed the bound: the connection is now closing as a slow consumer.
+    Overflowed,
+    /// The connection was already closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    /// Bytes queued plus bytes taken by the writer and not yet written.
+    bytes: usize,
+    /// Frames queued plus frames taken and not yet written.
+    count: usize,
+    closing: Option<Closing>,
+    /// The writer found nothing to do and waits on `notify`.
+    writer_idle: bool,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    bound: QueueBound,
+}
+
+impl Outbox {
+    pub fn new(bound: QueueBound) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            bound,
+        }
+    }
+
+    pub fn bound(&self) -> QueueBound {
+        self.bound
+    }
+
+    /// Queues a data frame, or evicts the connection if that would overflow the bound.
+    pub fn push_data(&self, frame: &Bytes) -> Push {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return Push::Closed;
+        }
+        if state.bytes + frame.len() > self.bound.max_bytes
+            || state.count + 1 > self.bound.max_frames
+        {
+            state.closing = Some(Closing::SlowConsumer {
+                queued_bytes: state.bytes,
+                queued_frames: state.count,
+                bound: self.bound,
+            });
+            // Free the backlog now: a slow consumer must not hold memory while it is closed.
+            let dropped = std::mem::take(&mut state.frames);
+            state.writer_idle = false;
+            drop(state);
+            drop(dropped);
+            self.notify.notify_one();
+            return Push::Overflowed;
+        }
+        state.bytes += frame.len();
+        state.count += 1;
+        state.frames.push_back(frame.clone());
+        self.wake_if_idle(state);
+        Push::Queued
+    }
+
+    /// Queues a reply or control frame outside the bound: these are few (each answers one
+    /// rate-limited client message) and must not be lost to a backlog of market data.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        state.bytes += frame.len();
+        state.count += 1;
+        state.frames.push_back(frame);
+        self.wake_if_idle(state);
+    }
+
+    fn wake_if_idle(&self, mut state: parking_lot::MutexGuard<'_, State>) {
+        if state.writer_idle {
+            state.writer_idle = false;
+            drop(state);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Asks the writer to close the connection with `code` once what is queued is written
+    /// (first caller wins). `last` is queued before the close, e.g. the `serverShutdown` event.
+    pub fn close(&self, code: u16, reason: impl Into<String>, last: Option<Bytes>) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        if let Some(frame) = last {
+            state.bytes += frame.len();
+            state.count += 1;
+            state.frames.push_back(frame);
+        }
+        state.closing = Some(Closing::Close {
+            code,
+            reason: reason.into(),
+        });
+        state.writer_idle = false;
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().closing.is_some()
+    }
+
+    /// Moves every queued frame into `batch` (which must be empty) in one lock hold.
+    /// Once the outbox is closing and everything queued has been handed out, returns why, so
+    /// the writer sends its close frame last. When nothing is queued the writer is marked
+    /// idle, so the next push wakes it.
+    pub fn take(&self, batch: &mut VecDeque<Bytes>) -> Option<Closing> {
+        debug_assert!(batch.is_empty());
+        let mut state = self.state.lock();
+        if !state.frames.is_empty() {
+            std::mem::swap(&mut state.frames, batch);
+            return None;
+        }
+        if let Some(closing) = &state.closing {
+            return Some(closing.clone());
+        }
+        state.writer_idle = true;
+        None
+    }
+
+    /// Tells the outbox that `frames` frames of `bytes` bytes reached the socket.
+    pub fn written(&self, frames: usize, bytes: usize) {
+        let mut state = self.state.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
+        state.count = state.count.saturating_sub(frames);
+    }
+
+    /// Bytes queued or in flight, for metrics and tests.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    /// Resolves when a push or close happened after the writer went idle.
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Bytes {
+        Bytes::from(vec![b'x'; len])
+    }
+
+    #[test]
+    fn overflow_evicts_and_frees_the_backlog() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 100,
+            max_frames: 10,
+        });
+        assert_eq!(outbox.push_data(&frame(60)), Push::Queued);
+        assert_eq!(outbox.push_data(&frame(60)), Push::Overflowed);
+        assert_eq!(outbox.push_data(&frame(1)), Push::Closed);
+        let mut batch = VecDeque::new();
+        match outbox.take(&mut batch) {
+            Some(Closing::SlowConsumer {
+                queued_bytes: 60,
+                queued_frames: 1,
+                ..
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn bytes_in_flight_count_until_written() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 100,
+            max_frames: 10,
+        });
+        assert_eq!(outbox.push_data(&frame(60)), Push::Queued);
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.take(&mut batch), None);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            outbox.push_data(&frame(60)),
+            Push::Overflowed,
+            "the taken frame still counts"
+        );
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 100,
+            max_frames: 2,
+        });
+        outbox.push_data(&frame(10));
+        batch.clear();
+        outbox.take(&mut batch);
+        outbox.written(1, 10);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(outbox.push_data(&frame(10)), Push::Queued);
+        assert_eq!(outbox.push_data(&frame(10)), Push::Queued);
+        assert_eq!(
+            outbox.push_data(&frame(10)),
+            Push::Overflowed,
+            "frame bound"
+        );
+    }
+}

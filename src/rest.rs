@@ -1,0 +1,176 @@
+//! The REST endpoints Binance clients call before streaming: ping, time, exchangeInfo, depth,
+//! plus `/metrics` for Prometheus.
+//!
+//! `/api/v3/depth` asks the engine thread for the snapshot, so it is rendered between two
+//! engine steps and its `lastUpdateId` is exactly the `u` of the last published diff.
+
+use crate::decimal::format_e8;
+use crate::engine::Command;
+use crate::feed::SymbolSpec;
+use crate::http::{Head, Response};
+use crate::server::Context;
+use crate::stream::SymbolId;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// Largest `limit` for `/api/v3/depth`; larger values are truncated to it, as Binance does.
+pub const MAX_DEPTH_LIMIT: usize = 5000;
+const DEFAULT_DEPTH_LIMIT: usize = 100;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Answers one REST request and counts it.
+pub async fn handle(head: &Head, ctx: &Context) -> Response {
+    let (label, response) = route(head, ctx).await;
+    crate::metrics::http_request(label, response.status);
+    response
+}
+
+async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
+    if head.method != "GET" && head.method != "HEAD" {
+        return (
+            "other",
+            Response::error(405, -1000, "Only GET is supported."),
+        );
+    }
+    match head.path.as_str() {
+        "/api/v3/ping" => ("/api/v3/ping", Response::json(200, "{}")),
+        "/api/v3/time" => (
+            "/api/v3/time",
+            Response::json(200, format!("{{\"serverTime\":{}}}", now_ms())),
+        ),
+        "/api/v3/exchangeInfo" => ("/api/v3/exchangeInfo", exchange_info(head, ctx)),
+        "/api/v3/depth" => ("/api/v3/depth", depth(head, ctx).await),
+        "/metrics" => {
+            let body = ctx.prometheus.render();
+            let mut response = Response::json(200, body);
+            response.content_type = "text/plain; version=0.0.4";
+            ("/metrics", response)
+        }
+        _ => ("other", Response::error(404, -1000, "Unknown path.")),
+    }
+}
+
+fn invalid_symbol() -> Response {
+    Response::error(400, -1121, "Invalid symbol.")
+}
+
+fn symbol_id(ctx: &Context, symbol: &str) -> Option<SymbolId> {
+    ctx.feed
+        .index_of(symbol)
+        .and_then(|i| SymbolId::try_from(i).ok())
+}
+
+async fn depth(head: &Head, ctx: &Context) -> Response {
+    let Some(symbol) = head.param("symbol").filter(|s| !s.is_empty()) else {
+        return Response::error(
+            400,
+            -1102,
+            "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+        );
+    };
+    let Some(symbol) = symbol_id(ctx, &symbol) else {
+        return invalid_symbol();
+    };
+    let limit = match head.param("limit") {
+        None => DEFAULT_DEPTH_LIMIT,
+        Some(text) => match text.parse::<u64>() {
+            Ok(0) => {
+                return Response::error(
+                    400,
+                    -1100,
+                    "Illegal value for parameter 'limit'; legal range is '1..5000'.",
+                )
+            }
+            Ok(n) => (n as usize).min(MAX_DEPTH_LIMIT),
+            Err(_) => return Response::error(
+                400,
+                -1100,
+                "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.",
+            ),
+        },
+    };
+    let (reply, wait) = oneshot::channel();
+    if ctx
+        .engine
+        .try_send(Command::Snapshot {
+            symbol,
+            limit,
+            reply,
+        })
+        .is_err()
+    {
+        return Response::error(503, -1003, "Server busy; try again.");
+    }
+    match wait.await {
+        Ok(body) => Response::json(200, body.to_vec()),
+        Err(_) => Response::error(503, -1003, "Server shutting down."),
+    }
+}
+
+fn exchange_info(head: &Head, ctx: &Context) -> Response {
+    let mut wanted: Vec<&SymbolSpec> = ctx.feed.symbols.iter().collect();
+    if let Some(symbol) = head.param("symbol") {
+        match ctx.feed.index_of(&symbol) {
+            Some(i) => wanted = vec![&ctx.feed.symbols[i]],
+            None => return invalid_symbol(),
+        }
+    } else if let Some(list) = head.param("symbols") {
+        // `symbols=["BTCUSDT","ETHUSDT"]`, as Binance takes it.
+        let names: Vec<String> = list
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|s| s.trim().trim_matches('"').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        wanted.clear();
+        for name in names {
+            match ctx.feed.index_of(&name) {
+                Some(i) => wanted.push(&ctx.feed.symbols[i]),
+                None => return invalid_symbol(),
+            }
+        }
+    }
+    let symbols: Vec<String> = wanted.iter().map(|s| symbol_info(s)).collect();
+    let body = format!(
+        "{{\"timezone\":\"UTC\",\"serverTime\":{},\"rateLimits\":[{{\"rateLimitType\":\"REQUEST_WEIGHT\",\"interval\":\"MINUTE\",\"intervalNum\":1,\"limit\":6000}}],\"exchangeFilters\":[],\"symbols\":[{}]}}",
+        now_ms(),
+        symbols.join(",")
+    );
+    Response::json(200, body)
+}
+
+fn symbol_info(spec: &SymbolSpec) -> String {
+    let tick = format_e8(spec.tick_e8);
+    let lot = format_e8(spec.lot_e8);
+    let max_price = format_e8(spec.tick_e8.saturating_mul(100_000_000).min(u64::MAX / 2));
+    let max_qty = format_e8(spec.lot_e8.saturating_mul(9_000_000_000).min(u64::MAX / 2));
+    format!(
+        concat!(
+            "{{\"symbol\":\"{symbol}\",\"status\":\"TRADING\",\"baseAsset\":\"{base}\",\"baseAssetPrecision\":8,",
+            "\"quoteAsset\":\"{quote}\",\"quotePrecision\":8,\"quoteAssetPrecision\":8,",
+            "\"baseCommissionPrecision\":8,\"quoteCommissionPrecision\":8,",
+            "\"orderTypes\":[\"LIMIT\",\"LIMIT_MAKER\",\"MARKET\",\"STOP_LOSS_LIMIT\",\"TAKE_PROFIT_LIMIT\"],",
+            "\"icebergAllowed\":true,\"ocoAllowed\":true,\"otoAllowed\":true,\"quoteOrderQtyMarketAllowed\":true,",
+            "\"allowTrailingStop\":true,\"cancelReplaceAllowed\":true,\"isSpotTradingAllowed\":true,",
+            "\"isMarginTradingAllowed\":false,",
+            "\"filters\":[{{\"filterType\":\"PRICE_FILTER\",\"minPrice\":\"{tick}\",\"maxPrice\":\"{max_price}\",\"tickSize\":\"{tick}\"}},",
+            "{{\"filterType\":\"LOT_SIZE\",\"minQty\":\"{lot}\",\"maxQty\":\"{max_qty}\",\"stepSize\":\"{lot}\"}}],",
+            "\"permissions\":[],\"permissionSets\":[[\"SPOT\"]],",
+            "\"defaultSelfTradePreventionMode\":\"EXPIRE_MAKER\",",
+            "\"allowedSelfTradePreventionModes\":[\"NONE\",\"EXPIRE_TAKER\",\"EXPIRE_MAKER\",\"EXPIRE_BOTH\"]}}"
+        ),
+        symbol = spec.symbol,
+        base = spec.base_asset,
+        quote = spec.quote_asset,
+        tick = tick,
+        lot = lot,
+        max_price = max_price,
+        max_qty = max_qty,
+    )
+}

@@ -1,0 +1,126 @@
+//! The server: `run(listener, config, feed, shutdown)` is what the binary and every test drive
+//! (mini-redis' shape). It owns the accept loop, the connection cap, and graceful shutdown.
+//!
+//! Shutdown: the `shutdown` future resolving flips a watch channel every session listens to;
+//! each queues `serverShutdown` and a 1001 close behind its data. Every connection task holds a
+//! clone of a drop-guard sender, so when the receiver sees all of them gone, every client has
+//! been closed; the wait is bounded by `shutdown_timeout`.
+
+use crate::config::Config;
+use crate::engine::{self, EngineHandle};
+use crate::feed::Feed;
+use crate::http;
+use crate::metrics::{self, SessionMetrics};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// What every connection task shares.
+pub struct Context {
+    pub config: Config,
+    pub feed: Arc<Feed>,
+    pub engine: EngineHandle,
+    pub metrics: SessionMetrics,
+    pub prometheus: PrometheusHandle,
+    /// Flips to true once, when shutdown begins.
+    pub shutdown: watch::Receiver<bool>,
+    next_conn: AtomicU64,
+    /// Held by every connection task; see the module docs.
+    _done: mpsc::Sender<()>,
+}
+
+impl Context {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then closes every client and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    feed: Feed,
+    shutdown: impl Future,
+) -> io::Result<()> {
+    let prometheus = metrics::install();
+    let upkeep = {
+        let handle = prometheus.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    let feed = Arc::new(feed);
+    let (engine, engine_thread) = engine::spawn(feed.clone())?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let shutdown_timeout = config.shutdown_timeout;
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let ctx = Arc::new(Context {
+        config,
+        feed,
+        engine,
+        metrics: SessionMetrics::new(),
+        prometheus,
+        shutdown: shutdown_rx,
+        next_conn: AtomicU64::new(1),
+        _done: done_tx,
+    });
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let ctx = ctx.clone();
+                match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(async move {
+                            http::serve(stream, ctx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        metrics::rejected("connection_cap");
+                        tokio::spawn(async move {
+                            let mut stream = stream;
+                            let busy = http::Response::error(503, -1003, "Too many connections; try again later.");
+                            let _ = tokio::time::timeout(Duration::from_secs(1), http::write_response(&mut stream, &busy, true)).await;
+                            drop(ctx);
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    drop(ctx);
+    // Resolves once every connection task (each holding a Context clone) has ended.
+    let _ = tokio::time::timeout(shutdown_timeout, done_rx.recv()).await;
+    upkeep.abort();
+    // The engine thread ends when the last EngineHandle (inside the Contexts) is gone; after a
+    // timed-out wait some may still be alive, so do not block on it.
+    if engine_thread.is_finished() {
+        let _ = engine_thread.join();
+    }
+    Ok(())
+}

@@ -1,0 +1,527 @@
+//! One WebSocket connection after the handshake: its reader, its writer and its timers, in one
+//! task.
+//!
+//! Reading goes through tungstenite (RFC 6455 validation, fragmentation, UTF-8, size limits);
+//! writing bypasses it: the connection's [`Outbox`] holds finished frames shared with every other
+//! subscriber, and the writer hands a whole backlog to one `writev`, so a busy subscriber costs
+//! about one syscall per wakeup. Tungstenite's own automatic replies (pongs) reach the socket
+//! through the same outbox via [`ReadSide`], so frames are never interleaved mid-way.
+//!
+//! One task (rather than a reader and a writer task) keeps per-connection memory small: one
+//! future, one small read buffer, no channel between the halves.
+
+use crate::control::{self, Subscriptions};
+use crate::engine::Command;
+use crate::frame;
+use crate::http::{self, Upgrade};
+use crate::json::{push_time, TimeUnit};
+use crate::outbox::{Closing, Outbox};
+use crate::server::Context;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+/// Largest client message or frame (SPEC.md: larger is closed with 1009).
+pub const MAX_INCOMING: usize = 4 * 1024;
+/// Tungstenite's read buffer: eagerly allocated per connection, so sized for control messages
+/// (it grows for the rare larger frame); its 128 KiB default would cost 1.3 GB at 10k clients.
+const READ_BUFFER: usize = 1024;
+/// Frames handed to one `writev` at most (well under IOV_MAX).
+const MAX_IOV: usize = 64;
+/// The one server ping: empty payload, built once.
+static PING: &[u8] = b"\x89\x00";
+/// Code recorded for connections that ended without a close handshake.
+pub const CLOSE_ABNORMAL: u16 = 1006;
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(MAX_INCOMING))
+        .max_frame_size(Some(MAX_INCOMING))
+}
+
+fn wall_clock_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The read half as tungstenite sees it: reads come from the socket, and whatever tungstenite
+/// writes by itself (pong replies) is queued on the outbox as a control frame.
+struct ReadSide {
+    read: OwnedReadHalf,
+    outbox: Arc<Outbox>,
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.outbox.push_control(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Detaches the connection from the hub however the session ends (even by panic or abort).
+struct Attached {
+    conn: u64,
+    outbox: Arc<Outbox>,
+    ctx: Arc<Context>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // Closing the outbox stops the hub queueing to it at once; the detach command frees the
+        // subscriptions promptly, and the hub's periodic sweep catches it if the queue is full.
+        self.outbox.close(CLOSE_ABNORMAL, "connection ended", None);
+        let _ = self
+            .ctx
+            .engine
+            .try_send(Command::Detach { conn: self.conn });
+    }
+}
+
+/// Completes a validated upgrade: registers the URL's streams with the hub *before* sending
+/// 101, so a client that fetches a depth snapshot right after connecting cannot miss a diff.
+pub async fn upgrade(
+    mut stream: TcpStream,
+    leftover: BytesMut,
+    key: &str,
+    upgrade: Upgrade,
+    ctx: Arc<Context>,
+) {
+    let conn = ctx.next_conn_id();
+    let outbox = Arc::new(Outbox::new(ctx.config.queue_bound()));
+    let (ready, attached) = oneshot::channel();
+    let attach = Command::Attach {
+        conn,
+        outbox: outbox.clone(),
+        combined: upgrade.combined,
+        unit: upgrade.unit,
+        topics: upgrade.topics.clone(),
+        ready,
+    };
+    let guard = Attached {
+        conn,
+        outbox: outbox.clone(),
+        ctx: ctx.clone(),
+    };
+    let live = ctx.engine.try_send(attach).is_ok()
+        && matches!(timeout(Duration::from_secs(5), attached).await, Ok(Ok(())));
+    if !live {
+        crate::metrics::rejected("engine_busy");
+        let busy = http::Response::error(503, -1003, "Server busy; try again.");
+        let _ = http::write_response(&mut stream, &busy, true).await;
+        return;
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if stream.write_all(response.as_bytes()).await.is_err() {
+        return;
+    }
+    if ctx.config.socket_send_buffer > 0 {
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ctx.config.socket_send_buffer);
+    }
+    ctx.metrics.accepted.increment(1);
+    ctx.metrics.open.increment(1.0);
+    let session = Session {
+        conn,
+        outbox,
+        subscriptions: Subscriptions {
+            topics: upgrade.topics,
+            combined: upgrade.combined,
+        },
+        unit: upgrade.unit,
+        ctx: ctx.clone(),
+    };
+    let code = session.run(stream, leftover).await;
+    ctx.metrics.closed(code);
+    ctx.metrics.open.decrement(1.0);
+    drop(guard);
+}
+
+/// Counts incoming messages in one-second windows (SPEC.md: 5 per second, all kinds).
+struct RateWindow {
+    limit: u32,
+    started: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    /// Records one message; true when it exceeds the limit.
+    fn exceeded(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.started) >= Duration::from_secs(1) {
+            self.started = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count > self.limit
+    }
+}
+
+/// Where a closing connection stands.
+struct Close {
+    /// Code sent (or echoed) in our close frame; what the metrics record.
+    code: u16,
+    /// Give up and drop the socket at this instant.
+    deadline: Instant,
+    /// Our close frame has been queued behind the last data.
+    frame_queued: bool,
+    /// Our close frame is written and the write side shut down.
+    sent: bool,
+    /// The peer closed first; nothing more to wait for once our reply is out.
+    peer_closed: bool,
+}
+
+struct Session {
+    conn: u64,
+    outbox: Arc<Outbox>,
+    subscriptions: Subscriptions,
+    unit: TimeUnit,
+    ctx: Arc<Context>,
+}
+
+/// What one pass of the loop decided.
+enum Next {
+    Continue,
+    /// Drop the socket now and record this close code.
+    End(u16),
+}
+
+impl Session {
+    /// Runs the connection to its end and returns the close code to record.
+    async fn run(mut self, stream: TcpStream, leftover: BytesMut) -> u16 {
+        let _ = stream.set_nodelay(true);
+        let (read, mut write) = stream.into_split();
+        let read_side = ReadSide {
+            read,
+            outbox: self.outbox.clone(),
+        };
+        let mut ws = WebSocketStream::from_partially_read(
+            read_side,
+            leftover.to_vec(),
+            Role::Server,
+            Some(ws_config()),
+        )
+        .await;
+        let config = self.ctx.config.clone();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutdown_seen = *shutdown.borrow();
+        if shutdown_seen {
+            self.begin_shutdown();
+        }
+        let started = Instant::now();
+        let lifetime_end = started + config.max_lifetime;
+        let mut last_heard = started;
+        let mut next_ping = started + config.ping_interval;
+        let mut rate = RateWindow {
+            limit: config.max_messages_per_second,
+            started,
+            count: 0,
+        };
+        let mut pending: VecDeque<Bytes> = VecDeque::new();
+        let mut offset = 0usize;
+        let mut close: Option<Close> = None;
+        let metrics = self.ctx.metrics.clone();
+
+        loop {
+            if pending.is_empty() {
+                if let Some(closing) = self.outbox.take(&mut pending) {
+                    let state = close.get_or_insert_with(|| Close {
+                        code: 0,
+                        deadline: Instant::now() + config.close_timeout,
+                        frame_queued: false,
+                        sent: false,
+                        peer_closed: false,
+                    });
+                    if !state.frame_queued {
+                        let (code, reason) = match closing {
+                            Closing::SlowConsumer { queued_bytes, queued_frames, bound } => (
+                                4008,
+                                format!(
+                                    "slow consumer: queue {queued_bytes} B/{queued_frames} frames hit bound {} B/{} frames",
+                                    bound.max_bytes, bound.max_frames
+                                ),
+                            ),
+                            Closing::Close { code, reason } => (code, reason),
+                        };
+                        state.code = code;
+                        state.frame_queued = true;
+                        if code != CLOSE_ABNORMAL {
+                            pending.push_back(frame::close(code, &reason));
+                        }
+                    } else if !state.sent {
+                        state.sent = true;
+                        let _ = write.shutdown().await;
+                        if state.peer_closed || state.code == CLOSE_ABNORMAL {
+                            return state.code;
+                        }
+                    }
+                }
+            }
+            let silent_until = last_heard + config.pong_timeout;
+            let timer = match &close {
+                Some(state) => state.deadline.min(silent_until),
+                None => next_ping.min(silent_until).min(lifetime_end),
+            };
+            let reading = close.as_ref().is_none_or(|c| !c.peer_closed);
+            let next = tokio::select! {
+                biased;
+                changed = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    if changed.is_ok() {
+                        self.begin_shutdown();
+                    }
+                    Next::Continue
+                }
+                incoming = ws.next(), if reading => {
+                    last_heard = Instant::now();
+                    self.on_incoming(incoming, &mut rate, &mut close, last_heard, &config)
+                }
+                written = poll_fn(|cx| poll_write_batch(&mut write, &pending, offset, cx)), if !pending.is_empty() => {
+                    match written {
+                        Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
+                        Ok(n) => {
+                            let (frames, bytes) = advance(&mut pending, &mut offset, n);
+                            metrics.write_syscalls.increment(1);
+                            metrics.frames_delivered.increment(frames as u64);
+                            metrics.bytes_delivered.increment(n as u64);
+                            self.outbox.written(frames, bytes);
+                            Next::Continue
+                        }
+                    }
+                }
+                _ = self.outbox.wait(), if pending.is_empty() => Next::Continue,
+                _ = sleep_until(timer) => {
+                    let now = Instant::now();
+                    if let Some(state) = &close {
+                        if now >= state.deadline {
+                            return state.code;
+                        }
+                    }
+                    if now >= last_heard + config.pong_timeout {
+                        // Dead peer: no close handshake, nobody would read it.
+                        return CLOSE_ABNORMAL;
+                    }
+                    if close.is_some() {
+                        // Closing: only the deadline and silence matter, both handled above.
+                    } else if now >= lifetime_end {
+                        self.outbox.close(4009, format!("connection lifetime of {} reached", humantime::format_duration(config.max_lifetime)), None);
+                    } else if now >= next_ping {
+                        next_ping = now + config.ping_interval;
+                        self.outbox.push_control(Bytes::from_static(PING));
+                    }
+                    Next::Continue
+                }
+            };
+            if let Next::End(code) = next {
+                return code;
+            }
+        }
+    }
+
+    /// Queues the `serverShutdown` event and a 1001 close behind what is already queued.
+    fn begin_shutdown(&self) {
+        let mut payload = Vec::with_capacity(96);
+        if self.subscriptions.combined {
+            payload.extend_from_slice(b"{\"stream\":\"!serverShutdown\",\"data\":");
+        }
+        payload.extend_from_slice(b"{\"e\":\"serverShutdown\",\"E\":");
+        push_time(&mut payload, wall_clock_us(), self.unit);
+        payload.push(b'}');
+        if self.subscriptions.combined {
+            payload.push(b'}');
+        }
+        self.outbox
+            .close(1001, "server shutting down", Some(frame::text(&payload)));
+    }
+
+    fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, WsError>>,
+        rate: &mut RateWindow,
+        close: &mut Option<Close>,
+        now: Instant,
+        config: &crate::config::Config,
+    ) -> Next {
+        let message = match incoming {
+            None => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                let (code, reason) = match error {
+                    WsError::Capacity(CapacityError::MessageTooLong { .. }) => (
+                        1009,
+                        format!("message too large: at most {MAX_INCOMING} bytes"),
+                    ),
+                    WsError::Utf8(_) => (1007, "invalid UTF-8 in text message".to_string()),
+                    WsError::Protocol(e) => (1002, format!("protocol error: {e}")),
+                    _ => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
+                };
+                self.outbox.close(code, reason, None);
+                return Next::Continue;
+            }
+        };
+        if close.is_some() {
+            // Closing: only the peer's close frame still matters.
+            if let Message::Close(_) = message {
+                if let Some(state) = close.as_mut() {
+                    state.peer_closed = true;
+                    if state.sent {
+                        return Next::End(state.code);
+                    }
+                }
+            }
+            return Next::Continue;
+        }
+        if rate.exceeded(now) {
+            let reason = format!(
+                "rate limit: more than {} incoming messages per second",
+                rate.limit
+            );
+            self.outbox.close(4002, reason, None);
+            return Next::Continue;
+        }
+        match message {
+            Message::Text(text) => {
+                self.ctx.metrics.control_messages.increment(1);
+                let mut bytes = text.as_bytes().to_vec();
+                let outcome = control::handle(
+                    &mut bytes,
+                    &mut self.subscriptions,
+                    &self.ctx.feed,
+                    config.max_streams,
+                );
+                if let Some(code) = outcome.error {
+                    self.ctx.metrics.control_error(code);
+                }
+                let command = Command::Control {
+                    conn: self.conn,
+                    change: outcome.change,
+                    reply: frame::text(&outcome.reply),
+                };
+                if self.ctx.engine.try_send(command).is_err() {
+                    self.outbox
+                        .close(1013, "server busy: try again later", None);
+                }
+            }
+            Message::Binary(_) => self
+                .outbox
+                .close(1003, "binary frames are not accepted", None),
+            Message::Close(frame) => {
+                // Echo the peer's code (RFC 6455 §5.5.1) and end once it is written.
+                let code = frame.as_ref().map_or(1000, |f| u16::from(f.code));
+                self.outbox.close(code, "", None);
+                *close = Some(Close {
+                    code,
+                    deadline: now + config.close_timeout,
+                    frame_queued: false,
+                    sent: false,
+                    peer_closed: true,
+                });
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        Next::Continue
+    }
+}
+
+/// One vectored write of up to [`MAX_IOV`] queued frames, the first from `offset`. The slices
+/// are rebuilt on each poll rather than kept in the future, keeping the task small.
+fn poll_write_batch(
+    write: &mut OwnedWriteHalf,
+    pending: &VecDeque<Bytes>,
+    offset: usize,
+    cx: &mut TaskContext<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    let mut count = 0;
+    for (slot, frame) in slices.iter_mut().zip(pending.iter()) {
+        *slot = IoSlice::new(if count == 0 {
+            &frame[offset..]
+        } else {
+            &frame[..]
+        });
+        count += 1;
+    }
+    Pin::new(write).poll_write_vectored(cx, &slices[..count])
+}
+
+/// Drops fully written frames from `pending`; returns how many frames and their total bytes.
+fn advance(
+    pending: &mut VecDeque<Bytes>,
+    offset: &mut usize,
+    mut written: usize,
+) -> (usize, usize) {
+    let (mut frames, mut bytes) = (0, 0);
+    while let Some(front) = pending.front() {
+        let remaining = front.len() - *offset;
+        if written < remaining {
+            *offset += written;
+            break;
+        }
+        written -= remaining;
+        frames += 1;
+        bytes += front.len();
+        *offset = 0;
+        pending.pop_front();
+    }
+    (frames, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_handles_partial_frames() {
+        let mut pending: VecDeque<Bytes> =
+            [Bytes::from_static(b"abcd"), Bytes::from_static(b"ef")].into();
+        let mut offset = 0;
+        assert_eq!(advance(&mut pending, &mut offset, 3), (0, 0));
+        assert_eq!(offset, 3);
+        assert_eq!(advance(&mut pending, &mut offset, 2), (1, 4));
+        assert_eq!((pending.len(), offset), (1, 1));
+        assert_eq!(advance(&mut pending, &mut offset, 1), (1, 2));
+        assert!(pending.is_empty());
+    }
+}

@@ -1,0 +1,257 @@
+//! Stream names: parsing `btcusdt@depth@100ms` into a [`Topic`] and back.
+//!
+//! A topic is what the hub fans out; its name is what clients subscribe with and what combined
+//! payloads carry in `"stream"`. Names round-trip exactly, so `depth5` and `depth5@1000ms`
+//! (same data on Binance) stay two subscriptions with their own names.
+
+use crate::feed::Feed;
+use crate::stats::kline::KlineInterval;
+use std::fmt::{self, Write};
+
+/// Index of a symbol in the feed.
+pub type SymbolId = u16;
+
+/// Update speed of diff and partial depth streams, as written in the name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Speed {
+    /// No suffix: every engine update for diffs, 1000 ms for partial depth (as on Binance).
+    Unspecified,
+    Ms100,
+    Ms1000,
+}
+
+impl Speed {
+    fn suffix(self) -> &'static str {
+        match self {
+            Speed::Unspecified => "",
+            Speed::Ms100 => "@100ms",
+            Speed::Ms1000 => "@1000ms",
+        }
+    }
+}
+
+/// What a per-symbol stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    Diff(Speed),
+    Partial { levels: u8, speed: Speed },
+    Trade,
+    AggTrade,
+    BookTicker,
+    Kline(KlineInterval),
+    MiniTicker,
+    Ticker,
+}
+
+impl StreamKind {
+    /// A short, fixed label for metrics (low cardinality by construction).
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamKind::Diff(_) => "depth",
+            StreamKind::Partial { .. } => "partial_depth",
+            StreamKind::Trade => "trade",
+            StreamKind::AggTrade => "aggTrade",
+            StreamKind::BookTicker => "bookTicker",
+            StreamKind::Kline(_) => "kline",
+            StreamKind::MiniTicker => "miniTicker",
+            StreamKind::Ticker => "ticker",
+        }
+    }
+
+    /// Whether the payload has time fields, i.e. differs between `timeUnit`s.
+    pub fn has_time_fields(self) -> bool {
+        !matches!(self, StreamKind::Partial { .. } | StreamKind::BookTicker)
+    }
+}
+
+/// One subscribable stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Symbol {
+        symbol: SymbolId,
+        kind: StreamKind,
+    },
+    /// `!miniTicker@arr`: every symbol's mini ticker in one array.
+    AllMiniTickers,
+}
+
+impl Topic {
+    pub fn label(self) -> &'static str {
+        match self {
+            Topic::Symbol { kind, .. } => kind.label(),
+            Topic::AllMiniTickers => "miniTicker_arr",
+        }
+    }
+
+    pub fn has_time_fields(self) -> bool {
+        match self {
+            Topic::Symbol { kind, .. } => kind.has_time_fields(),
+            Topic::AllMiniTickers => true,
+        }
+    }
+
+    /// The stream name, as clients write it (lower-case symbol).
+    pub fn name(self, feed: &Feed) -> String {
+        let mut out = String::new();
+        self.write_name(feed, &mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn write_name(self, feed: &Feed, out: &mut String) -> fmt::Result {
+        let (symbol, kind) = match self {
+            Topic::AllMiniTickers => return out.write_str("!miniTicker@arr"),
+            Topic::Symbol { symbol, kind } => (symbol, kind),
+        };
+        out.write_str(&feed.symbols[usize::from(symbol)].lower())?;
+        match kind {
+            StreamKind::Diff(speed) => write!(out, "@depth{}", speed.suffix()),
+            StreamKind::Partial { levels, speed } => {
+                write!(out, "@depth{levels}{}", speed.suffix())
+            }
+            StreamKind::Trade => out.write_str("@trade"),
+            StreamKind::AggTrade => out.write_str("@aggTrade"),
+            StreamKind::BookTicker => out.write_str("@bookTicker"),
+            StreamKind::Kline(interval) => write!(out, "@kline_{}", interval.as_str()),
+            StreamKind::MiniTicker => out.write_str("@miniTicker"),
+            StreamKind::Ticker => out.write_str("@ticker"),
+        }
+    }
+}
+
+/// Why a stream name was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamNameError {
+    /// Not of any known stream shape.
+    Malformed,
+    /// Well formed, but the symbol is not in the feed.
+    UnknownSymbol,
+}
+
+/// Longest name worth looking at; anything longer cannot be valid.
+const MAX_NAME_LEN: usize = 64;
+
+/// Parses a stream name. The symbol part is matched case-insensitively; the rest exactly,
+/// as Binance spells it (`aggTrade`, `bookTicker`, `miniTicker`).
+pub fn parse(name: &str, feed: &Feed) -> Result<Topic, StreamNameError> {
+    if name.len() > MAX_NAME_LEN || !name.is_ascii() {
+        return Err(StreamNameError::Malformed);
+    }
+    if name == "!miniTicker@arr" {
+        return Ok(Topic::AllMiniTickers);
+    }
+    let (symbol, rest) = name.split_once('@').ok_or(StreamNameError::Malformed)?;
+    let kind = parse_kind(rest).ok_or(StreamNameError::Malformed)?;
+    if symbol.is_empty() || !symbol.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(StreamNameError::Malformed);
+    }
+    let index = feed
+        .index_of(&symbol.to_ascii_uppercase())
+        .ok_or(StreamNameError::UnknownSymbol)?;
+    let symbol = SymbolId::try_from(index).map_err(|_| StreamNameError::UnknownSymbol)?;
+    Ok(Topic::Symbol { symbol, kind })
+}
+
+fn parse_speed(suffix: Option<&str>) -> Option<Speed> {
+    match suffix {
+        None => Some(Speed::Unspecified),
+        Some("100ms") => Some(Speed::Ms100),
+        Some("1000ms") => Some(Speed::Ms1000),
+        Some(_) => None,
+    }
+}
+
+fn parse_kind(rest: &str) -> Option<StreamKind> {
+    let (head, suffix) = match rest.split_once('@') {
+        Some((head, suffix)) => (head, Some(suffix)),
+        None => (rest, None),
+    };
+    if let Some(levels) = head.strip_prefix("depth") {
+        let speed = parse_speed(suffix)?;
+        return match levels {
+            "" => Some(StreamKind::Diff(speed)),
+            "5" | "10" | "20" => Some(StreamKind::Partial {
+                levels: levels.parse().ok()?,
+                speed,
+            }),
+            _ => None,
+        };
+    }
+    if suffix.is_some() {
+        return None;
+    }
+    if let Some(interval) = head.strip_prefix("kline_") {
+        return KlineInterval::parse(interval).map(StreamKind::Kline);
+    }
+    match head {
+        "trade" => Some(StreamKind::Trade),
+        "aggTrade" => Some(StreamKind::AggTrade),
+        "bookTicker" => Some(StreamKind::BookTicker),
+        "miniTicker" => Some(StreamKind::MiniTicker),
+        "ticker" => Some(StreamKind::Ticker),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let feed = Feed::embedded_default();
+        for name in [
+            "btcusdt@depth",
+            "btcusdt@depth@100ms",
+            "btcusdt@depth@1000ms",
+            "btcusdt@depth5",
+            "ethusdt@depth10@100ms",
+            "ethusdt@depth20@1000ms",
+            "btcusdt@trade",
+            "btcusdt@aggTrade",
+            "btcusdt@bookTicker",
+            "btcusdt@kline_1s",
+            "btcusdt@kline_1m",
+            "btcusdt@kline_1h",
+            "btcusdt@miniTicker",
+            "btcusdt@ticker",
+            "!miniTicker@arr",
+        ] {
+            let topic = parse(name, &feed).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(topic.name(&feed), name);
+        }
+        assert_eq!(
+            parse("BTCUSDT@trade", &feed).unwrap().name(&feed),
+            "btcusdt@trade"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        let feed = Feed::embedded_default();
+        for name in [
+            "",
+            "btcusdt",
+            "btcusdt@",
+            "@trade",
+            "btcusdt@depth7",
+            "btcusdt@depth@10ms",
+            "btcusdt@trade@100ms",
+            "btcusdt@kline_2m",
+            "btcusdt@aggtrade",
+            "btc usdt@trade",
+            "btcusdt@trade\u{0}",
+            "btcusdt@depth5@",
+        ] {
+            assert_eq!(
+                parse(name, &feed),
+                Err(StreamNameError::Malformed),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            parse("nosuchcoin@trade", &feed),
+            Err(StreamNameError::UnknownSymbol)
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! Every stream kind's payload shape, raw and combined, in ms and µs, over a real socket.
+
+mod common;
+
+use bookcast::config::Config;
+use common::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const STREAMS: &[&str] = &[
+    "btcusdt@depth",
+    "btcusdt@depth@100ms",
+    "btcusdt@depth@1000ms",
+    "btcusdt@depth5",
+    "btcusdt@depth10@100ms",
+    "btcusdt@depth20@1000ms",
+    "btcusdt@trade",
+    "btcusdt@aggTrade",
+    "btcusdt@bookTicker",
+    "btcusdt@kline_1s",
+    "btcusdt@kline_1m",
+    "btcusdt@miniTicker",
+    "btcusdt@ticker",
+    "!miniTicker@arr",
+];
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn is_decimal8(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        let (int, frac) = s.split_once('.').unwrap_or(("", ""));
+        !int.is_empty()
+            && int.bytes().all(|b| b.is_ascii_digit())
+            && frac.len() == 8
+            && frac.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+fn is_signed_decimal(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|s| s.trim_start_matches('-').split_once('.').is_some())
+}
+
+fn levels_ok(v: &Value) -> bool {
+    v.as_array().is_some_and(|levels| {
+        levels.iter().all(|l| {
+            l.as_array()
+                .is_some_and(|pq| pq.len() == 2 && is_decimal8(&pq[0]) && is_decimal8(&pq[1]))
+        })
+    })
+}
+
+/// Checks a time field is "now" in the expected unit (within five minutes: kline open times are aligned).
+fn check_time(v: &Value, micros: bool, what: &str) {
+    let t = v
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: not an integer: {v}"));
+    let now = if micros { now_us() } else { now_us() / 1000 };
+    let slack = if micros { 300_000_000 } else { 300_000 };
+    assert!(
+        t + slack > now && t < now + slack,
+        "{what}={t} is not a current time in {}",
+        if micros { "µs" } else { "ms" }
+    );
+}
+
+fn check_shape(stream: &str, p: &Value, micros: bool) {
+    let fields = |keys: &[&str]| {
+        let object = p
+            .as_object()
+            .unwrap_or_else(|| panic!("{stream}: not an object: {p}"));
+        let got: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(got, keys, "{stream}: fields in Binance order");
+    };
+    if stream == "!miniTicker@arr" {
+        let array = p.as_array().expect("array");
+        assert_eq!(array.len(), 3, "one mini ticker per symbol");
+        for t in array {
+            check_shape("btcusdt@miniTicker", t, micros);
+        }
+        return;
+    }
+    let kind = stream.split('@').nth(1).unwrap();
+    match kind {
+        "depth" if !stream.contains("depth5") => {
+            fields(&["e", "E", "s", "U", "u", "b", "a"]);
+            assert_eq!(p["e"], "depthUpdate");
+            assert_eq!(p["s"], stream.split('@').next().unwrap().to_uppercase());
+            check_time(&p["E"], micros, "E");
+            assert!(p["U"].as_u64().unwrap() <= p["u"].as_u64().unwrap());
+            assert!(levels_ok(&p["b"]) && levels_ok(&p["a"]));
+            if !stream.contains("ms") {
+                assert_eq!(p["U"], p["u"], "real-time diffs carry one update");
+            }
+        }
+        k if k.starts_with("depth") => {
+            fields(&["lastUpdateId", "bids", "asks"]);
+            let n: usize = k.trim_start_matches("depth").parse().unwrap();
+            assert_eq!(p["bids"].as_array().unwrap().len(), n);
+            assert_eq!(p["asks"].as_array().unwrap().len(), n);
+            assert!(levels_ok(&p["bids"]) && levels_ok(&p["asks"]));
+        }
+        "trade" => {
+            fields(&["e", "E", "s", "t", "p", "q", "T", "m", "M"]);
+            assert_eq!(p["e"], "trade");
+            check_time(&p["E"], micros, "E");
+            check_time(&p["T"], micros, "T");
+            assert!(
+                is_decimal8(&p["p"])
+                    && is_decimal8(&p["q"])
+                    && p["t"].is_u64()
+                    && p["m"].is_boolean()
+            );
+        }
+        "aggTrade" => {
+            fields(&["e", "E", "s", "a", "p", "q", "f", "l", "T", "m", "M"]);
+            assert_eq!(p["e"], "aggTrade");
+            check_time(&p["T"], micros, "T");
+            assert!(p["f"].as_u64().unwrap() <= p["l"].as_u64().unwrap());
+        }
+        "bookTicker" => {
+            fields(&["u", "s", "b", "B", "a", "A"]);
+            assert!(is_decimal8(&p["b"]) && is_decimal8(&p["A"]));
+            let (bid, ask): (f64, f64) = (
+                p["b"].as_str().unwrap().parse().unwrap(),
+                p["a"].as_str().unwrap().parse().unwrap(),
+            );
+            assert!(bid < ask, "never crossed");
+        }
+        k if k.starts_with("kline_") => {
+            fields(&["e", "E", "s", "k"]);
+            assert_eq!(p["e"], "kline");
+            let k = &p["k"];
+            let keys: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(
+                keys,
+                [
+                    "t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q",
+                    "B"
+                ]
+            );
+            assert_eq!(k["i"], stream.split('_').nth(1).unwrap());
+            check_time(&k["t"], micros, "k.t");
+            let span = k["T"].as_u64().unwrap() - k["t"].as_u64().unwrap() + 1;
+            let unit = if micros { 1_000_000 } else { 1000 };
+            let expected = if k["i"] == "1s" { unit } else { 60 * unit };
+            assert_eq!(span, expected, "kline T = t + interval - 1");
+        }
+        "miniTicker" => {
+            fields(&["e", "E", "s", "c", "o", "h", "l", "v", "q"]);
+            assert_eq!(p["e"], "24hrMiniTicker");
+            check_time(&p["E"], micros, "E");
+        }
+        "ticker" => {
+            fields(&[
+                "e", "E", "s", "p", "P", "w", "x", "c", "Q", "b", "B", "a", "A", "o", "h", "l",
+                "v", "q", "O", "C", "F", "L", "n",
+            ]);
+            assert_eq!(p["e"], "24hrTicker");
+            assert!(is_signed_decimal(&p["p"]) && is_signed_decimal(&p["P"]));
+            check_time(&p["C"], micros, "C");
+        }
+        other => panic!("unchecked stream kind {other}"),
+    }
+}
+
+/// Collects one event of every stream in STREAMS from one connection.
+async fn collect(server: &TestServer, combined: bool, micros: bool) {
+    let query = if micros {
+        "timeUnit=MICROSECOND"
+    } else {
+        "timeUnit=millisecond"
+    };
+    let path = if combined {
+        format!("/stream?streams={}&{query}", STREAMS.join("/"))
+    } else {
+        format!("/ws/{}?{query}", STREAMS.join("/"))
+    };
+    let mut ws = server.connect(&path).await;
+    let mut seen: HashMap<String, Value> = HashMap::new();
+    while seen.len() < STREAMS.len() {
+        let message = next_json(&mut ws).await;
+        if combined {
+            let keys: Vec<&str> = message
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(keys, ["stream", "data"]);
+            let stream = message["stream"].as_str().unwrap().to_string();
+            assert!(
+                STREAMS.contains(&stream.as_str()),
+                "unexpected stream {stream}"
+            );
+            check_shape(&stream, &message["data"], micros);
+            seen.insert(stream, message["data"].clone());
+        } else {
+            // Raw payloads do not name their stream: identify by shape.
+            let stream = match (message.get("e").and_then(Value::as_str), message.is_array()) {
+                (_, true) => "!miniTicker@arr".to_string(),
+                (Some("depthUpdate"), _) => continue, // three diff streams share a shape
+                (Some("trade"), _) => "btcusdt@trade".into(),
+                (Some("aggTrade"), _) => "btcusdt@aggTrade".into(),
+                (Some("kline"), _) => {
+                    format!("btcusdt@kline_{}", message["k"]["i"].as_str().unwrap())
+                }
+                (Some("24hrMiniTicker"), _) => "btcusdt@miniTicker".into(),
+                (Some("24hrTicker"), _) => "btcusdt@ticker".into(),
+                (None, _) if message.get("lastUpdateId").is_some() => {
+                    format!("btcusdt@depth{}", message["bids"].as_array().unwrap().len())
+                }
+                (None, _) if message.get("u").is_some() => "btcusdt@bookTicker".into(),
+                _ => panic!("unknown payload {message}"),
+            };
+            let name = STREAMS
+                .iter()
+                .find(|s| s.starts_with(&stream))
+                .map_or(stream.clone(), |s| s.to_string());
+            check_shape(&name, &message, micros);
+            seen.insert(name, message);
+            // Mark the diff streams seen once any depthUpdate shape has been checked below.
+        }
+        if !combined && !seen.contains_key("btcusdt@depth") {
+            for diff in [
+                "btcusdt@depth",
+                "btcusdt@depth@100ms",
+                "btcusdt@depth@1000ms",
+            ] {
+                seen.insert(diff.to_string(), Value::Null);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stream_kind_in_every_variant() {
+    let server = TestServer::start(Config::default()).await;
+    for (combined, micros) in [(true, false), (true, true), (false, false), (false, true)] {
+        collect(&server, combined, micros).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_diff_events_have_the_diff_shape_in_both_units() {
+    let server = TestServer::start(Config::default()).await;
+    for micros in [false, true] {
+        let query = if micros { "?timeUnit=MICROSECOND" } else { "" };
+        let mut ws = server.connect(&format!("/ws/ethusdt@depth{query}")).await;
+        for _ in 0..5 {
+            let event = next_json(&mut ws).await;
+            assert_eq!(event["s"], "ETHUSDT");
+            check_shape("ethusdt@depth", &event, micros);
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_endpoints_answer_like_binance() {
+    let server = TestServer::start(Config::default()).await;
+    assert_eq!(server.get("/api/v3/ping").await, (200, "{}".to_string()));
+    let time = server.get_json("/api/v3/time").await;
+    check_time(&time["serverTime"], false, "serverTime");
+    let info = server.get_json("/api/v3/exchangeInfo").await;
+    let symbols = info["symbols"].as_array().unwrap();
+    assert_eq!(symbols.len(), 3);
+    assert_eq!(symbols[0]["symbol"], "BTCUSDT");
+    assert_eq!(symbols[0]["status"], "TRADING");
+    assert_eq!(symbols[0]["baseAsset"], "BTC");
+    assert_eq!(symbols[0]["filters"][0]["filterType"], "PRICE_FILTER");
+    assert_eq!(symbols[0]["filters"][0]["tickSize"], "0.01000000");
+    let one = server.get_json("/api/v3/exchangeInfo?symbol=ETHUSDT").await;
+    assert_eq!(one["symbols"].as_array().unwrap().len(), 1);
+    let two = server
+        .get_json("/api/v3/exchangeInfo?symbols=%5B%22ETHUSDT%22,%22XRPUSDT%22%5D")
+        .await;
+    assert_eq!(two["symbols"].as_array().unwrap().len(), 2);
+    let depth = server
+        .get_json("/api/v3/depth?symbol=BTCUSDT&limit=5")
+        .await;
+    assert!(depth["lastUpdateId"].is_u64());
+    assert_eq!(depth["bids"].as_array().unwrap().len(), 5);
+    assert!(levels_ok(&depth["bids"]) && levels_ok(&depth["asks"]));
+    let deep = server
+        .get_json("/api/v3/depth?symbol=BTCUSDT&limit=5000")
+        .await;
+    assert!(deep["bids"].as_array().unwrap().len() > 20);
+    for (path, status, code) in [
+        ("/api/v3/depth?symbol=NOPE", 400, -1121),
+        ("/api/v3/depth", 400, -1102),
+        ("/api/v3/depth?symbol=BTCUSDT&limit=abc", 400, -1100),
+        ("/api/v3/depth?symbol=BTCUSDT&limit=0", 400, -1100),
+        ("/api/v3/exchangeInfo?symbol=NOPE", 400, -1121),
+        ("/api/v3/nothing", 404, -1000),
+    ] {
+        let (got, body) = server.get(path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], code, "{path}");
+        assert!(body["msg"].is_string());
+    }
+    let (status, _) = server.get("/ws/btcusdt@trade").await;
+    assert_eq!(
+        status, 426,
+        "plain HTTP on a stream path asks for the upgrade"
+    );
+    server.stop().await;
+}
