@@ -64,6 +64,19 @@ pub struct Config {
     #[arg(long, env = "BOOKCAST_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub max_connections: usize,
 
+    /// WebSocket connection attempts allowed per client IP address per window (0: no limit).
+    /// Raise it for load tests that open thousands of connections from one address.
+    #[arg(
+        long,
+        env = "BOOKCAST_MAX_CONNECTION_ATTEMPTS_PER_IP",
+        default_value_t = 300
+    )]
+    pub max_connection_attempts_per_ip: u32,
+
+    /// The window of --max-connection-attempts-per-ip.
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    pub connection_attempt_window: Duration,
+
     /// Time a client has to send a complete HTTP request head.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub handshake_timeout: Duration,
@@ -101,6 +114,8 @@ impl Default for Config {
             max_messages_per_second: 5,
             max_streams: 1024,
             max_connections: 50_000,
+            max_connection_attempts_per_ip: 300,
+            connection_attempt_window: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),

@@ -124,7 +124,8 @@ impl DiffWindow {
         out.trades.clear();
         out.bids.extend(self.bids.drain());
         out.asks.extend(self.asks.drain());
-        out.bids.sort_unstable_by_key(|level| std::cmp::Reverse(level.0));
+        out.bids
+            .sort_unstable_by_key(|level| std::cmp::Reverse(level.0));
         out.asks.sort_unstable_by_key(|level| level.0);
         self.first_update_id = 0;
     }

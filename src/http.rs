@@ -10,14 +10,18 @@ use crate::rest;
 use crate::server::Context;
 use crate::stream::{self, Topic};
 use bytes::{Buf, BytesMut};
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 
 /// Largest request head accepted; larger gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
+/// Time a peer has to take a whole HTTP response.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The parts of a request head bookcast looks at.
 pub struct Head {
@@ -90,11 +94,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
     for header in request.headers.iter() {
         let value = header.value;
         let text = || String::from_utf8_lossy(value).trim().to_string();
+        // Repeated headers combine (RFC 9110 §5.3), so flags accumulate.
         if header.name.eq_ignore_ascii_case("upgrade") {
-            head.upgrade_websocket = header_has_token(value, "websocket");
+            head.upgrade_websocket |= header_has_token(value, "websocket");
         } else if header.name.eq_ignore_ascii_case("connection") {
-            head.connection_upgrade = header_has_token(value, "upgrade");
-            head.connection_close = header_has_token(value, "close");
+            head.connection_upgrade |= header_has_token(value, "upgrade");
+            head.connection_close |= header_has_token(value, "close");
         } else if header.name.eq_ignore_ascii_case("sec-websocket-key") {
             head.ws_key = Some(text());
         } else if header.name.eq_ignore_ascii_case("sec-websocket-version") {
@@ -106,7 +111,12 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
     Ok(Some((head, consumed)))
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant) -> ReadHead {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> ReadHead {
     loop {
         if !buf.is_empty() {
             match parse_head(buf) {
@@ -119,10 +129,14 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, deadline: Instant
             return ReadHead::TooLarge;
         }
         buf.reserve(MAX_HEAD - buf.len());
-        match timeout_at(deadline, stream.read_buf(buf)).await {
-            Err(_) => return ReadHead::TimedOut,
-            Ok(Ok(0)) | Ok(Err(_)) => return ReadHead::Closed,
-            Ok(Ok(_)) => {}
+        tokio::select! {
+            read = timeout_at(deadline, stream.read_buf(buf)) => match read {
+                Err(_) => return ReadHead::TimedOut,
+                Ok(Ok(0)) | Ok(Err(_)) => return ReadHead::Closed,
+                Ok(Ok(_)) => {}
+            },
+            // An idle keep-alive connection must not hold up shutdown.
+            _ = shutdown.wait_for(|stopping| *stopping) => return ReadHead::Closed,
         }
     }
 }
@@ -189,7 +203,13 @@ pub async fn write_response(
     let mut out = Vec::with_capacity(head.len() + response.body.len());
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(&response.body);
-    stream.write_all(&out).await
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "response not taken in time",
+        )),
+    }
 }
 
 /// What a WebSocket path asks for.
@@ -216,7 +236,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
                     .collect(),
             )
         } else if head.path == "/ws" || head.path.starts_with("/ws/") {
-            let rest = head.path.trim_start_matches("/ws");
+            let rest = head.path.strip_prefix("/ws").unwrap_or_default();
             let decoded: Vec<String> = rest
                 .split('/')
                 .filter(|s| !s.is_empty())
@@ -315,11 +335,13 @@ fn is_websocket_path(path: &str) -> bool {
 }
 
 /// Serves one accepted TCP connection: REST requests (keep-alive) until it upgrades or ends.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
+pub async fn serve(mut stream: TcpStream, peer: IpAddr, ctx: Arc<Context>) {
     let mut buf = BytesMut::with_capacity(1024);
     let mut deadline = Instant::now() + ctx.config.handshake_timeout;
+    let mut shutdown = ctx.shutdown.clone();
     loop {
-        let (head, consumed) = match read_head(&mut stream, &mut buf, deadline).await {
+        let (head, consumed) = match read_head(&mut stream, &mut buf, deadline, &mut shutdown).await
+        {
             ReadHead::Head(head, consumed) => (head, consumed),
             ReadHead::Closed => return,
             ReadHead::TimedOut => {
@@ -355,6 +377,16 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Context>) {
         };
         buf.advance(consumed);
         if is_websocket_path(&head.path) && (head.upgrade_websocket || head.ws_key.is_some()) {
+            if !ctx.attempts.admit(peer) {
+                crate::metrics::rejected("ip_attempt_limit");
+                let msg = format!(
+                    "Too many connection attempts from this address: at most {} per {}.",
+                    ctx.config.max_connection_attempts_per_ip,
+                    humantime::format_duration(ctx.config.connection_attempt_window)
+                );
+                let _ = write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
+                return;
+            }
             let key = match check_handshake(&head) {
                 Ok(key) => key,
                 Err(response) => {

@@ -10,6 +10,7 @@
 //! friends), [`stream`] (stream names), [`stats`] (klines, rolling tickers), [`feed`] (what to
 //! simulate), [`config`], [`metrics`], and [`server::run`], which ties them together.
 
+pub mod admission;
 pub mod book;
 pub mod config;
 pub mod control;

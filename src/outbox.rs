@@ -13,6 +13,10 @@ use parking_lot::Mutex;
 use std::collections::VecDeque;
 use tokio::sync::Notify;
 
+/// Room above the byte bound for control replies, so a reply is not what tips a connection
+/// over; one LIST_SUBSCRIPTIONS reply for 1024 streams is about 30 KiB.
+pub const CONTROL_SLACK: usize = 64 * 1024;
+
 /// How much one connection may have queued before it counts as a slow consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueBound {
@@ -90,6 +94,8 @@ impl Outbox {
             });
             // Free the backlog now: a slow consumer must not hold memory while it is closed.
             let dropped = std::mem::take(&mut state.frames);
+            state.bytes -= dropped.iter().map(Bytes::len).sum::<usize>();
+            state.count -= dropped.len();
             state.writer_idle = false;
             drop(state);
             drop(dropped);
@@ -103,11 +109,18 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Queues a reply or control frame outside the bound: these are few (each answers one
-    /// rate-limited client message) and must not be lost to a backlog of market data.
+    /// Queues a reply or control frame. These are few (each answers one rate-limited client
+    /// message, or is a ping) and must not be refused because market data filled the queue, so
+    /// they may exceed the bound by [`CONTROL_SLACK`]; a client that lets even that pile up is
+    /// a slow consumer like any other.
     pub fn push_control(&self, frame: Bytes) {
         let mut state = self.state.lock();
         if state.closing.is_some() {
+            return;
+        }
+        if state.bytes + frame.len() > self.bound.max_bytes + CONTROL_SLACK {
+            drop(state);
+            self.push_data(&frame);
             return;
         }
         state.bytes += frame.len();
@@ -147,6 +160,11 @@ impl Outbox {
 
     pub fn is_closing(&self) -> bool {
         self.state.lock().closing.is_some()
+    }
+
+    /// Why the outbox is closing, if it is.
+    pub fn closing(&self) -> Option<Closing> {
+        self.state.lock().closing.clone()
     }
 
     /// Moves every queued frame into `batch` (which must be empty) in one lock hold.

@@ -6,6 +6,7 @@
 //! clone of a drop-guard sender, so when the receiver sees all of them gone, every client has
 //! been closed; the wait is bounded by `shutdown_timeout`.
 
+use crate::admission::AttemptLimiter;
 use crate::config::Config;
 use crate::engine::{self, EngineHandle};
 use crate::feed::Feed;
@@ -27,6 +28,8 @@ pub struct Context {
     pub engine: EngineHandle,
     pub metrics: SessionMetrics,
     pub prometheus: PrometheusHandle,
+    /// Per-IP connection-attempt limiter (SPEC.md: 300 per 5 minutes).
+    pub attempts: AttemptLimiter,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
     next_conn: AtomicU64,
@@ -65,11 +68,15 @@ pub async fn run(
     let shutdown_timeout = config.shutdown_timeout;
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let ctx = Arc::new(Context {
-        config,
         feed,
         engine,
         metrics: SessionMetrics::new(),
         prometheus,
+        attempts: AttemptLimiter::new(
+            config.max_connection_attempts_per_ip,
+            config.connection_attempt_window,
+        ),
+        config,
         shutdown: shutdown_rx,
         next_conn: AtomicU64::new(1),
         _done: done_tx,
@@ -80,7 +87,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -93,7 +100,7 @@ pub async fn run(
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         tokio::spawn(async move {
-                            http::serve(stream, ctx).await;
+                            http::serve(stream, peer.ip(), ctx).await;
                             drop(permit);
                         });
                     }

@@ -31,7 +31,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -199,7 +199,8 @@ impl RateWindow {
     }
 }
 
-/// Where a closing connection stands.
+/// Where a closing connection stands. Created the moment a close is decided (here or by the
+/// hub), so `deadline` bounds the whole close, however backed up the socket is.
 struct Close {
     /// Code sent (or echoed) in our close frame; what the metrics record.
     code: u16,
@@ -208,9 +209,23 @@ struct Close {
     /// Our close frame has been queued behind the last data.
     frame_queued: bool,
     /// Our close frame is written and the write side shut down.
-    sent: bool,
+    write_shut: bool,
     /// The peer closed first; nothing more to wait for once our reply is out.
     peer_closed: bool,
+}
+
+/// The close code and reason an outbox's closing turns into.
+fn describe(closing: &Closing) -> (u16, String) {
+    match closing {
+        Closing::SlowConsumer { queued_bytes, queued_frames, bound } => (
+            4008,
+            format!(
+                "slow consumer: queue {queued_bytes} B/{queued_frames} frames hit bound {} B/{} frames",
+                bound.max_bytes, bound.max_frames
+            ),
+        ),
+        Closing::Close { code, reason } => (*code, reason.clone()),
+    }
 }
 
 struct Session {
@@ -262,36 +277,22 @@ impl Session {
         let mut pending: VecDeque<Bytes> = VecDeque::new();
         let mut offset = 0usize;
         let mut close: Option<Close> = None;
+        // Tungstenite reported an error or the peer's close: from here on the socket's input is
+        // only drained (unread input would turn our close into a reset) until EOF.
+        let mut read_done = false;
         let metrics = self.ctx.metrics.clone();
 
         loop {
             if pending.is_empty() {
                 if let Some(closing) = self.outbox.take(&mut pending) {
-                    let state = close.get_or_insert_with(|| Close {
-                        code: 0,
-                        deadline: Instant::now() + config.close_timeout,
-                        frame_queued: false,
-                        sent: false,
-                        peer_closed: false,
-                    });
+                    let state = self.closing(&mut close, &closing, config.close_timeout);
                     if !state.frame_queued {
-                        let (code, reason) = match closing {
-                            Closing::SlowConsumer { queued_bytes, queued_frames, bound } => (
-                                4008,
-                                format!(
-                                    "slow consumer: queue {queued_bytes} B/{queued_frames} frames hit bound {} B/{} frames",
-                                    bound.max_bytes, bound.max_frames
-                                ),
-                            ),
-                            Closing::Close { code, reason } => (code, reason),
-                        };
-                        state.code = code;
                         state.frame_queued = true;
-                        if code != CLOSE_ABNORMAL {
-                            pending.push_back(frame::close(code, &reason));
+                        if state.code != CLOSE_ABNORMAL {
+                            pending.push_back(frame::close(state.code, &describe(&closing).1));
                         }
-                    } else if !state.sent {
-                        state.sent = true;
+                    } else if !state.write_shut {
+                        state.write_shut = true;
                         let _ = write.shutdown().await;
                         if state.peer_closed || state.code == CLOSE_ABNORMAL {
                             return state.code;
@@ -301,10 +302,10 @@ impl Session {
             }
             let silent_until = last_heard + config.pong_timeout;
             let timer = match &close {
-                Some(state) => state.deadline.min(silent_until),
+                Some(state) => state.deadline,
                 None => next_ping.min(silent_until).min(lifetime_end),
             };
-            let reading = close.as_ref().is_none_or(|c| !c.peer_closed);
+            let draining = read_done && close.as_ref().is_some_and(|c| !c.peer_closed);
             let next = tokio::select! {
                 biased;
                 changed = shutdown.changed(), if !shutdown_seen => {
@@ -314,10 +315,14 @@ impl Session {
                     }
                     Next::Continue
                 }
-                incoming = ws.next(), if reading => {
-                    last_heard = Instant::now();
-                    self.on_incoming(incoming, &mut rate, &mut close, last_heard, &config)
-                }
+                input = poll_fn(|cx| poll_input(&mut ws, read_done, cx)), if !read_done || draining => match input {
+                    Input::Message(incoming) => {
+                        last_heard = Instant::now();
+                        self.on_incoming(incoming, &mut rate, &mut close, &mut read_done, last_heard, &config)
+                    }
+                    Input::Drained(Ok(0) | Err(_)) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
+                    Input::Drained(Ok(_)) => Next::Continue,
+                },
                 written = poll_fn(|cx| poll_write_batch(&mut write, &pending, offset, cx)), if !pending.is_empty() => {
                     match written {
                         Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
@@ -331,25 +336,36 @@ impl Session {
                         }
                     }
                 }
-                _ = self.outbox.wait(), if pending.is_empty() => Next::Continue,
+                // Also armed while a batch is being written, so an eviction or shutdown starts
+                // the close deadline even when the socket is backed up.
+                _ = self.outbox.wait(), if close.is_none() => {
+                    if let Some(closing) = self.outbox.closing() {
+                        self.closing(&mut close, &closing, config.close_timeout);
+                    }
+                    Next::Continue
+                }
                 _ = sleep_until(timer) => {
                     let now = Instant::now();
-                    if let Some(state) = &close {
-                        if now >= state.deadline {
-                            return state.code;
+                    match &close {
+                        Some(state) => {
+                            if now >= state.deadline {
+                                return state.code;
+                            }
                         }
-                    }
-                    if now >= last_heard + config.pong_timeout {
-                        // Dead peer: no close handshake, nobody would read it.
-                        return CLOSE_ABNORMAL;
-                    }
-                    if close.is_some() {
-                        // Closing: only the deadline and silence matter, both handled above.
-                    } else if now >= lifetime_end {
-                        self.outbox.close(4009, format!("connection lifetime of {} reached", humantime::format_duration(config.max_lifetime)), None);
-                    } else if now >= next_ping {
-                        next_ping = now + config.ping_interval;
-                        self.outbox.push_control(Bytes::from_static(PING));
+                        None if now >= silent_until => {
+                            // Dead peer: no close handshake, nobody would read it.
+                            return CLOSE_ABNORMAL;
+                        }
+                        None if now >= lifetime_end => {
+                            let reason = format!("connection lifetime of {} reached", humantime::format_duration(config.max_lifetime));
+                            self.begin_close(&mut close, 4009, reason, &config);
+                        }
+                        None => {
+                            if now >= next_ping {
+                                next_ping = now + config.ping_interval;
+                                self.outbox.push_control(Bytes::from_static(PING));
+                            }
+                        }
                     }
                     Next::Continue
                 }
@@ -357,6 +373,36 @@ impl Session {
             if let Next::End(code) = next {
                 return code;
             }
+        }
+    }
+
+    /// The connection's close state, created on first sight of the outbox's closing.
+    fn closing<'a>(
+        &self,
+        close: &'a mut Option<Close>,
+        closing: &Closing,
+        timeout: Duration,
+    ) -> &'a mut Close {
+        close.get_or_insert_with(|| Close {
+            code: describe(closing).0,
+            deadline: Instant::now() + timeout,
+            frame_queued: false,
+            write_shut: false,
+            peer_closed: false,
+        })
+    }
+
+    /// Closes from inside the session: queue the close and start its deadline now.
+    fn begin_close(
+        &self,
+        close: &mut Option<Close>,
+        code: u16,
+        reason: String,
+        config: &crate::config::Config,
+    ) {
+        self.outbox.close(code, reason, None);
+        if let Some(closing) = self.outbox.closing() {
+            self.closing(close, &closing, config.close_timeout);
         }
     }
 
@@ -381,6 +427,7 @@ impl Session {
         incoming: Option<Result<Message, WsError>>,
         rate: &mut RateWindow,
         close: &mut Option<Close>,
+        read_done: &mut bool,
         now: Instant,
         config: &crate::config::Config,
     ) -> Next {
@@ -388,29 +435,38 @@ impl Session {
             None => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
             Some(Ok(message)) => message,
             Some(Err(error)) => {
+                *read_done = true;
                 let (code, reason) = match error {
                     WsError::Capacity(CapacityError::MessageTooLong { .. }) => (
                         1009,
                         format!("message too large: at most {MAX_INCOMING} bytes"),
                     ),
                     WsError::Utf8(_) => (1007, "invalid UTF-8 in text message".to_string()),
+                    WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                        return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code))
+                    }
                     WsError::Protocol(e) => (1002, format!("protocol error: {e}")),
                     _ => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                 };
-                self.outbox.close(code, reason, None);
+                self.begin_close(close, code, reason, config);
                 return Next::Continue;
             }
         };
-        if close.is_some() {
-            // Closing: only the peer's close frame still matters.
-            if let Message::Close(_) = message {
-                if let Some(state) = close.as_mut() {
-                    state.peer_closed = true;
-                    if state.sent {
-                        return Next::End(state.code);
-                    }
+        if let Message::Close(frame) = &message {
+            // Echo the peer's code (RFC 6455 §5.5.1) and end once it is written.
+            *read_done = true;
+            let code = frame.as_ref().map_or(1000, |f| u16::from(f.code));
+            self.begin_close(close, code, String::new(), config);
+            if let Some(state) = close.as_mut() {
+                state.peer_closed = true;
+                if state.write_shut {
+                    return Next::End(state.code);
                 }
             }
+            return Next::Continue;
+        }
+        if close.is_some() || self.outbox.is_closing() {
+            // Closing: the peer's messages no longer matter.
             return Next::Continue;
         }
         if rate.exceeded(now) {
@@ -418,7 +474,7 @@ impl Session {
                 "rate limit: more than {} incoming messages per second",
                 rate.limit
             );
-            self.outbox.close(4002, reason, None);
+            self.begin_close(close, 4002, reason, config);
             return Next::Continue;
         }
         match message {
@@ -440,28 +496,47 @@ impl Session {
                     reply: frame::text(&outcome.reply),
                 };
                 if self.ctx.engine.try_send(command).is_err() {
-                    self.outbox
-                        .close(1013, "server busy: try again later", None);
+                    self.begin_close(close, 1013, "server busy: try again later".into(), config);
                 }
             }
-            Message::Binary(_) => self
-                .outbox
-                .close(1003, "binary frames are not accepted", None),
-            Message::Close(frame) => {
-                // Echo the peer's code (RFC 6455 §5.5.1) and end once it is written.
-                let code = frame.as_ref().map_or(1000, |f| u16::from(f.code));
-                self.outbox.close(code, "", None);
-                *close = Some(Close {
-                    code,
-                    deadline: now + config.close_timeout,
-                    frame_queued: false,
-                    sent: false,
-                    peer_closed: true,
-                });
+            Message::Binary(_) => {
+                self.begin_close(close, 1003, "binary frames are not accepted".into(), config)
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
         }
         Next::Continue
+    }
+}
+
+/// What the read side produced.
+enum Input {
+    /// A message (or error, or end) from tungstenite.
+    Message(Option<Result<Message, WsError>>),
+    /// Bytes discarded after tungstenite is done (0: end of input).
+    Drained(io::Result<usize>),
+}
+
+fn poll_input(
+    ws: &mut WebSocketStream<ReadSide>,
+    read_done: bool,
+    cx: &mut TaskContext<'_>,
+) -> Poll<Input> {
+    if read_done {
+        poll_discard(&mut ws.get_mut().read, cx).map(Input::Drained)
+    } else {
+        ws.poll_next_unpin(cx).map(Input::Message)
+    }
+}
+
+/// Reads and discards input while a close completes: a socket closed with unread input sends a
+/// reset, which can destroy the close frame before the peer reads it.
+fn poll_discard(read: &mut OwnedReadHalf, cx: &mut TaskContext<'_>) -> Poll<io::Result<usize>> {
+    let mut scratch = [0u8; 512];
+    let mut buf = ReadBuf::new(&mut scratch);
+    match Pin::new(read).poll_read(cx, &mut buf) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 

@@ -44,11 +44,24 @@ impl LocalBook {
 }
 
 async fn snapshot(server: &TestServer, symbol: &str) -> Value {
-    server.get_json(&format!("/api/v3/depth?symbol={symbol}&limit=5000")).await
+    server
+        .get_json(&format!("/api/v3/depth?symbol={symbol}&limit=5000"))
+        .await
 }
 
-async fn follow(server: &TestServer, symbol: &str, stream_suffix: &str, run_for: Duration, compare_at_end: bool) {
-    let mut ws = server.connect(&format!("/ws/{}@depth{stream_suffix}", symbol.to_lowercase())).await;
+async fn follow(
+    server: &TestServer,
+    symbol: &str,
+    stream_suffix: &str,
+    run_for: Duration,
+    compare_at_end: bool,
+) {
+    let mut ws = server
+        .connect(&format!(
+            "/ws/{}@depth{stream_suffix}",
+            symbol.to_lowercase()
+        ))
+        .await;
     let first_snapshot = snapshot(server, symbol).await;
     let last_id = first_snapshot["lastUpdateId"].as_u64().unwrap();
     let mut book = LocalBook::from_snapshot(&first_snapshot);
@@ -59,7 +72,10 @@ async fn follow(server: &TestServer, symbol: &str, stream_suffix: &str, run_for:
         event = next_json(&mut ws).await;
     }
     let (first, last) = (event["U"].as_u64().unwrap(), event["u"].as_u64().unwrap());
-    assert!(first <= last_id + 1 && last_id < last, "first event {first}..{last} must straddle {last_id}+1");
+    assert!(
+        first <= last_id + 1 && last_id < last,
+        "first event {first}..{last} must straddle {last_id}+1"
+    );
     book.apply(&event);
     let mut previous = last;
     let mut events = 1u64;
@@ -67,7 +83,11 @@ async fn follow(server: &TestServer, symbol: &str, stream_suffix: &str, run_for:
     let until = Instant::now() + run_for;
     while Instant::now() < until {
         let event = next_json(&mut ws).await;
-        assert_eq!(event["U"].as_u64().unwrap(), previous + 1, "gap after {previous}");
+        assert_eq!(
+            event["U"].as_u64().unwrap(),
+            previous + 1,
+            "gap after {previous}"
+        );
         previous = event["u"].as_u64().unwrap();
         book.apply(&event);
         events += 1;
@@ -79,12 +99,23 @@ async fn follow(server: &TestServer, symbol: &str, stream_suffix: &str, run_for:
         assert!(at >= previous);
         while previous < at {
             let event = next_json(&mut ws).await;
-            assert_eq!(event["U"].as_u64().unwrap(), previous + 1, "gap after {previous}");
+            assert_eq!(
+                event["U"].as_u64().unwrap(),
+                previous + 1,
+                "gap after {previous}"
+            );
             previous = event["u"].as_u64().unwrap();
             book.apply(&event);
         }
-        assert_eq!(previous, at, "a real-time diff ends exactly at every update id");
-        assert_eq!(book, LocalBook::from_snapshot(&later), "local book equals the snapshot at update {at}");
+        assert_eq!(
+            previous, at,
+            "a real-time diff ends exactly at every update id"
+        );
+        assert_eq!(
+            book,
+            LocalBook::from_snapshot(&later),
+            "local book equals the snapshot at update {at}"
+        );
     }
 }
 

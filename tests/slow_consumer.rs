@@ -25,7 +25,11 @@ fn rss_bytes() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap() {
     let bound = 64 * 1024;
-    let config = Config { queue_bytes: bound, socket_send_buffer: 4096, ..Config::default() };
+    let config = Config {
+        queue_bytes: bound,
+        socket_send_buffer: 4096,
+        ..Config::default()
+    };
     let server = TestServer::start(config).await;
     let url = server.ws_url(&format!("/stream?streams={STREAMS}"));
 
@@ -33,7 +37,9 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
-    let (mut slow, _) = tokio_tungstenite::client_async(url.as_str(), stream).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+        .await
+        .unwrap();
 
     // The fast client on the same streams checks real-time diff continuity as it goes.
     let mut fast = server.connect(&format!("/stream?streams={STREAMS}")).await;
@@ -62,7 +68,9 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
     });
 
     let baseline = rss_bytes();
-    server.wait_metric("bookcast_slow_consumer_disconnects_total", "", 1.0).await;
+    server
+        .wait_metric("bookcast_slow_consumer_disconnects_total", "", 1.0)
+        .await;
     let during = rss_bytes();
     assert!(
         during < baseline + 32 * 1024 * 1024,
@@ -72,7 +80,9 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
     // The fast one keeps receiving for a while after the eviction, still with no gap.
     let evicted_at = Instant::now();
     let before = server.metric("bookcast_frames_delivered_total", "").await;
-    server.wait_metric("bookcast_frames_delivered_total", "", before + 200.0).await;
+    server
+        .wait_metric("bookcast_frames_delivered_total", "", before + 200.0)
+        .await;
     assert!(evicted_at.elapsed() < Duration::from_secs(10));
     stop_fast.send(()).unwrap();
     let diffs = fast_reader.await.expect("fast client saw no gap");
@@ -81,7 +91,9 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
     // The slow one now reads what was already in flight, then the close frame.
     let deadline = Instant::now() + PATIENCE;
     let close = loop {
-        let message = tokio::time::timeout_at(deadline, slow.next()).await.expect("close in time");
+        let message = tokio::time::timeout_at(deadline, slow.next())
+            .await
+            .expect("close in time");
         match message {
             Some(Ok(Message::Close(frame))) => break frame.expect("a close code"),
             Some(Ok(_)) => continue,
@@ -89,7 +101,13 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
         }
     };
     assert_eq!(u16::from(close.code), 4008);
-    assert!(close.reason.contains(&bound.to_string()), "reason names the bound: {}", close.reason);
-    server.wait_metric("bookcast_closes_total", "code=\"4008\"", 1.0).await;
+    assert!(
+        close.reason.contains(&bound.to_string()),
+        "reason names the bound: {}",
+        close.reason
+    );
+    server
+        .wait_metric("bookcast_closes_total", "code=\"4008\"", 1.0)
+        .await;
     server.stop().await;
 }
