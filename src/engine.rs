@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// How many commands may wait for the engine; beyond that, senders are told the server is busy.
@@ -88,13 +88,6 @@ pub fn spawn(feed: Arc<Feed>) -> std::io::Result<(EngineHandle, JoinHandle<()>)>
         .name("bookcast-engine".into())
         .spawn(move || Engine::new(feed).run(rx))?;
     Ok((EngineHandle { tx }, thread))
-}
-
-fn wall_clock_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// Depth changes merged over a 100 ms or 1000 ms window.
@@ -184,7 +177,7 @@ struct Engine {
 impl Engine {
     fn new(feed: Arc<Feed>) -> Self {
         let now = Instant::now();
-        let now_us = wall_clock_us();
+        let now_us = crate::clock::wall_us();
         let symbols = feed
             .symbols
             .iter()
@@ -235,7 +228,7 @@ impl Engine {
                 }
             }
             let now = Instant::now();
-            let now_us = wall_clock_us();
+            let now_us = crate::clock::wall_us();
             for index in 0..self.symbols.len() {
                 let state = &mut self.symbols[index];
                 if state.next_step <= now {

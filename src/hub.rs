@@ -190,6 +190,7 @@ impl Hub {
             return;
         };
         let time_dependent = topic.has_time_fields();
+        let born_us = crate::clock::monotonic_us();
         let mut rendered = [false; 2];
         for (slot, subscribers) in entry.subscribers.iter().enumerate() {
             if subscribers.is_empty() {
@@ -213,7 +214,7 @@ impl Hub {
             let frame = build_frame(combined.then_some(&entry.combined_prefix[..]), payload);
             let mut evicted = 0u64;
             for subscriber in subscribers {
-                if subscriber.outbox.push_data(&frame) == Push::Overflowed {
+                if subscriber.outbox.push_data(&frame, born_us) == Push::Overflowed {
                     evicted += 1;
                 }
             }

@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod book;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod decimal;

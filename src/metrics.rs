@@ -4,8 +4,11 @@
 //! add: no label formatting or registry lookup per message. Labels are low-cardinality
 //! constants (stream kind, close code, path), never per connection.
 
-use metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -17,11 +20,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let handle = match PrometheusBuilder::new().install_recorder() {
+            let handle = match builder().install_recorder() {
                 Ok(handle) => handle,
                 // Another recorder owns the process (an embedding application): keep serving
                 // our own exposition from a recorder that only we render.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+                Err(_) => builder().build_recorder().handle(),
             };
             describe();
             handle
@@ -29,7 +32,40 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Seconds from publish to socket: 50 µs to 2.5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5,
+];
+/// Frames per vectored write.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+fn builder() -> PrometheusBuilder {
+    // Both bucket lists are non-empty constants, the only way set_buckets_for_metric fails.
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("bookcast_publish_to_socket_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("bookcast_write_batch_frames".into()),
+                BATCH_BUCKETS,
+            )
+        })
+        .expect("bucket lists are non-empty")
+}
+
 fn describe() {
+    describe_histogram!(
+        "bookcast_publish_to_socket_seconds",
+        Unit::Seconds,
+        "Time from the engine publishing an event to its frame being written to a subscriber's socket."
+    );
+    describe_histogram!(
+        "bookcast_write_batch_frames",
+        "Frames written per vectored write."
+    );
     describe_gauge!(
         "bookcast_connections_open",
         "WebSocket connections currently open."
@@ -162,6 +198,8 @@ pub struct SessionMetrics {
     pub control_messages: Counter,
     pub open: Gauge,
     pub accepted: Counter,
+    pub publish_to_socket: Histogram,
+    pub write_batch_frames: Histogram,
 }
 
 impl SessionMetrics {
@@ -173,6 +211,8 @@ impl SessionMetrics {
             control_messages: counter!("bookcast_control_messages_total"),
             open: gauge!("bookcast_connections_open"),
             accepted: counter!("bookcast_connections_accepted_total"),
+            publish_to_socket: histogram!("bookcast_publish_to_socket_seconds"),
+            write_batch_frames: histogram!("bookcast_write_batch_frames"),
         }
     }
 

@@ -24,6 +24,14 @@ pub struct QueueBound {
     pub max_frames: usize,
 }
 
+/// A queued frame and when it was published, so the writer can measure publish-to-socket time.
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub frame: Bytes,
+    /// [`crate::clock::monotonic_us`] at publish; 0 for replies and control frames.
+    pub born_us: u64,
+}
+
 /// Why an outbox stopped accepting frames; the writer turns it into a close frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Closing {
@@ -49,7 +57,7 @@ pub enum Push {
 
 #[derive(Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Queued>,
     /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: usize,
     /// Frames queued plus frames taken and not yet written.
@@ -79,7 +87,7 @@ impl Outbox {
     }
 
     /// Queues a data frame, or evicts the connection if that would overflow the bound.
-    pub fn push_data(&self, frame: &Bytes) -> Push {
+    pub fn push_data(&self, frame: &Bytes, born_us: u64) -> Push {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return Push::Closed;
@@ -94,7 +102,7 @@ impl Outbox {
             });
             // Free the backlog now: a slow consumer must not hold memory while it is closed.
             let dropped = std::mem::take(&mut state.frames);
-            state.bytes -= dropped.iter().map(Bytes::len).sum::<usize>();
+            state.bytes -= dropped.iter().map(|q| q.frame.len()).sum::<usize>();
             state.count -= dropped.len();
             state.writer_idle = false;
             drop(state);
@@ -104,7 +112,10 @@ impl Outbox {
         }
         state.bytes += frame.len();
         state.count += 1;
-        state.frames.push_back(frame.clone());
+        state.frames.push_back(Queued {
+            frame: frame.clone(),
+            born_us,
+        });
         self.wake_if_idle(state);
         Push::Queued
     }
@@ -120,12 +131,12 @@ impl Outbox {
         }
         if state.bytes + frame.len() > self.bound.max_bytes + CONTROL_SLACK {
             drop(state);
-            self.push_data(&frame);
+            self.push_data(&frame, 0);
             return;
         }
         state.bytes += frame.len();
         state.count += 1;
-        state.frames.push_back(frame);
+        state.frames.push_back(Queued { frame, born_us: 0 });
         self.wake_if_idle(state);
     }
 
@@ -147,7 +158,7 @@ impl Outbox {
         if let Some(frame) = last {
             state.bytes += frame.len();
             state.count += 1;
-            state.frames.push_back(frame);
+            state.frames.push_back(Queued { frame, born_us: 0 });
         }
         state.closing = Some(Closing::Close {
             code,
@@ -171,7 +182,7 @@ impl Outbox {
     /// Once the outbox is closing and everything queued has been handed out, returns why, so
     /// the writer sends its close frame last. When nothing is queued the writer is marked
     /// idle, so the next push wakes it.
-    pub fn take(&self, batch: &mut VecDeque<Bytes>) -> Option<Closing> {
+    pub fn take(&self, batch: &mut VecDeque<Queued>) -> Option<Closing> {
         debug_assert!(batch.is_empty());
         let mut state = self.state.lock();
         if !state.frames.is_empty() {
@@ -217,9 +228,9 @@ mod tests {
             max_bytes: 100,
             max_frames: 10,
         });
-        assert_eq!(outbox.push_data(&frame(60)), Push::Queued);
-        assert_eq!(outbox.push_data(&frame(60)), Push::Overflowed);
-        assert_eq!(outbox.push_data(&frame(1)), Push::Closed);
+        assert_eq!(outbox.push_data(&frame(60), 1), Push::Queued);
+        assert_eq!(outbox.push_data(&frame(60), 1), Push::Overflowed);
+        assert_eq!(outbox.push_data(&frame(1), 1), Push::Closed);
         let mut batch = VecDeque::new();
         match outbox.take(&mut batch) {
             Some(Closing::SlowConsumer {
@@ -238,12 +249,12 @@ mod tests {
             max_bytes: 100,
             max_frames: 10,
         });
-        assert_eq!(outbox.push_data(&frame(60)), Push::Queued);
+        assert_eq!(outbox.push_data(&frame(60), 1), Push::Queued);
         let mut batch = VecDeque::new();
         assert_eq!(outbox.take(&mut batch), None);
         assert_eq!(batch.len(), 1);
         assert_eq!(
-            outbox.push_data(&frame(60)),
+            outbox.push_data(&frame(60), 1),
             Push::Overflowed,
             "the taken frame still counts"
         );
@@ -251,15 +262,15 @@ mod tests {
             max_bytes: 100,
             max_frames: 2,
         });
-        outbox.push_data(&frame(10));
+        outbox.push_data(&frame(10), 1);
         batch.clear();
         outbox.take(&mut batch);
         outbox.written(1, 10);
         assert_eq!(outbox.queued_bytes(), 0);
-        assert_eq!(outbox.push_data(&frame(10)), Push::Queued);
-        assert_eq!(outbox.push_data(&frame(10)), Push::Queued);
+        assert_eq!(outbox.push_data(&frame(10), 1), Push::Queued);
+        assert_eq!(outbox.push_data(&frame(10), 1), Push::Queued);
         assert_eq!(
-            outbox.push_data(&frame(10)),
+            outbox.push_data(&frame(10), 1),
             Push::Overflowed,
             "frame bound"
         );

@@ -10,7 +10,6 @@ use crate::feed::SymbolSpec;
 use crate::http::{Head, Response};
 use crate::server::Context;
 use crate::stream::SymbolId;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// Largest `limit` for `/api/v3/depth`; larger values are truncated to it, as Binance does.
@@ -18,10 +17,7 @@ pub const MAX_DEPTH_LIMIT: usize = 5000;
 const DEFAULT_DEPTH_LIMIT: usize = 100;
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::wall_us() / 1000
 }
 
 /// Answers one REST request and counts it.

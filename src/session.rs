@@ -15,7 +15,7 @@ use crate::engine::Command;
 use crate::frame;
 use crate::http::{self, Upgrade};
 use crate::json::{push_time, TimeUnit};
-use crate::outbox::{Closing, Outbox};
+use crate::outbox::{Closing, Outbox, Queued};
 use crate::server::Context;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -25,7 +25,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -55,13 +55,6 @@ fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(MAX_INCOMING))
         .max_frame_size(Some(MAX_INCOMING))
-}
-
-fn wall_clock_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 /// The read half as tungstenite sees it: reads come from the socket, and whatever tungstenite
@@ -274,7 +267,7 @@ impl Session {
             started,
             count: 0,
         };
-        let mut pending: VecDeque<Bytes> = VecDeque::new();
+        let mut pending: VecDeque<Queued> = VecDeque::new();
         let mut offset = 0usize;
         let mut close: Option<Close> = None;
         // Tungstenite reported an error or the peer's close: from here on the socket's input is
@@ -289,7 +282,10 @@ impl Session {
                     if !state.frame_queued {
                         state.frame_queued = true;
                         if state.code != CLOSE_ABNORMAL {
-                            pending.push_back(frame::close(state.code, &describe(&closing).1));
+                            pending.push_back(Queued {
+                                frame: frame::close(state.code, &describe(&closing).1),
+                                born_us: 0,
+                            });
                         }
                     } else if !state.write_shut {
                         state.write_shut = true;
@@ -327,8 +323,14 @@ impl Session {
                     match written {
                         Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                         Ok(n) => {
-                            let (frames, bytes) = advance(&mut pending, &mut offset, n);
+                            let now_us = crate::clock::monotonic_us();
+                            let (frames, bytes) = advance(&mut pending, &mut offset, n, |done| {
+                                if done.born_us != 0 {
+                                    metrics.publish_to_socket.record(now_us.saturating_sub(done.born_us) as f64 * 1e-6);
+                                }
+                            });
                             metrics.write_syscalls.increment(1);
+                            metrics.write_batch_frames.record(frames as f64);
                             metrics.frames_delivered.increment(frames as u64);
                             metrics.bytes_delivered.increment(n as u64);
                             self.outbox.written(frames, bytes);
@@ -413,7 +415,7 @@ impl Session {
             payload.extend_from_slice(b"{\"stream\":\"!serverShutdown\",\"data\":");
         }
         payload.extend_from_slice(b"{\"e\":\"serverShutdown\",\"E\":");
-        push_time(&mut payload, wall_clock_us(), self.unit);
+        push_time(&mut payload, crate::clock::wall_us(), self.unit);
         payload.push(b'}');
         if self.subscriptions.combined {
             payload.push(b'}');
@@ -544,39 +546,39 @@ fn poll_discard(read: &mut OwnedReadHalf, cx: &mut TaskContext<'_>) -> Poll<io::
 /// are rebuilt on each poll rather than kept in the future, keeping the task small.
 fn poll_write_batch(
     write: &mut OwnedWriteHalf,
-    pending: &VecDeque<Bytes>,
+    pending: &VecDeque<Queued>,
     offset: usize,
     cx: &mut TaskContext<'_>,
 ) -> Poll<io::Result<usize>> {
     let mut slices = [IoSlice::new(&[]); MAX_IOV];
     let mut count = 0;
-    for (slot, frame) in slices.iter_mut().zip(pending.iter()) {
-        *slot = IoSlice::new(if count == 0 {
-            &frame[offset..]
-        } else {
-            &frame[..]
-        });
+    for (slot, queued) in slices.iter_mut().zip(pending.iter()) {
+        let frame = &queued.frame[..];
+        *slot = IoSlice::new(if count == 0 { &frame[offset..] } else { frame });
         count += 1;
     }
     Pin::new(write).poll_write_vectored(cx, &slices[..count])
 }
 
-/// Drops fully written frames from `pending`; returns how many frames and their total bytes.
+/// Drops fully written frames from `pending`, calling `done` for each; returns how many frames
+/// and their total bytes.
 fn advance(
-    pending: &mut VecDeque<Bytes>,
+    pending: &mut VecDeque<Queued>,
     offset: &mut usize,
     mut written: usize,
+    mut done: impl FnMut(&Queued),
 ) -> (usize, usize) {
     let (mut frames, mut bytes) = (0, 0);
     while let Some(front) = pending.front() {
-        let remaining = front.len() - *offset;
+        let remaining = front.frame.len() - *offset;
         if written < remaining {
             *offset += written;
             break;
         }
         written -= remaining;
         frames += 1;
-        bytes += front.len();
+        bytes += front.frame.len();
+        done(front);
         *offset = 0;
         pending.pop_front();
     }
@@ -589,14 +591,19 @@ mod tests {
 
     #[test]
     fn advance_handles_partial_frames() {
-        let mut pending: VecDeque<Bytes> =
-            [Bytes::from_static(b"abcd"), Bytes::from_static(b"ef")].into();
+        let queued = |b: &'static [u8]| Queued {
+            frame: Bytes::from_static(b),
+            born_us: 7,
+        };
+        let mut pending: VecDeque<Queued> = [queued(b"abcd"), queued(b"ef")].into();
         let mut offset = 0;
-        assert_eq!(advance(&mut pending, &mut offset, 3), (0, 0));
+        let mut done = 0;
+        assert_eq!(advance(&mut pending, &mut offset, 3, |_| done += 1), (0, 0));
         assert_eq!(offset, 3);
-        assert_eq!(advance(&mut pending, &mut offset, 2), (1, 4));
+        assert_eq!(advance(&mut pending, &mut offset, 2, |_| done += 1), (1, 4));
         assert_eq!((pending.len(), offset), (1, 1));
-        assert_eq!(advance(&mut pending, &mut offset, 1), (1, 2));
+        assert_eq!(advance(&mut pending, &mut offset, 1, |_| done += 1), (1, 2));
         assert!(pending.is_empty());
+        assert_eq!(done, 2);
     }
 }

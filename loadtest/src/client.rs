@@ -1,0 +1,262 @@
+//! One load client: connect, receive until told to stop, check every event on the way.
+
+use crate::stats::{SlowClose, Stats};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What a client is told to do.
+pub struct Plan {
+    pub id: usize,
+    pub url: String,
+    pub server: SocketAddr,
+    pub source: Option<IpAddr>,
+    /// Some(delay between reads) for a slow client.
+    pub slow_read_every: Option<Duration>,
+    pub recv_buffer: usize,
+    pub started: Instant,
+}
+
+/// Only the fields the checks need; simd-json skips the rest (book levels included).
+#[derive(Deserialize)]
+#[allow(non_snake_case)]
+struct Event<'a> {
+    #[serde(borrow)]
+    e: Option<&'a str>,
+    E: Option<u64>,
+    #[serde(borrow)]
+    s: Option<&'a str>,
+    U: Option<u64>,
+    u: Option<u64>,
+    t: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Combined<'a> {
+    #[serde(borrow)]
+    data: Option<Event<'a>>,
+}
+
+/// Resolves once the run is told to stop (the guard `wait_for` returns is not held).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Last sequence number seen per (kind, symbol), for gap detection.
+#[derive(Default)]
+struct Sequences {
+    seen: Vec<(bool, String, u64)>,
+}
+
+impl Sequences {
+    /// Records `first..=last` for a stream; true when it does not follow the previous one.
+    fn gap(&mut self, trade: bool, symbol: &str, first: u64, last: u64) -> bool {
+        match self
+            .seen
+            .iter_mut()
+            .find(|(t, s, _)| *t == trade && s == symbol)
+        {
+            Some((_, _, previous)) => {
+                let gap = first != *previous + 1;
+                *previous = last;
+                gap
+            }
+            None => {
+                self.seen.push((trade, symbol.to_string(), last));
+                false
+            }
+        }
+    }
+}
+
+pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let socket = match plan.server {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    };
+    let Ok(socket) = socket else {
+        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if let Some(source) = plan.source {
+        if socket.bind(SocketAddr::new(source, 0)).is_err() {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    if plan.recv_buffer > 0 {
+        let _ = socket.set_recv_buffer_size(plan.recv_buffer as u32);
+    }
+    let connect_start = Instant::now();
+    let connected = async {
+        let stream = socket.connect(plan.server).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        tokio_tungstenite::client_async(plan.url.as_str(), stream)
+            .await
+            .ok()
+    };
+    let mut ws = tokio::select! {
+        ws = connected => match ws {
+            Some((ws, _)) => ws,
+            None => {
+                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
+        _ = stopped(&mut stop) => return,
+    };
+    stats
+        .connect_ms
+        .lock()
+        .saturating_record(connect_start.elapsed().as_millis().max(1) as u64);
+    stats.connected.fetch_add(1, Ordering::Relaxed);
+
+    let slow = plan.slow_read_every.is_some();
+    let mut sequences = Sequences::default();
+    let mut scratch: Vec<u8> = Vec::with_capacity(4096);
+    let code = loop {
+        let message = tokio::select! {
+            message = ws.next() => message,
+            _ = stopped(&mut stop) => {
+                let _ = ws.close(None).await;
+                break 1000;
+            }
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let received_us = now_us();
+                stats.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+                stats.events.fetch_add(1, Ordering::Relaxed);
+                stats.per_client_events[plan.id].fetch_add(1, Ordering::Relaxed);
+                scratch.clear();
+                scratch.extend_from_slice(text.as_bytes());
+                check(
+                    &mut scratch,
+                    received_us,
+                    plan.id,
+                    slow,
+                    &stats,
+                    &mut sequences,
+                );
+                if let Some(every) = plan.slow_read_every {
+                    tokio::time::sleep(every).await;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map_or(1005, |f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break 1006,
+        }
+    };
+    stats.connected.fetch_sub(1, Ordering::Relaxed);
+    stats.closed(code);
+    if slow {
+        let at_s = plan.started.elapsed().as_secs_f64();
+        stats.slow_closed.lock().push(SlowClose {
+            client: plan.id,
+            at_s,
+            code,
+        });
+    }
+}
+
+/// Latency and gap checks on one event.
+fn check(
+    text: &mut [u8],
+    received_us: u64,
+    id: usize,
+    slow: bool,
+    stats: &Stats,
+    sequences: &mut Sequences,
+) {
+    let combined = text.starts_with(b"{\"stream\"");
+    let event = if combined {
+        simd_json::serde::from_slice::<Combined>(text)
+            .ok()
+            .and_then(|c| c.data)
+    } else {
+        simd_json::serde::from_slice::<Event>(text).ok()
+    };
+    let Some(event) = event else { return };
+    if let Some(event_us) = event.E {
+        let latency = received_us.saturating_sub(event_us);
+        stats.latency.record(id, latency);
+        stats.interval_latency.record(id, latency);
+        if !slow {
+            stats.fast_latency.record(id, latency);
+        }
+    }
+    let symbol = event.s.unwrap_or("");
+    let gap = match (event.e, event.U, event.u, event.t) {
+        (Some("depthUpdate"), Some(first), Some(last), _) => {
+            sequences.gap(false, symbol, first, last)
+        }
+        (Some("trade"), _, _, Some(id)) => sequences.gap(true, symbol, id, id),
+        _ => false,
+    };
+    if gap {
+        stats.gaps.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_detected_per_stream() {
+        let mut seq = Sequences::default();
+        assert!(!seq.gap(false, "BTCUSDT", 10, 12));
+        assert!(!seq.gap(false, "BTCUSDT", 13, 13));
+        assert!(
+            !seq.gap(false, "ETHUSDT", 5, 5),
+            "first event of another symbol"
+        );
+        assert!(seq.gap(false, "BTCUSDT", 15, 15), "14 is missing");
+        assert!(
+            !seq.gap(true, "BTCUSDT", 1, 1),
+            "trades are tracked apart from diffs"
+        );
+        assert!(seq.gap(true, "BTCUSDT", 3, 3));
+    }
+
+    #[test]
+    fn checks_raw_and_combined_payloads() {
+        let stats = Stats::new(1);
+        let mut seq = Sequences::default();
+        let now = now_us();
+        for (first, last) in [(1, 1), (2, 3), (5, 5)] {
+            let raw = format!(
+                r#"{{"e":"depthUpdate","E":{now},"s":"BTCUSDT","U":{first},"u":{last},"b":[["1.0","2.0"]],"a":[]}}"#
+            );
+            check(&mut raw.into_bytes(), now + 100, 0, false, &stats, &mut seq);
+        }
+        let combined = format!(
+            r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{now},"s":"BTCUSDT","t":7,"p":"1","q":"1","T":{now},"m":true,"M":true}}}}"#
+        );
+        check(
+            &mut combined.into_bytes(),
+            now + 100,
+            0,
+            false,
+            &stats,
+            &mut seq,
+        );
+        assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
+        let mut merged = crate::stats::histogram();
+        stats.latency.merge_into(&mut merged, false);
+        assert_eq!(merged.len(), 4);
+    }
+}

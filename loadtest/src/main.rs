@@ -1,0 +1,268 @@
+//! bookcast-load: thousands of WebSocket clients against a Binance-style server, with latency
+//! percentiles, throughput, gap detection and slow-consumer outcomes you can trust.
+
+mod client;
+mod report;
+mod stats;
+mod target;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use report::{Percentiles, RunFacts, Sample};
+use stats::{histogram, Stats};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Load-test a Binance-style WebSocket fan-out server (bookcast or a peer) on this machine.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Server base URL (ws://host:port); only loopback unless --allow-remote.
+    #[arg(long, default_value = "ws://127.0.0.1:9443")]
+    url: String,
+    /// Number of clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Streams per client: comma-separated names; `<sym>` takes the feed's symbols round-robin.
+    #[arg(long, default_value = "<sym>@depth")]
+    streams: String,
+    /// Symbols each `<sym>` pattern takes per client.
+    #[arg(long, default_value_t = 1)]
+    symbols_per_client: usize,
+    /// Subscribe through /stream?streams= (combined payloads) instead of /ws/<s1>/<s2>.
+    #[arg(long)]
+    combined: bool,
+    /// How long to receive once the ramp is done.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Connections opened per second (0: as fast as possible).
+    #[arg(long, default_value_t = 2000)]
+    ramp: u64,
+    /// Slow clients: a share ("10%") or a count ("50"); they read at --slow-rate.
+    #[arg(long, default_value = "0")]
+    slow: String,
+    /// Messages per second a slow client reads ("1/s", "5").
+    #[arg(long, default_value = "1/s")]
+    slow_rate: String,
+    /// SO_RCVBUF for slow clients (0: kernel default); small values show backpressure sooner.
+    #[arg(long, default_value_t = 0)]
+    slow_recv_buffer: usize,
+    /// Connections per loopback source address (127.0.0.1, .2, ...), so ports never run out.
+    #[arg(long, default_value_t = 10_000)]
+    per_source_address: usize,
+    /// Extra time after --duration for closes to complete before the run is cut.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    grace: Duration,
+    /// Write the full report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Allow a target outside 127.0.0.0/8 and ::1.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Append timeUnit=MICROSECOND (latency needs µs event times).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    micros: bool,
+}
+
+fn parse_slow(text: &str, clients: usize) -> Result<usize, String> {
+    let count = match text.strip_suffix('%') {
+        Some(percent) => {
+            let p: f64 = percent
+                .parse()
+                .map_err(|_| format!("--slow {text}: not a percentage"))?;
+            ((clients as f64) * p / 100.0).round() as usize
+        }
+        None => text
+            .parse()
+            .map_err(|_| format!("--slow {text}: not a count or percentage"))?,
+    };
+    Ok(count.min(clients))
+}
+
+fn parse_rate(text: &str) -> Result<Duration, String> {
+    let number = text.trim_end_matches("/s");
+    let rate: f64 = number
+        .parse()
+        .map_err(|_| format!("--slow-rate {text}: expected e.g. 1/s"))?;
+    if rate <= 0.0 {
+        return Err("--slow-rate must be positive".into());
+    }
+    Ok(Duration::from_secs_f64(1.0 / rate))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => match runtime.block_on(run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bookcast-load: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("bookcast-load: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let target = target::parse(&args.url, args.allow_remote)?;
+    // One fd per client plus a few: raise the soft limit to the hard one.
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    if (args.clients as u64) + 64 > limit {
+        return Err(format!(
+            "{} clients need more file descriptors than the limit of {limit}",
+            args.clients
+        ));
+    }
+    let slow_clients = parse_slow(&args.slow, args.clients)?;
+    let slow_every = parse_rate(&args.slow_rate)?;
+    let symbols = target::symbols(&target).await?;
+    let sources = target::sources(&target, args.clients, args.per_source_address);
+    let stats = Arc::new(Stats::new(args.clients));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+
+    let progress = ProgressBar::new_spinner();
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+
+    let mut tasks = Vec::with_capacity(args.clients);
+    let ramp_interval = if args.ramp == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(1.0 / args.ramp as f64)
+    };
+    let sampler = tokio::spawn(sample(
+        stats.clone(),
+        started,
+        progress.clone(),
+        stop_rx.clone(),
+    ));
+    for id in 0..args.clients {
+        let streams = target::streams_for(id, &args.streams, &symbols, args.symbols_per_client);
+        let mut query = Vec::new();
+        let path = if args.combined {
+            query.push(format!("streams={}", streams.join("/")));
+            "/stream".to_string()
+        } else {
+            format!("/ws/{}", streams.join("/"))
+        };
+        if args.micros {
+            query.push("timeUnit=MICROSECOND".into());
+        }
+        let url = if query.is_empty() {
+            format!("{}{path}", target.base)
+        } else {
+            format!("{}{path}?{}", target.base, query.join("&"))
+        };
+        let plan = client::Plan {
+            id,
+            url,
+            server: target.addr,
+            source: sources[id % sources.len()],
+            slow_read_every: (id >= args.clients - slow_clients).then_some(slow_every),
+            recv_buffer: if id >= args.clients - slow_clients {
+                args.slow_recv_buffer
+            } else {
+                0
+            },
+            started,
+        };
+        tasks.push(tokio::spawn(client::run(
+            plan,
+            stats.clone(),
+            stop_rx.clone(),
+        )));
+        if !ramp_interval.is_zero() {
+            tokio::time::sleep_until((started + ramp_interval * (id as u32 + 1)).into()).await;
+        }
+    }
+    let ramped = started.elapsed();
+    let measure_from = Instant::now();
+    let events_at_ramp = stats.events.load(Ordering::Relaxed);
+    tokio::time::sleep(args.duration).await;
+    let measured = measure_from.elapsed();
+    let events_in_window = stats.events.load(Ordering::Relaxed) - events_at_ramp;
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + args.grace;
+    for task in tasks {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            break;
+        }
+    }
+    let timeline = sampler.await.unwrap_or_default();
+    progress.finish_and_clear();
+    let peak_connected = timeline.iter().map(|s| s.connected).max().unwrap_or(0);
+    let mut report = report::build(
+        &stats,
+        RunFacts {
+            clients: args.clients,
+            slow_clients,
+            peak_connected,
+            duration_s: measured.as_secs_f64(),
+            timeline,
+        },
+    );
+    // Throughput over the measured window only (after the ramp).
+    report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
+    println!("ramp               {:.1} s", ramped.as_secs_f64());
+    report::print(&report);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Every second: a timeline sample and the progress line. Ends when the run stops.
+async fn sample(
+    stats: Arc<Stats>,
+    started: Instant,
+    progress: ProgressBar,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Sample> {
+    let mut timeline = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last_events = 0u64;
+    let mut last_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = client::stopped(&mut stop) => return timeline,
+        }
+        let now = Instant::now();
+        let events = stats.events.load(Ordering::Relaxed);
+        let rate = (events - last_events) as f64 / now.duration_since(last_at).as_secs_f64();
+        last_events = events;
+        last_at = now;
+        let mut interval = histogram();
+        stats.interval_latency.merge_into(&mut interval, true);
+        let sample = Sample {
+            t_s: started.elapsed().as_secs_f64(),
+            connected: stats.connected.load(Ordering::Relaxed),
+            events_per_s: rate,
+            gaps: stats.gaps.load(Ordering::Relaxed),
+            latency_us: Percentiles::of(&interval),
+        };
+        let closes: u64 = stats.closes.lock().values().sum();
+        progress.set_message(format!(
+            "connected {} | {:.0} events/s | p99 {} µs | gaps {} | closes {}",
+            sample.connected, sample.events_per_s, sample.latency_us.p99, sample.gaps, closes
+        ));
+        progress.tick();
+        timeline.push(sample);
+    }
+}

@@ -1,0 +1,181 @@
+//! The run's report: what `--json` writes and what is printed at the end.
+
+use crate::stats::{histogram, ShardedHistogram, SlowClose, Stats};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+#[derive(Serialize, Clone, Copy, Default, Debug)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+
+    fn merged(sharded: &ShardedHistogram) -> (Self, Histogram<u64>) {
+        let mut h = histogram();
+        sharded.merge_into(&mut h, false);
+        (Percentiles::of(&h), h)
+    }
+}
+
+/// One second of the run, for charts.
+#[derive(Serialize, Clone, Debug)]
+pub struct Sample {
+    pub t_s: f64,
+    pub connected: u64,
+    pub events_per_s: f64,
+    pub gaps: u64,
+    pub latency_us: Percentiles,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MinMedianMax {
+    pub min: u64,
+    pub median: u64,
+    pub max: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub clients: usize,
+    pub connected: u64,
+    pub connect_failures: u64,
+    pub duration_s: f64,
+    pub events: u64,
+    pub events_per_s: f64,
+    pub bytes: u64,
+    pub bytes_per_s: f64,
+    pub gaps: u64,
+    pub latency_us: Percentiles,
+    pub fast_latency_us: Percentiles,
+    pub connect_ms: Percentiles,
+    pub per_client_events: MinMedianMax,
+    pub closes: BTreeMap<String, u64>,
+    pub slow_clients: usize,
+    pub slow_closed: usize,
+    pub slow_closes: Vec<SlowClose>,
+    pub timeline: Vec<Sample>,
+    /// The latency distribution as (percentile, µs) points, for a percentile plot.
+    pub latency_distribution: Vec<(f64, u64)>,
+}
+
+pub struct RunFacts {
+    pub clients: usize,
+    pub slow_clients: usize,
+    pub peak_connected: u64,
+    pub duration_s: f64,
+    pub timeline: Vec<Sample>,
+}
+
+pub fn build(stats: &Stats, facts: RunFacts) -> Report {
+    let (latency, all) = Percentiles::merged(&stats.latency);
+    let (fast, _) = Percentiles::merged(&stats.fast_latency);
+    let connect = Percentiles::of(&stats.connect_ms.lock());
+    let mut per_client: Vec<u64> = stats
+        .per_client_events
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
+    per_client.sort_unstable();
+    let events = stats.events.load(Ordering::Relaxed);
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let slow_closes = stats.slow_closed.lock().clone();
+    let duration = facts.duration_s.max(1e-9);
+    let distribution = [
+        0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+    ]
+    .iter()
+    .filter(|_| !all.is_empty())
+    .map(|&p| (p, all.value_at_percentile(p)))
+    .collect();
+    Report {
+        clients: facts.clients,
+        connected: facts.peak_connected,
+        connect_failures: stats.connect_failures.load(Ordering::Relaxed),
+        duration_s: facts.duration_s,
+        events,
+        events_per_s: events as f64 / duration,
+        bytes,
+        bytes_per_s: bytes as f64 / duration,
+        gaps: stats.gaps.load(Ordering::Relaxed),
+        latency_us: latency,
+        fast_latency_us: fast,
+        connect_ms: connect,
+        per_client_events: MinMedianMax {
+            min: per_client.first().copied().unwrap_or(0),
+            median: per_client.get(per_client.len() / 2).copied().unwrap_or(0),
+            max: per_client.last().copied().unwrap_or(0),
+        },
+        closes: stats
+            .closes
+            .lock()
+            .iter()
+            .map(|(code, n)| (code.to_string(), *n))
+            .collect(),
+        slow_clients: facts.slow_clients,
+        slow_closed: slow_closes.iter().filter(|c| c.code == 4008).count(),
+        slow_closes,
+        timeline: facts.timeline,
+        latency_distribution: distribution,
+    }
+}
+
+pub fn print(report: &Report) {
+    let l = &report.latency_us;
+    let f = &report.fast_latency_us;
+    println!(
+        "clients            {} ({} connected at peak, {} failed to connect)",
+        report.clients, report.connected, report.connect_failures
+    );
+    println!("duration           {:.1} s", report.duration_s);
+    println!(
+        "events             {} ({:.0}/s), {} bytes ({:.2} MB/s)",
+        report.events,
+        report.events_per_s,
+        report.bytes,
+        report.bytes_per_s / 1e6
+    );
+    println!(
+        "per client events  min {} / median {} / max {}",
+        report.per_client_events.min, report.per_client_events.median, report.per_client_events.max
+    );
+    println!("gaps               {}", report.gaps);
+    println!(
+        "latency µs         p50 {} p90 {} p99 {} p99.9 {} max {}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    println!(
+        "fast latency µs    p50 {} p90 {} p99 {} p99.9 {} max {}",
+        f.p50, f.p90, f.p99, f.p999, f.max
+    );
+    let c = &report.connect_ms;
+    println!(
+        "connect ms         p50 {} p99 {} max {}",
+        c.p50, c.p99, c.max
+    );
+    println!("closes             {:?}", report.closes);
+    if report.slow_clients > 0 {
+        println!(
+            "slow clients       {} ({} closed with 4008)",
+            report.slow_clients, report.slow_closed
+        );
+    }
+}

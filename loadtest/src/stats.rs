@@ -1,0 +1,94 @@
+//! What the clients measure, shared lock-light: atomic counters, and latency histograms sharded
+//! by client so thousands of clients recording at once rarely meet on a lock.
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
+const SHARDS: usize = 32;
+/// Highest latency tracked: one minute, in µs (beyond is clamped, and counted as such).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid")
+}
+
+/// A histogram split in shards; `record` locks one shard picked by the caller's id.
+pub struct ShardedHistogram {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl ShardedHistogram {
+    pub fn new() -> Self {
+        ShardedHistogram {
+            shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+        }
+    }
+
+    pub fn record(&self, shard: usize, value_us: u64) {
+        self.shards[shard % SHARDS]
+            .lock()
+            .saturating_record(value_us.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Merges all shards into `into`; with `reset`, empties them (interval histograms).
+    pub fn merge_into(&self, into: &mut Histogram<u64>, reset: bool) {
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let _ = into.add(&*shard);
+            if reset {
+                shard.reset();
+            }
+        }
+    }
+}
+
+/// How one slow client ended.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlowClose {
+    pub client: usize,
+    /// Seconds after the run started.
+    pub at_s: f64,
+    /// Close code; 1006 when the connection dropped without a close frame.
+    pub code: u16,
+}
+
+pub struct Stats {
+    pub events: AtomicU64,
+    pub bytes: AtomicU64,
+    pub gaps: AtomicU64,
+    pub connected: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub latency: ShardedHistogram,
+    pub fast_latency: ShardedHistogram,
+    /// Since the last progress tick; reset by the sampler.
+    pub interval_latency: ShardedHistogram,
+    pub connect_ms: Mutex<Histogram<u64>>,
+    pub closes: Mutex<BTreeMap<u16, u64>>,
+    pub slow_closed: Mutex<Vec<SlowClose>>,
+    pub per_client_events: Vec<AtomicU64>,
+}
+
+impl Stats {
+    pub fn new(clients: usize) -> Self {
+        Stats {
+            events: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            latency: ShardedHistogram::new(),
+            fast_latency: ShardedHistogram::new(),
+            interval_latency: ShardedHistogram::new(),
+            connect_ms: Mutex::new(histogram()),
+            closes: Mutex::new(BTreeMap::new()),
+            slow_closed: Mutex::new(Vec::new()),
+            per_client_events: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn closed(&self, code: u16) {
+        *self.closes.lock().entry(code).or_default() += 1;
+    }
+}

@@ -1,0 +1,160 @@
+//! Where the load goes: URL checks (loopback only unless allowed), the feed's symbols from
+//! `/api/v3/exchangeInfo`, and stream lists per client.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The server to load: its socket address and the URL prefix for WebSocket paths.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub base: String,
+}
+
+/// Parses `ws://host:port[/...]` and refuses anything outside 127.0.0.0/8 and ::1 unless
+/// `allow_remote`: a load test is an attack on anyone else's server.
+pub fn parse(url: &str, allow_remote: bool) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let addr = authority
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: {authority} resolves to nothing"))?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(format!(
+            "{url}: {} is not a loopback address; load tests target 127.0.0.0/8 or ::1 unless --allow-remote is given",
+            addr.ip()
+        ));
+    }
+    Ok(Target {
+        addr,
+        base: format!("ws://{authority}"),
+    })
+}
+
+/// Source addresses to spread connections over, so ephemeral ports never run out: on loopback
+/// each of 127.0.0.1, .2, ... carries at most `per_address` connections.
+pub fn sources(target: &Target, clients: usize, per_address: usize) -> Vec<Option<IpAddr>> {
+    match target.addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {
+            let count = clients.div_ceil(per_address.max(1)).max(1);
+            (0..count)
+                .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 250) as u8))))
+                .collect()
+        }
+        _ => vec![None],
+    }
+}
+
+/// The symbols the server lists in `/api/v3/exchangeInfo`, lower-cased for stream names.
+pub async fn symbols(target: &Target) -> Result<Vec<String>, String> {
+    let body = http_get(target.addr, "/api/v3/exchangeInfo").await?;
+    let value: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("exchangeInfo: {e}"))?;
+    let symbols: Vec<String> = value["symbols"]
+        .as_array()
+        .ok_or("exchangeInfo: no symbols array")?
+        .iter()
+        .filter_map(|s| s["symbol"].as_str().map(str::to_lowercase))
+        .collect();
+    if symbols.is_empty() {
+        return Err("exchangeInfo lists no symbols".into());
+    }
+    Ok(symbols)
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let fetch = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(&raw) {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => return Err(format!("GET {path}: malformed response")),
+        };
+        if response.code != Some(200) {
+            return Err(format!("GET {path}: status {:?}", response.code));
+        }
+        Ok(String::from_utf8_lossy(&raw[head..]).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| format!("GET {path}: timed out"))?
+}
+
+/// The streams client `index` subscribes to: each comma-separated pattern with `<sym>` takes
+/// `per_client` symbols round-robin; names without `<sym>` go to every client as they are.
+pub fn streams_for(
+    index: usize,
+    patterns: &str,
+    symbols: &[String],
+    per_client: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for pattern in patterns.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if pattern.contains("<sym>") {
+            for k in 0..per_client.max(1) {
+                let symbol = &symbols[(index * per_client.max(1) + k) % symbols.len()];
+                out.push(pattern.replace("<sym>", symbol));
+            }
+        } else {
+            out.push(pattern.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_remote_targets_unless_allowed() {
+        assert!(parse("ws://127.0.0.1:9443", false).is_ok());
+        assert!(parse("ws://127.0.0.9:9443/ws", false).is_ok());
+        assert!(parse("ws://[::1]:9443", false).is_ok());
+        assert!(parse("ws://10.0.0.1:9443", false).is_err());
+        assert!(parse("ws://10.0.0.1:9443", true).is_ok());
+        assert!(parse("http://127.0.0.1:9443", false).is_err());
+    }
+
+    #[test]
+    fn patterns_spread_over_symbols() {
+        let symbols: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(streams_for(0, "<sym>@depth", &symbols, 1), ["a@depth"]);
+        assert_eq!(streams_for(4, "<sym>@depth", &symbols, 1), ["b@depth"]);
+        assert_eq!(
+            streams_for(1, "<sym>@depth,<sym>@trade", &symbols, 2),
+            ["c@depth", "a@depth", "c@trade", "a@trade"]
+        );
+        assert_eq!(
+            streams_for(7, "btcusdt@trade", &symbols, 1),
+            ["btcusdt@trade"]
+        );
+    }
+
+    #[test]
+    fn sources_cap_connections_per_address() {
+        let target = parse("ws://127.0.0.1:9443", false).unwrap();
+        assert_eq!(sources(&target, 100, 10_000).len(), 1);
+        let many = sources(&target, 25_000, 10_000);
+        assert_eq!(many.len(), 3);
+        assert_eq!(many[2], Some("127.0.0.3".parse().unwrap()));
+    }
+}
