@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{timeout_at, Instant};
 
 /// Largest request head accepted; larger gets 431.
@@ -335,7 +335,14 @@ fn is_websocket_path(path: &str) -> bool {
 }
 
 /// Serves one accepted TCP connection: REST requests (keep-alive) until it upgrades or ends.
-pub async fn serve(mut stream: TcpStream, peer: IpAddr, ctx: Arc<Context>) {
+/// `permit` is the connection's slot under `--max-connections`; it lives as long as the
+/// connection, in whichever task ends up owning it.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: IpAddr,
+    ctx: Arc<Context>,
+    permit: OwnedSemaphorePermit,
+) {
     let mut buf = BytesMut::with_capacity(1024);
     let mut deadline = Instant::now() + ctx.config.handshake_timeout;
     let mut shutdown = ctx.shutdown.clone();
@@ -403,7 +410,9 @@ pub async fn serve(mut stream: TcpStream, peer: IpAddr, ctx: Arc<Context>) {
                     return;
                 }
             };
-            crate::session::upgrade(stream, buf, &key, upgrade, ctx).await;
+            // Nothing of the request may stay alive for the connection's lifetime.
+            drop(head);
+            crate::session::upgrade(stream, buf.to_vec(), key, upgrade, ctx, permit).await;
             return;
         }
         let close = head.connection_close || head.http10 || head.content_length > 0;

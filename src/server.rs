@@ -99,10 +99,7 @@ pub async fn run(
                 let ctx = ctx.clone();
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(async move {
-                            http::serve(stream, peer.ip(), ctx).await;
-                            drop(permit);
-                        });
+                        tokio::spawn(http::serve(stream, peer.ip(), ctx, permit));
                     }
                     Err(_) => {
                         metrics::rejected("connection_cap");

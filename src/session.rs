@@ -17,7 +17,7 @@ use crate::http::{self, Upgrade};
 use crate::json::{push_time, TimeUnit};
 use crate::outbox::{Closing, Outbox, Queued};
 use crate::server::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -40,7 +40,7 @@ use tokio_tungstenite::WebSocketStream;
 pub const MAX_INCOMING: usize = 4 * 1024;
 /// Tungstenite's read buffer: eagerly allocated per connection, so sized for control messages
 /// (it grows for the rare larger frame); its 128 KiB default would cost 1.3 GB at 10k clients.
-const READ_BUFFER: usize = 1024;
+const READ_BUFFER: usize = 512;
 /// Frames handed to one `writev` at most (well under IOV_MAX).
 const MAX_IOV: usize = 64;
 /// The one server ping: empty payload, built once.
@@ -114,47 +114,28 @@ impl Drop for Attached {
 
 /// Completes a validated upgrade: registers the URL's streams with the hub *before* sending
 /// 101, so a client that fetches a depth snapshot right after connecting cannot miss a diff.
+///
+/// The session then runs as a task of its own: the HTTP task's future (request parsing, REST
+/// handlers) is several times larger than the session's, and a connection would otherwise pay
+/// for it for its whole life.
 pub async fn upgrade(
-    mut stream: TcpStream,
-    leftover: BytesMut,
-    key: &str,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    key: String,
     upgrade: Upgrade,
     ctx: Arc<Context>,
+    permit: OwnedSemaphorePermit,
 ) {
     let conn = ctx.next_conn_id();
     let outbox = Arc::new(Outbox::new(ctx.config.queue_bound()));
-    let (ready, attached) = oneshot::channel();
-    let attach = Command::Attach {
-        conn,
-        outbox: outbox.clone(),
-        combined: upgrade.combined,
-        unit: upgrade.unit,
-        topics: upgrade.topics.clone(),
-        ready,
-    };
     let guard = Attached {
         conn,
         outbox: outbox.clone(),
         ctx: ctx.clone(),
     };
-    let live = ctx.engine.try_send(attach).is_ok()
-        && matches!(timeout(Duration::from_secs(5), attached).await, Ok(Ok(())));
-    if !live {
-        crate::metrics::rejected("engine_busy");
-        let busy = http::Response::error(503, -1003, "Server busy; try again.");
-        let _ = http::write_response(&mut stream, &busy, true).await;
+    let Some(stream) = handshake(stream, conn, &outbox, &key, &upgrade, &ctx).await else {
         return;
-    }
-    let accept = derive_accept_key(key.as_bytes());
-    let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
-    if stream.write_all(response.as_bytes()).await.is_err() {
-        return;
-    }
-    if ctx.config.socket_send_buffer > 0 {
-        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ctx.config.socket_send_buffer);
-    }
+    };
     ctx.metrics.accepted.increment(1);
     ctx.metrics.open.increment(1.0);
     let session = Session {
@@ -165,12 +146,58 @@ pub async fn upgrade(
             combined: upgrade.combined,
         },
         unit: upgrade.unit,
-        ctx: ctx.clone(),
+        ctx,
     };
-    let code = session.run(stream, leftover).await;
-    ctx.metrics.closed(code);
-    ctx.metrics.open.decrement(1.0);
-    drop(guard);
+    tokio::spawn(async move {
+        let ctx = session.ctx.clone();
+        let code = session.run(stream, leftover).await;
+        ctx.metrics.closed(code);
+        ctx.metrics.open.decrement(1.0);
+        drop(guard);
+        drop(permit);
+    });
+}
+
+/// Attaches the connection and its URL streams to the hub, then answers 101. Its own async fn
+/// so that nothing it allocates stays in the connection's future.
+async fn handshake(
+    mut stream: TcpStream,
+    conn: u64,
+    outbox: &Arc<Outbox>,
+    key: &str,
+    upgrade: &Upgrade,
+    ctx: &Context,
+) -> Option<TcpStream> {
+    let (ready, attached) = oneshot::channel();
+    let attach = Command::Attach {
+        conn,
+        outbox: outbox.clone(),
+        combined: upgrade.combined,
+        unit: upgrade.unit,
+        topics: upgrade.topics.clone(),
+        ready,
+    };
+    let live = ctx.engine.try_send(attach).is_ok()
+        && matches!(timeout(Duration::from_secs(5), attached).await, Ok(Ok(())));
+    if !live {
+        crate::metrics::rejected("engine_busy");
+        let busy = http::Response::error(503, -1003, "Server busy; try again.");
+        let _ = http::write_response(&mut stream, &busy, true).await;
+        return None;
+    }
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    let written =
+        tokio::time::timeout(http::WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
+    if !matches!(written, Ok(Ok(()))) {
+        return None;
+    }
+    if ctx.config.socket_send_buffer > 0 {
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ctx.config.socket_send_buffer);
+    }
+    Some(stream)
 }
 
 /// Counts incoming messages in one-second windows (SPEC.md: 5 per second, all kinds).
@@ -238,7 +265,7 @@ enum Next {
 
 impl Session {
     /// Runs the connection to its end and returns the close code to record.
-    async fn run(mut self, stream: TcpStream, leftover: BytesMut) -> u16 {
+    async fn run(mut self, stream: TcpStream, leftover: Vec<u8>) -> u16 {
         let _ = stream.set_nodelay(true);
         let (read, mut write) = stream.into_split();
         let read_side = ReadSide {
@@ -247,12 +274,15 @@ impl Session {
         };
         let mut ws = WebSocketStream::from_partially_read(
             read_side,
-            leftover.to_vec(),
+            leftover,
             Role::Server,
             Some(ws_config()),
         )
         .await;
-        let config = self.ctx.config.clone();
+        // Borrowed from a local Arc rather than cloned: every byte of this future is paid
+        // once per connection.
+        let ctx = self.ctx.clone();
+        let config = &ctx.config;
         let mut shutdown = self.ctx.shutdown.clone();
         let mut shutdown_seen = *shutdown.borrow();
         if shutdown_seen {
@@ -270,10 +300,14 @@ impl Session {
         let mut pending: VecDeque<Queued> = VecDeque::new();
         let mut offset = 0usize;
         let mut close: Option<Close> = None;
+        // One timer for the connection, moved only when its deadline changes (rarely): creating
+        // a fresh one per wakeup would register with the timer wheel on every frame written.
+        let sleep = sleep_until(next_ping);
+        tokio::pin!(sleep);
         // Tungstenite reported an error or the peer's close: from here on the socket's input is
         // only drained (unread input would turn our close into a reset) until EOF.
         let mut read_done = false;
-        let metrics = self.ctx.metrics.clone();
+        let metrics = &ctx.metrics;
 
         loop {
             if pending.is_empty() {
@@ -301,6 +335,9 @@ impl Session {
                 Some(state) => state.deadline,
                 None => next_ping.min(silent_until).min(lifetime_end),
             };
+            if sleep.deadline() != timer {
+                sleep.as_mut().reset(timer);
+            }
             let draining = read_done && close.as_ref().is_some_and(|c| !c.peer_closed);
             let next = tokio::select! {
                 biased;
@@ -314,7 +351,7 @@ impl Session {
                 input = poll_fn(|cx| poll_input(&mut ws, read_done, cx)), if !read_done || draining => match input {
                     Input::Message(incoming) => {
                         last_heard = Instant::now();
-                        self.on_incoming(incoming, &mut rate, &mut close, &mut read_done, last_heard, &config)
+                        self.on_incoming(incoming, &mut rate, &mut close, &mut read_done, last_heard, config)
                     }
                     Input::Drained(Ok(0) | Err(_)) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                     Input::Drained(Ok(_)) => Next::Continue,
@@ -346,7 +383,7 @@ impl Session {
                     }
                     Next::Continue
                 }
-                _ = sleep_until(timer) => {
+                _ = &mut sleep => {
                     let now = Instant::now();
                     match &close {
                         Some(state) => {
@@ -360,7 +397,7 @@ impl Session {
                         }
                         None if now >= lifetime_end => {
                             let reason = format!("connection lifetime of {} reached", humantime::format_duration(config.max_lifetime));
-                            self.begin_close(&mut close, 4009, reason, &config);
+                            self.begin_close(&mut close, 4009, reason, config);
                         }
                         None => {
                             if now >= next_ping {

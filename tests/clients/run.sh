@@ -10,6 +10,7 @@
 #   BOOKCAST_CLIENTS_VENV   where the virtualenvs live (default ~/.cache/bookcast-clients)
 #   BOOKCAST_CLIENTS_PYTHON interpreter for the virtualenvs (default python3, >= 3.10)
 #   BOOKCAST_CLIENT_TIMEOUT seconds one client script may take (default 120)
+#   BOOKCAST_CLIENTS_RUN_SECONDS  how long each library keeps its book before the check (9)
 #
 # Prints one `PASS name: ...` / `FAIL name: ...` line per library, then `N passed, M failed`;
 # exits non-zero if any failed. Reads no stdin.
