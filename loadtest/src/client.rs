@@ -125,8 +125,16 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     stats.connected.fetch_add(1, Ordering::Relaxed);
 
     let slow = plan.slow_read_every.is_some();
-    let mut sequences = Sequences::default();
+    let mut checker = Checker {
+        id: plan.id,
+        slow,
+        sequences: Sequences::default(),
+        latencies: Vec::with_capacity(LATENCY_BATCH),
+        flushed_at_us: now_us(),
+        buffers: simd_json::Buffers::new(1024),
+    };
     let mut scratch: Vec<u8> = Vec::with_capacity(4096);
+    let counters = &stats.per_client[plan.id];
     let code = loop {
         let message = tokio::select! {
             message = ws.next() => message,
@@ -138,19 +146,13 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
         match message {
             Some(Ok(Message::Text(text))) => {
                 let received_us = now_us();
-                stats.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
-                stats.events.fetch_add(1, Ordering::Relaxed);
-                stats.per_client_events[plan.id].fetch_add(1, Ordering::Relaxed);
+                counters
+                    .bytes
+                    .fetch_add(text.len() as u64, Ordering::Relaxed);
+                counters.events.fetch_add(1, Ordering::Relaxed);
                 scratch.clear();
                 scratch.extend_from_slice(text.as_bytes());
-                check(
-                    &mut scratch,
-                    received_us,
-                    plan.id,
-                    slow,
-                    &stats,
-                    &mut sequences,
-                );
+                checker.check(&mut scratch, received_us, &stats);
                 if let Some(every) = plan.slow_read_every {
                     tokio::time::sleep(every).await;
                 }
@@ -160,6 +162,7 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
             Some(Err(_)) | None => break 1006,
         }
     };
+    checker.flush(&stats);
     stats.connected.fetch_sub(1, Ordering::Relaxed);
     stats.closed(code);
     if slow {
@@ -172,42 +175,68 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     }
 }
 
-/// Latency and gap checks on one event.
-fn check(
-    text: &mut [u8],
-    received_us: u64,
+/// Latencies a client buffers before recording them under one lock.
+const LATENCY_BATCH: usize = 64;
+/// ... or after this long, so per-second percentiles stay current for slow streams.
+const FLUSH_EVERY_US: u64 = 200_000;
+
+/// Per-client checking state: gap tracking, buffered latencies, reusable parse buffers.
+struct Checker {
     id: usize,
     slow: bool,
-    stats: &Stats,
-    sequences: &mut Sequences,
-) {
-    let combined = text.starts_with(b"{\"stream\"");
-    let event = if combined {
-        simd_json::serde::from_slice::<Combined>(text)
-            .ok()
-            .and_then(|c| c.data)
-    } else {
-        simd_json::serde::from_slice::<Event>(text).ok()
-    };
-    let Some(event) = event else { return };
-    if let Some(event_us) = event.E {
-        let latency = received_us.saturating_sub(event_us);
-        stats.latency.record(id, latency);
-        stats.interval_latency.record(id, latency);
-        if !slow {
-            stats.fast_latency.record(id, latency);
+    sequences: Sequences,
+    latencies: Vec<u32>,
+    flushed_at_us: u64,
+    buffers: simd_json::Buffers,
+}
+
+impl Checker {
+    /// Latency and gap checks on one event; `text` is parsed in place.
+    fn check(&mut self, text: &mut [u8], received_us: u64, stats: &Stats) {
+        let combined = text.starts_with(b"{\"stream\"");
+        let event = if combined {
+            simd_json::serde::from_slice_with_buffers::<Combined>(text, &mut self.buffers)
+                .ok()
+                .and_then(|c| c.data)
+        } else {
+            simd_json::serde::from_slice_with_buffers::<Event>(text, &mut self.buffers).ok()
+        };
+        let Some(event) = event else { return };
+        if let Some(event_us) = event.E {
+            let latency = received_us
+                .saturating_sub(event_us)
+                .min(u64::from(u32::MAX)) as u32;
+            self.latencies.push(latency);
+        }
+        let symbol = event.s.unwrap_or("");
+        let gap = match (event.e, event.U, event.u, event.t) {
+            (Some("depthUpdate"), Some(first), Some(last), _) => {
+                self.sequences.gap(false, symbol, first, last)
+            }
+            (Some("trade"), _, _, Some(id)) => self.sequences.gap(true, symbol, id, id),
+            _ => false,
+        };
+        if gap {
+            stats.gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.latencies.len() >= LATENCY_BATCH
+            || received_us.saturating_sub(self.flushed_at_us) >= FLUSH_EVERY_US
+        {
+            self.flushed_at_us = received_us;
+            self.flush(stats);
         }
     }
-    let symbol = event.s.unwrap_or("");
-    let gap = match (event.e, event.U, event.u, event.t) {
-        (Some("depthUpdate"), Some(first), Some(last), _) => {
-            sequences.gap(false, symbol, first, last)
+
+    fn flush(&mut self, stats: &Stats) {
+        if self.latencies.is_empty() {
+            return;
         }
-        (Some("trade"), _, _, Some(id)) => sequences.gap(true, symbol, id, id),
-        _ => false,
-    };
-    if gap {
-        stats.gaps.fetch_add(1, Ordering::Relaxed);
+        stats.latency.record_all(self.id, &self.latencies);
+        stats.interval_latency.record_all(self.id, &self.latencies);
+        if !self.slow {
+            stats.fast_latency.record_all(self.id, &self.latencies);
+        }
+        self.latencies.clear();
     }
 }
 
@@ -235,25 +264,26 @@ mod tests {
     #[test]
     fn checks_raw_and_combined_payloads() {
         let stats = Stats::new(1);
-        let mut seq = Sequences::default();
+        let mut checker = Checker {
+            id: 0,
+            slow: false,
+            sequences: Sequences::default(),
+            latencies: Vec::new(),
+            flushed_at_us: 0,
+            buffers: simd_json::Buffers::new(256),
+        };
         let now = now_us();
         for (first, last) in [(1, 1), (2, 3), (5, 5)] {
             let raw = format!(
                 r#"{{"e":"depthUpdate","E":{now},"s":"BTCUSDT","U":{first},"u":{last},"b":[["1.0","2.0"]],"a":[]}}"#
             );
-            check(&mut raw.into_bytes(), now + 100, 0, false, &stats, &mut seq);
+            checker.check(&mut raw.into_bytes(), now + 100, &stats);
         }
         let combined = format!(
             r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{now},"s":"BTCUSDT","t":7,"p":"1","q":"1","T":{now},"m":true,"M":true}}}}"#
         );
-        check(
-            &mut combined.into_bytes(),
-            now + 100,
-            0,
-            false,
-            &stats,
-            &mut seq,
-        );
+        checker.check(&mut combined.into_bytes(), now + 100, &stats);
+        checker.flush(&stats);
         assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
         let mut merged = crate::stats::histogram();
         stats.latency.merge_into(&mut merged, false);

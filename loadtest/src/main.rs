@@ -191,10 +191,10 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let ramped = started.elapsed();
     let measure_from = Instant::now();
-    let events_at_ramp = stats.events.load(Ordering::Relaxed);
+    let events_at_ramp = stats.totals().0;
     tokio::time::sleep(args.duration).await;
     let measured = measure_from.elapsed();
-    let events_in_window = stats.events.load(Ordering::Relaxed) - events_at_ramp;
+    let events_in_window = stats.totals().0 - events_at_ramp;
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + args.grace;
     for task in tasks {
@@ -244,7 +244,7 @@ async fn sample(
             _ = client::stopped(&mut stop) => return timeline,
         }
         let now = Instant::now();
-        let events = stats.events.load(Ordering::Relaxed);
+        let events = stats.totals().0;
         let rate = (events - last_events) as f64 / now.duration_since(last_at).as_secs_f64();
         last_events = events;
         last_at = now;

@@ -90,13 +90,12 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
     let (fast, _) = Percentiles::merged(&stats.fast_latency);
     let connect = Percentiles::of(&stats.connect_ms.lock());
     let mut per_client: Vec<u64> = stats
-        .per_client_events
+        .per_client
         .iter()
-        .map(|c| c.load(Ordering::Relaxed))
+        .map(|c| c.events.load(Ordering::Relaxed))
         .collect();
     per_client.sort_unstable();
-    let events = stats.events.load(Ordering::Relaxed);
-    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let (events, bytes) = stats.totals();
     let slow_closes = stats.slow_closed.lock().clone();
     let duration = facts.duration_s.max(1e-9);
     let distribution = [

@@ -4,7 +4,7 @@
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const SHARDS: usize = 32;
 /// Highest latency tracked: one minute, in µs (beyond is clamped, and counted as such).
@@ -26,10 +26,12 @@ impl ShardedHistogram {
         }
     }
 
-    pub fn record(&self, shard: usize, value_us: u64) {
-        self.shards[shard % SHARDS]
-            .lock()
-            .saturating_record(value_us.clamp(1, MAX_LATENCY_US));
+    /// Records a batch of latencies under one lock.
+    pub fn record_all(&self, shard: usize, values_us: &[u32]) {
+        let mut histogram = self.shards[shard % SHARDS].lock();
+        for &value in values_us {
+            histogram.saturating_record(u64::from(value).clamp(1, MAX_LATENCY_US));
+        }
     }
 
     /// Merges all shards into `into`; with `reset`, empties them (interval histograms).
@@ -54,9 +56,16 @@ pub struct SlowClose {
     pub code: u16,
 }
 
-pub struct Stats {
+/// One client's counters, on a cache line of its own so clients on different threads never
+/// contend for it.
+#[repr(align(64))]
+#[derive(Default)]
+pub struct ClientCounters {
     pub events: AtomicU64,
     pub bytes: AtomicU64,
+}
+
+pub struct Stats {
     pub gaps: AtomicU64,
     pub connected: AtomicU64,
     pub connect_failures: AtomicU64,
@@ -67,14 +76,12 @@ pub struct Stats {
     pub connect_ms: Mutex<Histogram<u64>>,
     pub closes: Mutex<BTreeMap<u16, u64>>,
     pub slow_closed: Mutex<Vec<SlowClose>>,
-    pub per_client_events: Vec<AtomicU64>,
+    pub per_client: Vec<ClientCounters>,
 }
 
 impl Stats {
     pub fn new(clients: usize) -> Self {
         Stats {
-            events: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
@@ -84,8 +91,18 @@ impl Stats {
             connect_ms: Mutex::new(histogram()),
             closes: Mutex::new(BTreeMap::new()),
             slow_closed: Mutex::new(Vec::new()),
-            per_client_events: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+            per_client: (0..clients).map(|_| ClientCounters::default()).collect(),
         }
+    }
+
+    /// Events and bytes received so far, over all clients.
+    pub fn totals(&self) -> (u64, u64) {
+        self.per_client.iter().fold((0, 0), |(e, b), c| {
+            (
+                e + c.events.load(Ordering::Relaxed),
+                b + c.bytes.load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub fn closed(&self, code: u16) {
