@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// Room above the byte bound for control replies, so a reply is not what tips a connection
 /// over; one LIST_SUBSCRIPTIONS reply for 1024 streams is about 30 KiB.
@@ -63,13 +63,14 @@ struct State {
     /// Frames queued plus frames taken and not yet written.
     count: usize,
     closing: Option<Closing>,
-    /// The writer found nothing to do and waits on `notify`.
-    writer_idle: bool,
+    /// The writer's waker while it waits: for data and closing, or (while it is busy writing a
+    /// batch) for closing only. Taken by whoever wakes it, so a busy writer costs pushes nothing.
+    waker: Option<Waker>,
+    wants_data: bool,
 }
 
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
     bound: QueueBound,
 }
 
@@ -77,7 +78,6 @@ impl Outbox {
     pub fn new(bound: QueueBound) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
             bound,
         }
     }
@@ -104,10 +104,10 @@ impl Outbox {
             let dropped = std::mem::take(&mut state.frames);
             state.bytes -= dropped.iter().map(|q| q.frame.len()).sum::<usize>();
             state.count -= dropped.len();
-            state.writer_idle = false;
+            let waker = state.waker.take();
             drop(state);
             drop(dropped);
-            self.notify.notify_one();
+            wake(waker);
             return Push::Overflowed;
         }
         state.bytes += frame.len();
@@ -116,7 +116,7 @@ impl Outbox {
             frame: frame.clone(),
             born_us,
         });
-        self.wake_if_idle(state);
+        Self::wake_if_waiting(state);
         Push::Queued
     }
 
@@ -137,15 +137,17 @@ impl Outbox {
         state.bytes += frame.len();
         state.count += 1;
         state.frames.push_back(Queued { frame, born_us: 0 });
-        self.wake_if_idle(state);
+        Self::wake_if_waiting(state);
     }
 
-    fn wake_if_idle(&self, mut state: parking_lot::MutexGuard<'_, State>) {
-        if state.writer_idle {
-            state.writer_idle = false;
-            drop(state);
-            self.notify.notify_one();
-        }
+    fn wake_if_waiting(mut state: parking_lot::MutexGuard<'_, State>) {
+        let waker = if state.wants_data {
+            state.waker.take()
+        } else {
+            None
+        };
+        drop(state);
+        wake(waker);
     }
 
     /// Asks the writer to close the connection with `code` once what is queued is written
@@ -164,9 +166,9 @@ impl Outbox {
             code,
             reason: reason.into(),
         });
-        state.writer_idle = false;
+        let waker = state.waker.take();
         drop(state);
-        self.notify.notify_one();
+        wake(waker);
     }
 
     pub fn is_closing(&self) -> bool {
@@ -178,22 +180,36 @@ impl Outbox {
         self.state.lock().closing.clone()
     }
 
-    /// Moves every queued frame into `batch` (which must be empty) in one lock hold.
-    /// Once the outbox is closing and everything queued has been handed out, returns why, so
-    /// the writer sends its close frame last. When nothing is queued the writer is marked
-    /// idle, so the next push wakes it.
-    pub fn take(&self, batch: &mut VecDeque<Queued>) -> Option<Closing> {
-        debug_assert!(batch.is_empty());
+    /// The writer's one way in. With `want_data`, moves every queued frame into `batch` (which
+    /// must be empty) in one lock hold; once the outbox is closing and everything queued has
+    /// been handed out, returns why, so the writer sends its close frame last. Without
+    /// `want_data` (the writer is busy with a batch) it only reports a closing, so an eviction
+    /// or shutdown starts the close deadline even while a write is blocked. Otherwise it
+    /// registers the waker: pushes wake it only when it wants data, closes always.
+    pub fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        batch: &mut VecDeque<Queued>,
+        want_data: bool,
+    ) -> Poll<Option<Closing>> {
         let mut state = self.state.lock();
-        if !state.frames.is_empty() {
+        if want_data && !state.frames.is_empty() {
+            debug_assert!(batch.is_empty());
             std::mem::swap(&mut state.frames, batch);
-            return None;
+            return Poll::Ready(None);
         }
         if let Some(closing) = &state.closing {
-            return Some(closing.clone());
+            return Poll::Ready(Some(closing.clone()));
         }
-        state.writer_idle = true;
-        None
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        state.wants_data = want_data;
+        Poll::Pending
     }
 
     /// Tells the outbox that `frames` frames of `bytes` bytes reached the socket.
@@ -207,10 +223,11 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
+}
 
-    /// Resolves when a push or close happened after the writer went idle.
-    pub async fn wait(&self) {
-        self.notify.notified().await
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -220,6 +237,15 @@ mod tests {
 
     fn frame(len: usize) -> Bytes {
         Bytes::from(vec![b'x'; len])
+    }
+
+    /// `poll_next` wanting data, outside a task.
+    fn take(outbox: &Outbox, batch: &mut VecDeque<Queued>) -> Option<Closing> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match outbox.poll_next(&mut cx, batch, true) {
+            Poll::Ready(closing) => closing,
+            Poll::Pending => None,
+        }
     }
 
     #[test]
@@ -232,7 +258,7 @@ mod tests {
         assert_eq!(outbox.push_data(&frame(60), 1), Push::Overflowed);
         assert_eq!(outbox.push_data(&frame(1), 1), Push::Closed);
         let mut batch = VecDeque::new();
-        match outbox.take(&mut batch) {
+        match take(&outbox, &mut batch) {
             Some(Closing::SlowConsumer {
                 queued_bytes: 60,
                 queued_frames: 1,
@@ -251,7 +277,7 @@ mod tests {
         });
         assert_eq!(outbox.push_data(&frame(60), 1), Push::Queued);
         let mut batch = VecDeque::new();
-        assert_eq!(outbox.take(&mut batch), None);
+        assert_eq!(take(&outbox, &mut batch), None);
         assert_eq!(batch.len(), 1);
         assert_eq!(
             outbox.push_data(&frame(60), 1),
@@ -264,7 +290,7 @@ mod tests {
         });
         outbox.push_data(&frame(10), 1);
         batch.clear();
-        outbox.take(&mut batch);
+        take(&outbox, &mut batch);
         outbox.written(1, 10);
         assert_eq!(outbox.queued_bytes(), 0);
         assert_eq!(outbox.push_data(&frame(10), 1), Push::Queued);

@@ -309,27 +309,9 @@ impl Session {
         let mut read_done = false;
         let metrics = &ctx.metrics;
 
+        // Filled by the outbox branch while `pending` may be borrowed by the write branch.
+        let mut batch: VecDeque<Queued> = VecDeque::new();
         loop {
-            if pending.is_empty() {
-                if let Some(closing) = self.outbox.take(&mut pending) {
-                    let state = self.closing(&mut close, &closing, config.close_timeout);
-                    if !state.frame_queued {
-                        state.frame_queued = true;
-                        if state.code != CLOSE_ABNORMAL {
-                            pending.push_back(Queued {
-                                frame: frame::close(state.code, &describe(&closing).1),
-                                born_us: 0,
-                            });
-                        }
-                    } else if !state.write_shut {
-                        state.write_shut = true;
-                        let _ = write.shutdown().await;
-                        if state.peer_closed || state.code == CLOSE_ABNORMAL {
-                            return state.code;
-                        }
-                    }
-                }
-            }
             let silent_until = last_heard + config.pong_timeout;
             let timer = match &close {
                 Some(state) => state.deadline,
@@ -375,13 +357,36 @@ impl Session {
                         }
                     }
                 }
-                // Also armed while a batch is being written, so an eviction or shutdown starts
-                // the close deadline even when the socket is backed up.
-                _ = self.outbox.wait(), if close.is_none() => {
-                    if let Some(closing) = self.outbox.closing() {
-                        self.closing(&mut close, &closing, config.close_timeout);
+                // Armed while a batch is being written too (for closing only), so an eviction or
+                // shutdown starts the close deadline even when the socket is backed up.
+                event = poll_fn(|cx| self.outbox.poll_next(cx, &mut batch, pending.is_empty())),
+                    if close.as_ref().is_none_or(|c| pending.is_empty() && !c.write_shut) =>
+                {
+                    match event {
+                        None => {
+                            std::mem::swap(&mut pending, &mut batch);
+                            Next::Continue
+                        }
+                        Some(closing) => {
+                            let state = self.closing(&mut close, &closing, config.close_timeout);
+                            if !pending.is_empty() {
+                                // Noticed mid-batch: the deadline runs; the close frame follows the batch.
+                            } else if !state.frame_queued {
+                                state.frame_queued = true;
+                                if state.code != CLOSE_ABNORMAL {
+                                    let frame = frame::close(state.code, &describe(&closing).1);
+                                    pending.push_back(Queued { frame, born_us: 0 });
+                                }
+                            } else {
+                                state.write_shut = true;
+                                let _ = write.shutdown().await;
+                                if state.peer_closed || state.code == CLOSE_ABNORMAL {
+                                    return state.code;
+                                }
+                            }
+                            Next::Continue
+                        }
                     }
-                    Next::Continue
                 }
                 _ = &mut sleep => {
                     let now = Instant::now();
