@@ -27,6 +27,14 @@ pub struct Config {
     #[arg(long, env = "BOOKCAST_FEED")]
     pub feed: Option<PathBuf>,
 
+    /// PEM certificate chain: serve HTTPS and wss:// instead of plain HTTP and ws://.
+    #[arg(long, env = "BOOKCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "BOOKCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Slow-consumer bound: bytes a connection may have queued before it is closed with 4008.
     #[arg(long, env = "BOOKCAST_QUEUE_BYTES", default_value_t = 256 * 1024)]
     pub queue_bytes: usize,
@@ -105,6 +113,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9443)),
             feed: None,
+            tls_cert: None,
+            tls_key: None,
             queue_bytes: 256 * 1024,
             queue_frames: 4096,
             socket_send_buffer: 0,

@@ -9,11 +9,12 @@ use crate::json::TimeUnit;
 use crate::rest;
 use crate::server::Context;
 use crate::stream::{self, Topic};
+use crate::transport::Transport;
 use bytes::{Buf, BytesMut};
 use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{timeout_at, Instant};
 
@@ -111,8 +112,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
     Ok(Some((head, consumed)))
 }
 
-async fn read_head(
-    stream: &mut TcpStream,
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     deadline: Instant,
     shutdown: &mut watch::Receiver<bool>,
@@ -186,8 +187,8 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-pub async fn write_response(
-    stream: &mut TcpStream,
+pub async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     response: &Response,
     close: bool,
 ) -> std::io::Result<()> {
@@ -203,7 +204,15 @@ pub async fn write_response(
     let mut out = Vec::with_capacity(head.len() + response.body.len());
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(&response.body);
-    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&out)).await {
+    let send = async {
+        stream.write_all(&out).await?;
+        if close {
+            // A clean end: FIN on TCP, close_notify on TLS (clients treat a bare EOF as an error).
+            stream.shutdown().await?;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, send).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -334,11 +343,12 @@ fn is_websocket_path(path: &str) -> bool {
     path == "/ws" || path.starts_with("/ws/") || path == "/stream" || path == "/stream/"
 }
 
-/// Serves one accepted TCP connection: REST requests (keep-alive) until it upgrades or ends.
+/// Serves one accepted connection (TCP or TLS): REST requests (keep-alive) until it upgrades or
+/// ends.
 /// `permit` is the connection's slot under `--max-connections`; it lives as long as the
 /// connection, in whichever task ends up owning it.
-pub async fn serve(
-    mut stream: TcpStream,
+pub async fn serve<S: Transport>(
+    mut stream: S,
     peer: IpAddr,
     ctx: Arc<Context>,
     permit: OwnedSemaphorePermit,

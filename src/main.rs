@@ -66,7 +66,10 @@ fn main() -> ExitCode {
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let symbols = feed.symbols.len();
-        println!("bookcast listening on {addr}: ws://{addr}/ws, ws://{addr}/stream?streams=..., http://{addr}/api/v3/..., http://{addr}/metrics ({symbols} symbols)");
+        let (ws, http) = if config.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
+        println!(
+            "bookcast listening on {addr} ({symbols} symbols): {ws}://{addr}/ws, {ws}://{addr}/stream?streams=..., {http}://{addr}/api/v3/..., {http}://{addr}/metrics"
+        );
         match bookcast::server::run(listener, config, feed, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

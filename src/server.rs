@@ -12,13 +12,14 @@ use crate::engine::{self, EngineHandle};
 use crate::feed::Feed;
 use crate::http;
 use crate::metrics::{self, SessionMetrics};
+use crate::transport;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 /// What every connection task shares.
@@ -61,6 +62,16 @@ pub async fn run(
             }
         })
     };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(transport::acceptor(cert, key)?),
+        (None, None) => None,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--tls-cert and --tls-key go together",
+            ));
+        }
+    };
     let feed = Arc::new(feed);
     let (engine, engine_thread) = engine::spawn(feed.clone())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -99,7 +110,21 @@ pub async fn run(
                 let ctx = ctx.clone();
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        tokio::spawn(http::serve(stream, peer.ip(), ctx, permit));
+                        tune(&stream, &ctx.config);
+                        match tls.clone() {
+                            None => {
+                                tokio::spawn(http::serve(stream, peer.ip(), ctx, permit));
+                            }
+                            Some(acceptor) => {
+                                tokio::spawn(async move {
+                                    let handshake = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
+                                    match handshake.await {
+                                        Ok(Ok(stream)) => http::serve(stream, peer.ip(), ctx, permit).await,
+                                        _ => metrics::rejected("tls_handshake"),
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(_) => {
                         metrics::rejected("connection_cap");
@@ -127,4 +152,13 @@ pub async fn run(
         let _ = engine_thread.join();
     }
     Ok(())
+}
+
+/// Socket options for every accepted connection: no Nagle delay (writers batch themselves), and
+/// the configured send buffer.
+fn tune(stream: &TcpStream, config: &Config) {
+    let _ = stream.set_nodelay(true);
+    if config.socket_send_buffer > 0 {
+        let _ = socket2::SockRef::from(stream).set_send_buffer_size(config.socket_send_buffer);
+    }
 }

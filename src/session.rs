@@ -17,6 +17,7 @@ use crate::http::{self, Upgrade};
 use crate::json::{push_time, TimeUnit};
 use crate::outbox::{Closing, Outbox, Queued};
 use crate::server::Context;
+use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
@@ -27,8 +28,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -59,12 +58,12 @@ fn ws_config() -> WebSocketConfig {
 
 /// The read half as tungstenite sees it: reads come from the socket, and whatever tungstenite
 /// writes by itself (pong replies) is queued on the outbox as a control frame.
-struct ReadSide {
-    read: OwnedReadHalf,
+struct ReadSide<R> {
+    read: R,
     outbox: Arc<Outbox>,
 }
 
-impl AsyncRead for ReadSide {
+impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -74,7 +73,7 @@ impl AsyncRead for ReadSide {
     }
 }
 
-impl AsyncWrite for ReadSide {
+impl<R: Unpin> AsyncWrite for ReadSide<R> {
     fn poll_write(
         self: Pin<&mut Self>,
         _: &mut TaskContext<'_>,
@@ -118,8 +117,8 @@ impl Drop for Attached {
 /// The session then runs as a task of its own: the HTTP task's future (request parsing, REST
 /// handlers) is several times larger than the session's, and a connection would otherwise pay
 /// for it for its whole life.
-pub async fn upgrade(
-    stream: TcpStream,
+pub async fn upgrade<S: Transport>(
+    stream: S,
     leftover: Vec<u8>,
     key: String,
     upgrade: Upgrade,
@@ -160,14 +159,14 @@ pub async fn upgrade(
 
 /// Attaches the connection and its URL streams to the hub, then answers 101. Its own async fn
 /// so that nothing it allocates stays in the connection's future.
-async fn handshake(
-    mut stream: TcpStream,
+async fn handshake<S: Transport>(
+    mut stream: S,
     conn: u64,
     outbox: &Arc<Outbox>,
     key: &str,
     upgrade: &Upgrade,
     ctx: &Context,
-) -> Option<TcpStream> {
+) -> Option<S> {
     let (ready, attached) = oneshot::channel();
     let attach = Command::Attach {
         conn,
@@ -193,9 +192,6 @@ async fn handshake(
         tokio::time::timeout(http::WRITE_TIMEOUT, stream.write_all(response.as_bytes())).await;
     if !matches!(written, Ok(Ok(()))) {
         return None;
-    }
-    if ctx.config.socket_send_buffer > 0 {
-        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ctx.config.socket_send_buffer);
     }
     Some(stream)
 }
@@ -265,9 +261,8 @@ enum Next {
 
 impl Session {
     /// Runs the connection to its end and returns the close code to record.
-    async fn run(mut self, stream: TcpStream, leftover: Vec<u8>) -> u16 {
-        let _ = stream.set_nodelay(true);
-        let (read, mut write) = stream.into_split();
+    async fn run<S: Transport>(mut self, stream: S, leftover: Vec<u8>) -> u16 {
+        let (read, mut write) = stream.split();
         let read_side = ReadSide {
             read,
             outbox: self.outbox.clone(),
@@ -560,8 +555,8 @@ enum Input {
     Drained(io::Result<usize>),
 }
 
-fn poll_input(
-    ws: &mut WebSocketStream<ReadSide>,
+fn poll_input<R: AsyncRead + Unpin>(
+    ws: &mut WebSocketStream<ReadSide<R>>,
     read_done: bool,
     cx: &mut TaskContext<'_>,
 ) -> Poll<Input> {
@@ -574,7 +569,10 @@ fn poll_input(
 
 /// Reads and discards input while a close completes: a socket closed with unread input sends a
 /// reset, which can destroy the close frame before the peer reads it.
-fn poll_discard(read: &mut OwnedReadHalf, cx: &mut TaskContext<'_>) -> Poll<io::Result<usize>> {
+fn poll_discard<R: AsyncRead + Unpin>(
+    read: &mut R,
+    cx: &mut TaskContext<'_>,
+) -> Poll<io::Result<usize>> {
     let mut scratch = [0u8; 512];
     let mut buf = ReadBuf::new(&mut scratch);
     match Pin::new(read).poll_read(cx, &mut buf) {
@@ -586,8 +584,8 @@ fn poll_discard(read: &mut OwnedReadHalf, cx: &mut TaskContext<'_>) -> Poll<io::
 
 /// One vectored write of up to [`MAX_IOV`] queued frames, the first from `offset`. The slices
 /// are rebuilt on each poll rather than kept in the future, keeping the task small.
-fn poll_write_batch(
-    write: &mut OwnedWriteHalf,
+fn poll_write_batch<W: AsyncWrite + Unpin>(
+    write: &mut W,
     pending: &VecDeque<Queued>,
     offset: usize,
     cx: &mut TaskContext<'_>,
