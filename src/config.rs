@@ -93,6 +93,11 @@ pub struct Config {
     #[arg(long, value_parser = duration, default_value = "5s")]
     pub close_timeout: Duration,
 
+    /// Time an evicted slow consumer has to read what was already in flight and its 4008 close
+    /// frame; its queue is freed at eviction, this only keeps the socket.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub slow_close_timeout: Duration,
+
     /// On SIGTERM/Ctrl-C, how long to wait for clients to be closed before exiting anyway.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -128,6 +133,7 @@ impl Default for Config {
             connection_attempt_window: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            slow_close_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(10),
         }
     }

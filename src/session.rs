@@ -10,6 +10,7 @@
 //! One task (rather than a reader and a writer task) keeps per-connection memory small: one
 //! future, one small read buffer, no channel between the halves.
 
+use crate::config::Config;
 use crate::control::{self, Subscriptions};
 use crate::engine::Command;
 use crate::frame;
@@ -363,7 +364,7 @@ impl Session {
                             Next::Continue
                         }
                         Some(closing) => {
-                            let state = self.closing(&mut close, &closing, config.close_timeout);
+                            let state = self.closing(&mut close, &closing, config);
                             if !pending.is_empty() {
                                 // Noticed mid-batch: the deadline runs; the close frame follows the batch.
                             } else if !state.frame_queued {
@@ -416,12 +417,20 @@ impl Session {
     }
 
     /// The connection's close state, created on first sight of the outbox's closing.
+    ///
+    /// A slow consumer gets `slow_close_timeout` rather than `close_timeout`: its socket buffers
+    /// are full of data sent before the eviction, and it can only see its 4008 once it has read
+    /// them. Its queue is already freed, so waiting costs a small task and kernel buffers.
     fn closing<'a>(
         &self,
         close: &'a mut Option<Close>,
         closing: &Closing,
-        timeout: Duration,
+        config: &Config,
     ) -> &'a mut Close {
+        let timeout = match closing {
+            Closing::SlowConsumer { .. } => config.slow_close_timeout,
+            Closing::Close { .. } => config.close_timeout,
+        };
         close.get_or_insert_with(|| Close {
             code: describe(closing).0,
             deadline: Instant::now() + timeout,
@@ -432,16 +441,10 @@ impl Session {
     }
 
     /// Closes from inside the session: queue the close and start its deadline now.
-    fn begin_close(
-        &self,
-        close: &mut Option<Close>,
-        code: u16,
-        reason: String,
-        config: &crate::config::Config,
-    ) {
+    fn begin_close(&self, close: &mut Option<Close>, code: u16, reason: String, config: &Config) {
         self.outbox.close(code, reason, None);
         if let Some(closing) = self.outbox.closing() {
-            self.closing(close, &closing, config.close_timeout);
+            self.closing(close, &closing, config);
         }
     }
 
@@ -468,7 +471,7 @@ impl Session {
         close: &mut Option<Close>,
         read_done: &mut bool,
         now: Instant,
-        config: &crate::config::Config,
+        config: &Config,
     ) -> Next {
         let message = match incoming {
             None => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),

@@ -106,6 +106,8 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
         "reason names the bound: {}",
         close.reason
     );
+    // Hanging up ends the server's wait for our side of the close handshake.
+    drop(slow);
     server
         .wait_metric("bookcast_closes_total", "code=\"4008\"", 1.0)
         .await;

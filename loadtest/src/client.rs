@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 /// What a client is told to do.
@@ -21,6 +22,9 @@ pub struct Plan {
     pub slow_read_every: Option<Duration>,
     pub recv_buffer: usize,
     pub started: Instant,
+    /// At the end, how long a slow client may read at full speed to find a close the server
+    /// sent behind its backlog.
+    pub drain: Duration,
 }
 
 /// Only the fields the checks need; simd-json skips the rest (book levels included).
@@ -82,7 +86,19 @@ impl Sequences {
     }
 }
 
+/// Slow clients read through a small buffer, so their backlog stays in the kernel where the
+/// server's backpressure sees it, not in a 128 KiB userspace buffer that hides it for minutes.
+fn ws_config(slow: bool) -> WebSocketConfig {
+    let config = WebSocketConfig::default();
+    if slow {
+        config.read_buffer_size(4096)
+    } else {
+        config
+    }
+}
+
 pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let slow = plan.slow_read_every.is_some();
     let socket = match plan.server {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -104,9 +120,13 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     let connected = async {
         let stream = socket.connect(plan.server).await.ok()?;
         let _ = stream.set_nodelay(true);
-        tokio_tungstenite::client_async(plan.url.as_str(), stream)
-            .await
-            .ok()
+        tokio_tungstenite::client_async_with_config(
+            plan.url.as_str(),
+            stream,
+            Some(ws_config(slow)),
+        )
+        .await
+        .ok()
     };
     let mut ws = tokio::select! {
         ws = connected => match ws {
@@ -124,7 +144,6 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
         .saturating_record(connect_start.elapsed().as_millis().max(1) as u64);
     stats.connected.fetch_add(1, Ordering::Relaxed);
 
-    let slow = plan.slow_read_every.is_some();
     let mut checker = Checker {
         id: plan.id,
         slow,
@@ -138,10 +157,7 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     let code = loop {
         let message = tokio::select! {
             message = ws.next() => message,
-            _ = stopped(&mut stop) => {
-                let _ = ws.close(None).await;
-                break 1000;
-            }
+            _ = stopped(&mut stop) => break finish(&mut ws, slow, plan.drain).await,
         };
         match message {
             Some(Ok(Message::Text(text))) => {
@@ -154,7 +170,11 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
                 scratch.extend_from_slice(text.as_bytes());
                 checker.check(&mut scratch, received_us, &stats);
                 if let Some(every) = plan.slow_read_every {
-                    tokio::time::sleep(every).await;
+                    // The stop must not wait out a slow client's pause.
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stopped(&mut stop) => break finish(&mut ws, slow, plan.drain).await,
+                    }
                 }
             }
             Some(Ok(Message::Close(frame))) => break frame.map_or(1005, |f| u16::from(f.code)),
@@ -173,6 +193,34 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
             code,
         });
     }
+}
+
+/// Ends a client at the end of the run. A fast client closes normally. A slow one first reads
+/// whatever is still in flight at full speed: a server that evicted it put its close frame
+/// behind that backlog, and the report must show the code the server sent, not ours.
+async fn finish<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    slow: bool,
+    drain: Duration,
+) -> u16
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if slow {
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map_or(1005, |f| u16::from(f.code))
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return 1006,
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    1000
 }
 
 /// Latencies a client buffers before recording them under one lock.

@@ -179,6 +179,10 @@ async fn run(args: Args) -> Result<(), String> {
                 0
             },
             started,
+            drain: args
+                .grace
+                .saturating_sub(Duration::from_secs(1))
+                .max(Duration::from_secs(1)),
         };
         tasks.push(tokio::spawn(client::run(
             plan,

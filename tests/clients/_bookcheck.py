@@ -43,13 +43,15 @@ def port_from_argv():
     return int(sys.argv[1])
 
 
-def rest_json(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+def rest_json(port, path, context=None):
+    """GET http://127.0.0.1:port/path; over https, verified with the ssl context, if one is given."""
+    url = "%s://127.0.0.1:%d%s" % ("https" if context else "http", port, path)
+    with urllib.request.urlopen(url, timeout=5, context=context) as r:
         return json.loads(r.read())
 
 
-def rest_snapshot(port, limit=1000, symbol=SYMBOL):
-    return rest_json(port, "/api/v3/depth?symbol=%s&limit=%d" % (symbol, limit))
+def rest_snapshot(port, limit=1000, symbol=SYMBOL, context=None):
+    return rest_json(port, "/api/v3/depth?symbol=%s&limit=%d" % (symbol, limit), context)
 
 
 def levels(pairs, n=TOP):

@@ -8,25 +8,30 @@ sequence number, compare top levels. cryptofeed's own cross_check is on (it rais
 book), and its "Missing book update detected, resetting book" warnings are counted as resyncs.
 
 cryptofeed 2.4.1 refuses any WebSocket address that is not wss:// (cryptofeed/connection.py,
-WSAsyncConn.__init__), and bookcast serves plain ws only. So this script puts a TLS-terminating
-byte pipe (self-signed certificate made with the openssl CLI) in front of bookcast and gives
-cryptofeed wss://127.0.0.1:<pipe>, passing an ssl context that trusts the certificate through
-WebsocketEndpoint options (which cryptofeed hands to websockets.connect). Everything cryptofeed
-does is then byte-for-byte what it does against Binance. REST stays plain http.
+WSAsyncConn.__init__). So run.sh starts a second bookcast with --tls-cert/--tls-key (a throwaway
+self-signed certificate for localhost/127.0.0.1) and passes this script that server's port and
+the certificate. Everything goes to that server over TLS, verified against the certificate:
+  - the WebSocket: wss://127.0.0.1:<port>, with an ssl context trusting the certificate passed
+    through WebsocketEndpoint options (cryptofeed hands them to websockets.connect);
+  - cryptofeed's depth snapshot (aiohttp): the same context, on the feed's HTTP session;
+  - cryptofeed's exchangeInfo (a bare requests.get, no way to pass a context): REQUESTS_CA_BUNDLE;
+  - this script's own aligned-check snapshots (urllib): the same context.
+
+usage: cryptofeed_book.py TLS_PORT CERT_PEM
 """
 
 import asyncio
 import logging
 import os
 import ssl
-import subprocess
-import tempfile
+import sys
 import time
 
+import aiohttp
 from _bookcheck import (RUN_SECONDS, TOP, CheckFailed, compare_top, fail, log, ok, port_from_argv,
                         rest_snapshot)
 from cryptofeed import FeedHandler
-from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
+from cryptofeed.connection import HTTPAsyncConn, RestEndpoint, Routes, WebsocketEndpoint
 from cryptofeed.defines import L2_BOOK, TICKER, TRADES
 from cryptofeed.exchanges import Binance
 
@@ -45,55 +50,40 @@ class Counter(logging.Handler):
             self.errors.append(msg)
 
 
-def make_cert(tmp):
-    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
+class TLSHTTPAsyncConn(HTTPAsyncConn):
+    """cryptofeed's HTTP connection, with a session whose connector verifies with ssl_ctx.
+
+    HTTPAsyncConn._open makes a bare aiohttp.ClientSession(); this only adds the connector.
+    """
+
+    def __init__(self, conn_id, ssl_ctx, proxy=None):
+        super().__init__(conn_id, proxy)
+        self.ssl_ctx = ssl_ctx
+
+    async def _open(self):
+        if not self.is_open:
+            self.conn = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_ctx))
+            self.sent = 0
+            self.received = 0
+            self.last_message = None
 
 
-async def start_tls_pipe(cert, key, port):
-    """wss -> ws: terminate TLS, copy bytes both ways to bookcast's port."""
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-
-    async def copy(reader, writer):
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    async def handle(client_r, client_w):
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
-        await asyncio.gather(copy(client_r, up_w), copy(up_r, client_w))
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
-    return server, server.sockets[0].getsockname()[1]
-
-
-def main(port):
-    with tempfile.TemporaryDirectory() as tmp:
-        return run(port, *make_cert(tmp))
-
-
-def run(port, cert, key):
+def run(port, cert):
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    pipe, tls_port = loop.run_until_complete(start_tls_pipe(cert, key, port))
     client_ctx = ssl.create_default_context(cafile=cert)
+    # cryptofeed reads exchangeInfo with requests.get(address) and nothing else; requests then
+    # verifies against REQUESTS_CA_BUNDLE (this process only talks to the local server).
+    os.environ["REQUESTS_CA_BUNDLE"] = cert
 
     class LocalBinance(Binance):
-        websocket_endpoints = [WebsocketEndpoint("wss://127.0.0.1:%d" % tls_port, options={"ssl": client_ctx})]
-        rest_endpoints = [RestEndpoint("http://127.0.0.1:%d" % port, routes=Routes(
+        websocket_endpoints = [WebsocketEndpoint("wss://127.0.0.1:%d" % port, options={"ssl": client_ctx})]
+        rest_endpoints = [RestEndpoint("https://127.0.0.1:%d" % port, routes=Routes(
             "/api/v3/exchangeInfo", l2book="/api/v3/depth?symbol={}&limit={}"))]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.http_conn = TLSHTTPAsyncConn(self.id, client_ctx, self.http_proxy)
 
     counter = Counter()
     logging.getLogger("feedhandler").addHandler(counter)
@@ -116,7 +106,7 @@ def run(port, cert, key):
         # Right after cryptofeed applied a window: a snapshot with lastUpdateId equal to
         # the window's u describes exactly this state.
         state["tries"] += 1
-        snap = rest_snapshot(port, 1000)
+        snap = rest_snapshot(port, 1000, context=client_ctx)
         if snap["lastUpdateId"] == book.sequence_number:
             bids = [book.book.bids.index(i) for i in range(min(TOP, len(book.book.bids)))]
             asks = [book.book.asks.index(i) for i in range(min(TOP, len(book.book.asks)))]
@@ -146,7 +136,6 @@ def run(port, cert, key):
         raise CheckFailed("timed out; %d book callbacks, log errors: %s" % (state["books"], counter.errors[:3]))
     finally:
         fh.stop(loop=loop)
-        pipe.close()
     if status != "ok":
         raise CheckFailed(text)
     if counter.resets or state["snapshots"] != 1:
@@ -161,8 +150,10 @@ def run(port, cert, key):
 
 if __name__ == "__main__":
     port = port_from_argv()
+    if len(sys.argv) < 3 or not os.path.isfile(sys.argv[2]):
+        fail("usage: %s TLS_PORT CERT_PEM (a bookcast started with --tls-cert CERT_PEM)" % sys.argv[0])
     try:
-        ok(main(port))
+        ok(run(port, sys.argv[2]))
     except CheckFailed as e:
         fail(str(e))
     except Exception as e:

@@ -12,6 +12,9 @@
 #   BOOKCAST_CLIENT_TIMEOUT seconds one client script may take (default 120)
 #   BOOKCAST_CLIENTS_RUN_SECONDS  how long each library keeps its book before the check (9)
 #
+# cryptofeed only speaks wss://, so when it is selected a second bookcast serves HTTPS and wss://
+# (--tls-cert/--tls-key) with a throwaway self-signed certificate made by the openssl CLI.
+#
 # Prints one `PASS name: ...` / `FAIL name: ...` line per library, then `N passed, M failed`;
 # exits non-zero if any failed. Reads no stdin.
 set -euo pipefail
@@ -33,20 +36,32 @@ declare -A SCRIPT=(
 )
 ALL=(python-binance binance-connector binance-sdk-spot cryptofeed ccxt)
 if (($#)); then LIBS=("$@"); else LIBS=("${ALL[@]}"); fi
+# libraries that get the TLS server (arguments: TLS port, certificate) instead of the plain one
+declare -A NEEDS_TLS=([cryptofeed]=1)
+WANT_TLS=0
+WANT_PLAIN=0
 for lib in "${LIBS[@]}"; do
   [[ -n "${SCRIPT[$lib]:-}" ]] || { echo "unknown library '$lib' (known: ${ALL[*]})" >&2; exit 2; }
+  if [[ -n "${NEEDS_TLS[$lib]:-}" ]]; then WANT_TLS=1; else WANT_PLAIN=1; fi
 done
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/bookcast-clients.XXXXXX")"
 SERVER_PID=""
+TLS_SERVER_PID=""
 BUILD_PID=""
-cleanup() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+stop_pid() { # pid: SIGTERM, up to 5 s, then SIGKILL
+  local pid="$1"
+  [[ -n "$pid" ]] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
   fi
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  stop_pid "$SERVER_PID"
+  stop_pid "$TLS_SERVER_PID"
   if [[ -n "$BUILD_PID" ]] && kill -0 "$BUILD_PID" 2>/dev/null; then
     kill "$BUILD_PID" 2>/dev/null || true
   fi
@@ -57,6 +72,33 @@ trap 'exit 130' INT TERM
 
 say() { printf '%s\n' "$*"; }
 indent() { sed 's/^/    /' "$@"; }
+
+# --- throwaway TLS certificate (only if a selected library needs TLS); before the slow steps ------
+CERT="$WORK/tls/cert.pem"
+KEY="$WORK/tls/key.pem"
+if ((WANT_TLS)); then
+  if ! command -v openssl >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      say "openssl CLI not found; installing it with apt-get"
+      { DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl ||
+          { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssl; }
+      } >"$WORK/apt.log" 2>&1 || { say "apt-get install openssl failed:"; indent "$WORK/apt.log" | tail -n 20; }
+    fi
+    command -v openssl >/dev/null 2>&1 || {
+      say "cryptofeed needs a TLS server, and the certificate is made with the openssl CLI, which is"
+      say "not installed (install it, e.g. apt-get install openssl, or leave cryptofeed out:"
+      say "  $0 python-binance binance-connector binance-sdk-spot ccxt)"
+      exit 2
+    }
+  fi
+  mkdir -p "$WORK/tls"
+  if ! openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+      -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -keyout "$KEY" -out "$CERT" >"$WORK/openssl.log" 2>&1; then
+    say "openssl could not make a self-signed certificate:"; indent "$WORK/openssl.log" | tail -n 20
+    exit 1
+  fi
+fi
 
 # --- server binary: build in the background while the virtualenvs install ----------------------
 if [[ -n "${BOOKCAST_BIN:-}" ]]; then
@@ -112,14 +154,20 @@ if [[ -n "$BUILD_PID" ]]; then
 fi
 [[ -x "$BIN" ]] || { say "no server binary at $BIN"; exit 1; }
 
-# --- start bookcast on a free loopback port -------------------------------------------------------
+# --- start bookcast on a free loopback port (and the TLS one on another) -------------------------
+# start_server LOGNAME [EXTRA ARGS...]: sets STARTED_PORT and STARTED_PID, returns 0 once
+# /api/v3/ping answers (over https, trusting $CERT, when EXTRA ARGS hold --tls-cert).
 start_server() {
-  PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  "$BIN" --listen "127.0.0.1:$PORT" --feed "$ROOT/feeds/small.toml" >"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  "$PY" - "$PORT" "$SERVER_PID" <<'EOF'
-import os, sys, time, urllib.request
-port, pid = int(sys.argv[1]), int(sys.argv[2])
+  local logname="$1" scheme=http
+  shift
+  [[ " $* " != *" --tls-cert "* ]] || scheme=https
+  STARTED_PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$BIN" --listen "127.0.0.1:$STARTED_PORT" --feed "$ROOT/feeds/small.toml" "$@" >"$WORK/$logname.log" 2>&1 &
+  STARTED_PID=$!
+  "$PY" - "$scheme" "$STARTED_PORT" "$STARTED_PID" "$CERT" <<'EOF'
+import os, ssl, sys, time, urllib.request
+scheme, port, pid, cert = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=cert) if scheme == "https" else None
 end = time.monotonic() + 20
 while time.monotonic() < end:
     try:
@@ -127,25 +175,40 @@ while time.monotonic() < end:
     except OSError:
         sys.exit(1)  # the server exited (port taken?)
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/api/v3/ping" % port, timeout=1) as r:
+        with urllib.request.urlopen("%s://127.0.0.1:%d/api/v3/ping" % (scheme, port), timeout=1,
+                                    context=ctx) as r:
             if r.read().strip() == b"{}":
                 sys.exit(0)
-    except OSError:
+    except OSError:  # includes ssl.SSLError and urllib.error.URLError
         pass
     time.sleep(0.1)
 sys.exit(1)
 EOF
 }
-started=0
-for _ in 1 2 3; do
-  if start_server; then started=1; break; fi
-  kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-done
-if ((!started)); then
-  say "bookcast did not answer /api/v3/ping within 20s:"; indent "$WORK/server.log"
-  exit 1
+start_server_retrying() { # like start_server, up to 3 tries (a free port can be taken meanwhile)
+  for _ in 1 2 3; do
+    if start_server "$@"; then return 0; fi
+    stop_pid "$STARTED_PID"; STARTED_PID=""
+  done
+  return 1
+}
+if ((WANT_PLAIN)); then
+  if ! start_server_retrying server; then
+    say "bookcast did not answer /api/v3/ping within 20s:"; indent "$WORK/server.log"
+    exit 1
+  fi
+  PORT="$STARTED_PORT"; SERVER_PID="$STARTED_PID"
+  say "bookcast $BIN listening on 127.0.0.1:$PORT (feeds/small.toml)"
 fi
-say "bookcast $BIN listening on 127.0.0.1:$PORT (feeds/small.toml)"
+if ((WANT_TLS)); then
+  if ! start_server_retrying server-tls --tls-cert "$CERT" --tls-key "$KEY"; then
+    say "bookcast (TLS) did not answer https://127.0.0.1:PORT/api/v3/ping within 20s:"
+    indent "$WORK/server-tls.log"
+    exit 1
+  fi
+  TLS_PORT="$STARTED_PORT"; TLS_SERVER_PID="$STARTED_PID"
+  say "bookcast $BIN serving HTTPS/wss on 127.0.0.1:$TLS_PORT (feeds/small.toml, self-signed certificate)"
+fi
 
 # --- run each client ------------------------------------------------------------------------------
 passed=0
@@ -158,10 +221,11 @@ for lib in "${LIBS[@]}"; do
     failed=$((failed + 1))
     continue
   fi
+  if [[ -n "${NEEDS_TLS[$lib]:-}" ]]; then args=("$TLS_PORT" "$CERT"); else args=("$PORT"); fi
   t1=$SECONDS
   set +e
   (cd "$HERE" && timeout --kill-after=5 "$CLIENT_TIMEOUT" \
-    "$VENVS/$lib/bin/python" -u "${SCRIPT[$lib]}" "$PORT") >"$log" 2>"$log.err"
+    "$VENVS/$lib/bin/python" -u "${SCRIPT[$lib]}" "${args[@]}") >"$log" 2>"$log.err"
   rc=$?
   set -e
   verdict="$(grep -E '^(OK|FAIL): ' "$log" | tail -n 1 || true)"
@@ -182,9 +246,14 @@ for lib in "${LIBS[@]}"; do
     say "  --- $lib stderr"; indent "$log.err" | tail -n 40
     failed=$((failed + 1))
   fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+  if [[ -n "$SERVER_PID" ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
     say "bookcast exited during $lib:"; indent "$WORK/server.log" | tail -n 40
     SERVER_PID=""
+    break
+  fi
+  if [[ -n "$TLS_SERVER_PID" ]] && ! kill -0 "$TLS_SERVER_PID" 2>/dev/null; then
+    say "bookcast (TLS) exited during $lib:"; indent "$WORK/server-tls.log" | tail -n 40
+    TLS_SERVER_PID=""
     break
   fi
 done
