@@ -98,6 +98,10 @@ pub struct Config {
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub slow_close_timeout: Duration,
 
+    /// Benchmark baseline: serialize and frame every event once per subscriber instead of once.
+    #[arg(long)]
+    pub naive_fanout: bool,
+
     /// On SIGTERM/Ctrl-C, how long to wait for clients to be closed before exiting anyway.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
@@ -134,6 +138,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             slow_close_timeout: Duration::from_secs(30),
+            naive_fanout: false,
             shutdown_timeout: Duration::from_secs(10),
         }
     }

@@ -6,13 +6,13 @@
 //! subscription is live and a depth snapshot is taken exactly at the last published update id:
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
 
-use crate::book::{OrderBook, Side};
 use crate::feed::{Feed, SymbolSpec};
 use crate::hub::{ConnId, Hub};
-use crate::json::{self, push_e8_str, push_time, push_u64, TimeUnit};
+use crate::json::TimeUnit;
 use crate::metrics::EngineMetrics;
 use crate::outbox::Outbox;
-use crate::sim::{MarketSim, Step, Trade};
+use crate::payload;
+use crate::sim::{MarketSim, Step};
 use crate::stats::kline::{KlineBuilder, KlineInterval};
 use crate::stats::rolling::{self, Rolling24h, TickerStats};
 use crate::stats::TradePrint;
@@ -82,11 +82,15 @@ impl EngineHandle {
 }
 
 /// Starts the engine thread. It stops when every [`EngineHandle`] is dropped.
-pub fn spawn(feed: Arc<Feed>) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
+/// `naive_fanout` makes the hub serialize per subscriber (see [`Hub::new`]).
+pub fn spawn(
+    feed: Arc<Feed>,
+    naive_fanout: bool,
+) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
     let thread = std::thread::Builder::new()
         .name("bookcast-engine".into())
-        .spawn(move || Engine::new(feed).run(rx))?;
+        .spawn(move || Engine::new(feed, naive_fanout).run(rx))?;
     Ok((EngineHandle { tx }, thread))
 }
 
@@ -165,7 +169,6 @@ impl SymbolState {
 }
 
 struct Engine {
-    feed: Arc<Feed>,
     symbols: Vec<SymbolState>,
     hub: Hub,
     metrics: EngineMetrics,
@@ -175,7 +178,7 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(feed: Arc<Feed>) -> Self {
+    fn new(feed: Arc<Feed>, naive_fanout: bool) -> Self {
         let now = Instant::now();
         let now_us = crate::clock::wall_us();
         let symbols = feed
@@ -204,9 +207,8 @@ impl Engine {
                 }
             })
             .collect();
-        let hub = Hub::new(feed.clone());
+        let hub = Hub::new(feed, naive_fanout);
         Engine {
-            feed,
             symbols,
             hub,
             metrics: EngineMetrics::new(),
@@ -312,7 +314,13 @@ impl Engine {
     fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {
         let state = &self.symbols[usize::from(symbol)];
         let mut out = Vec::with_capacity(64 + limit * 48);
-        write_partial(&mut out, state, state.sim.book(), limit);
+        payload::write_partial(
+            &mut out,
+            &state.spec,
+            state.sim.book(),
+            state.sim.last_update_id(),
+            limit,
+        );
         Bytes::from(out)
     }
 
@@ -325,7 +333,16 @@ impl Engine {
         let state = &self.symbols[index];
         self.hub.publish(
             state.topic(StreamKind::Diff(Speed::Unspecified)),
-            |out, unit| write_diff(out, state, &state.step, state.step.update_id, now_us, unit),
+            |out, unit| {
+                payload::write_diff(
+                    out,
+                    &state.spec,
+                    &state.step,
+                    state.step.update_id,
+                    now_us,
+                    unit,
+                )
+            },
         );
         self.publish_trades(index, now_us);
         let state = &mut self.symbols[index];
@@ -335,7 +352,7 @@ impl Engine {
             let state = &self.symbols[index];
             self.hub
                 .publish(state.topic(StreamKind::BookTicker), |out, _| {
-                    write_book_ticker(out, &state.spec.symbol, state.step.update_id, best)
+                    payload::write_book_ticker(out, &state.spec.symbol, state.step.update_id, best)
                 });
         }
     }
@@ -364,7 +381,7 @@ impl Engine {
         if self.hub.wants(&trade_topic) {
             for trade in &state.step.trades {
                 self.hub.publish(trade_topic, |out, unit| {
-                    write_trade(out, state, trade, now_us, unit)
+                    payload::write_trade(out, &state.spec, trade, now_us, unit)
                 });
             }
         }
@@ -383,7 +400,7 @@ impl Engine {
             }
             let group = &trades[start..end];
             self.hub.publish(agg_topic, |out, unit| {
-                write_agg_trade(out, state, agg_id, group, now_us, unit)
+                payload::write_agg_trade(out, &state.spec, agg_id, group, now_us, unit)
             });
             agg_id += 1;
             start = end;
@@ -429,7 +446,7 @@ impl Engine {
         let merged = &self.scratch;
         self.hub
             .publish(state.topic(StreamKind::Diff(speed)), |out, unit| {
-                write_diff(out, state, merged, first, now_us, unit)
+                payload::write_diff(out, &state.spec, merged, first, now_us, unit)
             });
     }
 
@@ -437,7 +454,15 @@ impl Engine {
         let state = &self.symbols[index];
         self.hub.publish(
             state.topic(StreamKind::Partial { levels, speed }),
-            |out, _| write_partial(out, state, state.sim.book(), usize::from(levels)),
+            |out, _| {
+                payload::write_partial(
+                    out,
+                    &state.spec,
+                    state.sim.book(),
+                    state.sim.last_update_id(),
+                    usize::from(levels),
+                )
+            },
         );
     }
 
@@ -506,136 +531,5 @@ impl Engine {
                 out.push(b']');
             });
         }
-        let _ = &self.feed;
     }
-}
-
-/// `depthUpdate` covering updates `first..=step.update_id`.
-fn write_diff(
-    out: &mut Vec<u8>,
-    state: &SymbolState,
-    step: &Step,
-    first: u64,
-    now_us: u64,
-    unit: TimeUnit,
-) {
-    out.extend_from_slice(b"{\"e\":\"depthUpdate\",\"E\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(state.spec.symbol.as_bytes());
-    out.extend_from_slice(b"\",\"U\":");
-    push_u64(out, first);
-    out.extend_from_slice(b",\"u\":");
-    push_u64(out, step.update_id);
-    out.extend_from_slice(b",\"b\":");
-    json::push_levels(
-        out,
-        step.bids
-            .iter()
-            .map(|&(t, l)| (state.price(t), state.qty(l))),
-    );
-    out.extend_from_slice(b",\"a\":");
-    json::push_levels(
-        out,
-        step.asks
-            .iter()
-            .map(|&(t, l)| (state.price(t), state.qty(l))),
-    );
-    out.push(b'}');
-}
-
-/// `{"lastUpdateId":..,"bids":[..],"asks":[..]}`: partial depth streams and REST snapshots.
-fn write_partial(out: &mut Vec<u8>, state: &SymbolState, book: &OrderBook, limit: usize) {
-    out.extend_from_slice(b"{\"lastUpdateId\":");
-    push_u64(out, state.sim.last_update_id());
-    out.extend_from_slice(b",\"bids\":");
-    json::push_levels(
-        out,
-        book.top(Side::Bid)
-            .take(limit)
-            .map(|(t, l)| (state.price(t), state.qty(l))),
-    );
-    out.extend_from_slice(b",\"asks\":");
-    json::push_levels(
-        out,
-        book.top(Side::Ask)
-            .take(limit)
-            .map(|(t, l)| (state.price(t), state.qty(l))),
-    );
-    out.push(b'}');
-}
-
-fn write_trade(out: &mut Vec<u8>, state: &SymbolState, trade: &Trade, now_us: u64, unit: TimeUnit) {
-    out.extend_from_slice(b"{\"e\":\"trade\",\"E\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(state.spec.symbol.as_bytes());
-    out.extend_from_slice(b"\",\"t\":");
-    push_u64(out, trade.id);
-    out.extend_from_slice(b",\"p\":");
-    push_e8_str(out, state.price(trade.price_tick));
-    out.extend_from_slice(b",\"q\":");
-    push_e8_str(out, state.qty(trade.qty_lots));
-    out.extend_from_slice(b",\"T\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(if trade.buyer_is_maker {
-        b",\"m\":true,\"M\":true}"
-    } else {
-        b",\"m\":false,\"M\":true}"
-    });
-}
-
-fn write_agg_trade(
-    out: &mut Vec<u8>,
-    state: &SymbolState,
-    agg_id: u64,
-    group: &[Trade],
-    now_us: u64,
-    unit: TimeUnit,
-) {
-    let first = &group[0];
-    let lots: u64 = group.iter().map(|t| t.qty_lots).sum();
-    out.extend_from_slice(b"{\"e\":\"aggTrade\",\"E\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(state.spec.symbol.as_bytes());
-    out.extend_from_slice(b"\",\"a\":");
-    push_u64(out, agg_id);
-    out.extend_from_slice(b",\"p\":");
-    push_e8_str(out, state.price(first.price_tick));
-    out.extend_from_slice(b",\"q\":");
-    push_e8_str(out, state.qty(lots));
-    out.extend_from_slice(b",\"f\":");
-    push_u64(out, first.id);
-    out.extend_from_slice(b",\"l\":");
-    push_u64(out, group[group.len() - 1].id);
-    out.extend_from_slice(b",\"T\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(if first.buyer_is_maker {
-        b",\"m\":true,\"M\":true}"
-    } else {
-        b",\"m\":false,\"M\":true}"
-    });
-}
-
-fn write_book_ticker(
-    out: &mut Vec<u8>,
-    symbol: &str,
-    update_id: u64,
-    best: ((u64, u64), (u64, u64)),
-) {
-    let ((bid, bid_qty), (ask, ask_qty)) = best;
-    out.extend_from_slice(b"{\"u\":");
-    push_u64(out, update_id);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(symbol.as_bytes());
-    out.extend_from_slice(b"\",\"b\":");
-    push_e8_str(out, bid);
-    out.extend_from_slice(b",\"B\":");
-    push_e8_str(out, bid_qty);
-    out.extend_from_slice(b",\"a\":");
-    push_e8_str(out, ask);
-    out.extend_from_slice(b",\"A\":");
-    push_e8_str(out, ask_qty);
-    out.push(b'}');
 }

@@ -56,6 +56,7 @@ struct Connection {
 
 pub struct Hub {
     feed: Arc<Feed>,
+    naive: bool,
     topics: HashMap<Topic, TopicEntry>,
     connections: HashMap<ConnId, Connection>,
     /// Reused payload buffers, one per time unit.
@@ -64,9 +65,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(feed: Arc<Feed>) -> Self {
+    /// `naive`: render and frame every event once per subscriber, the way a straightforward
+    /// server does; a benchmark baseline that shows what serialize-once buys.
+    pub fn new(feed: Arc<Feed>, naive: bool) -> Self {
         Hub {
             feed,
+            naive,
             topics: HashMap::new(),
             connections: HashMap::new(),
             scratch: [Vec::with_capacity(4096), Vec::with_capacity(4096)],
@@ -203,16 +207,30 @@ impl Hub {
                 TimeUnit::Millisecond
             };
             let unit_index = usize::from(unit == TimeUnit::Microsecond);
-            if !rendered[unit_index] {
+            if !rendered[unit_index] && !self.naive {
                 let payload = &mut self.scratch[unit_index];
                 payload.clear();
                 render(payload, unit);
                 rendered[unit_index] = true;
                 self.metrics.serialized();
             }
-            let payload = &self.scratch[unit_index];
-            let frame = build_frame(combined.then_some(&entry.combined_prefix[..]), payload);
+            let prefix = combined.then_some(&entry.combined_prefix[..]);
             let mut evicted = 0u64;
+            if self.naive {
+                for subscriber in subscribers {
+                    let payload = &mut self.scratch[unit_index];
+                    payload.clear();
+                    render(payload, unit);
+                    let frame = build_frame(prefix, payload);
+                    if subscriber.outbox.push_data(&frame, born_us) == Push::Overflowed {
+                        evicted += 1;
+                    }
+                }
+                self.metrics.serialized_many(subscribers.len() as u64);
+                self.metrics.enqueued(subscribers.len() as u64, evicted);
+                continue;
+            }
+            let frame = build_frame(prefix, &self.scratch[unit_index]);
             for subscriber in subscribers {
                 if subscriber.outbox.push_data(&frame, born_us) == Push::Overflowed {
                     evicted += 1;
@@ -250,4 +268,102 @@ fn build_frame(combined_prefix: Option<&[u8]>, payload: &[u8]) -> Bytes {
         buf.push(b'}');
     }
     frame::finish_text(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{QueueBound, Queued};
+    use crate::stream::{Speed, StreamKind};
+    use std::collections::VecDeque;
+    use std::task::{Context, Poll, Waker};
+
+    const BOUND: QueueBound = QueueBound {
+        max_bytes: 1 << 20,
+        max_frames: 1024,
+    };
+
+    fn drain(outbox: &Outbox) -> Vec<Queued> {
+        let mut batch = VecDeque::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        match outbox.poll_next(&mut cx, &mut batch, true) {
+            Poll::Ready(None) => batch.into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Publishes one event to `n` raw-ms subscribers, one combined-µs subscriber, and counts renders.
+    fn publish_to(naive: bool, n: usize) -> (usize, Vec<Vec<Queued>>) {
+        let mut hub = Hub::new(Arc::new(Feed::embedded_default()), naive);
+        let topic = Topic::Symbol {
+            symbol: 0,
+            kind: StreamKind::Diff(Speed::Unspecified),
+        };
+        let outboxes: Vec<Arc<Outbox>> = (0..=n).map(|_| Arc::new(Outbox::new(BOUND))).collect();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            let combined = i == n;
+            let unit = if combined {
+                TimeUnit::Microsecond
+            } else {
+                TimeUnit::Millisecond
+            };
+            hub.attach(i as ConnId, outbox.clone(), combined, unit);
+            hub.subscribe(i as ConnId, &[topic]);
+        }
+        let mut renders = 0;
+        hub.publish(topic, |out, unit| {
+            renders += 1;
+            out.extend_from_slice(if unit == TimeUnit::Microsecond {
+                b"{\"E\":1000001}"
+            } else {
+                b"{\"E\":1000}"
+            });
+        });
+        (renders, outboxes.iter().map(|o| drain(o)).collect())
+    }
+
+    #[test]
+    fn one_rendering_and_one_frame_per_variant() {
+        let (renders, received) = publish_to(false, 3);
+        assert_eq!(renders, 2, "once per time unit, not per subscriber");
+        let raw: Vec<&Queued> = received[..3].iter().map(|r| &r[0]).collect();
+        assert!(
+            raw.iter()
+                .all(|q| q.frame.as_ptr() == raw[0].frame.as_ptr()),
+            "raw subscribers share one frame"
+        );
+        assert_eq!(&raw[0].frame[..], b"\x81\x0a{\"E\":1000}");
+        let combined = &received[3][0].frame;
+        assert!(
+            combined.ends_with(b"\"data\":{\"E\":1000001}}"),
+            "{combined:?}"
+        );
+    }
+
+    #[test]
+    fn naive_mode_renders_per_subscriber_with_the_same_bytes() {
+        let (renders, received) = publish_to(true, 3);
+        assert_eq!(renders, 4);
+        assert_ne!(received[0][0].frame.as_ptr(), received[1][0].frame.as_ptr());
+        assert_eq!(received[0][0].frame, received[1][0].frame);
+    }
+
+    #[test]
+    fn nothing_is_rendered_for_a_topic_without_subscribers() {
+        let mut hub = Hub::new(Arc::new(Feed::embedded_default()), false);
+        let topic = Topic::Symbol {
+            symbol: 1,
+            kind: StreamKind::Trade,
+        };
+        let mut renders = 0;
+        hub.publish(topic, |_, _| renders += 1);
+        assert_eq!(renders, 0);
+        let outbox = Arc::new(Outbox::new(BOUND));
+        hub.attach(7, outbox.clone(), false, TimeUnit::Millisecond);
+        hub.subscribe(7, &[topic]);
+        hub.detach(7);
+        hub.publish(topic, |_, _| renders += 1);
+        assert_eq!(renders, 0, "detached subscribers are gone");
+        assert!(!hub.wants(&topic));
+    }
 }

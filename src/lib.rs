@@ -24,6 +24,7 @@ pub mod hub;
 pub mod json;
 pub mod metrics;
 pub mod outbox;
+pub mod payload;
 pub mod rest;
 pub mod server;
 pub mod session;

@@ -148,6 +148,10 @@ impl HubMetrics {
         self.serialized.increment(1);
     }
 
+    pub fn serialized_many(&self, count: u64) {
+        self.serialized.increment(count);
+    }
+
     pub fn enqueued(&self, frames: u64, evicted: u64) {
         self.enqueued.increment(frames - evicted);
         if evicted > 0 {

@@ -73,7 +73,7 @@ pub async fn run(
         }
     };
     let feed = Arc::new(feed);
-    let (engine, engine_thread) = engine::spawn(feed.clone())?;
+    let (engine, engine_thread) = engine::spawn(feed.clone(), config.naive_fanout)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shutdown_timeout = config.shutdown_timeout;

@@ -1,0 +1,164 @@
+//! Binance payloads, rendered straight into a byte buffer.
+//!
+//! One function per stream payload; the hub calls each once per distinct payload (time unit),
+//! never per subscriber. Books and trades are in integer ticks and lots; prices and quantities
+//! are converted to 8-decimal strings here, so one price is always the same string.
+
+use crate::book::{OrderBook, Side};
+use crate::feed::SymbolSpec;
+use crate::json::{self, push_e8_str, push_time, push_u64, TimeUnit};
+use crate::sim::{Step, Trade};
+
+/// A price in ticks as e8 units.
+#[inline]
+pub fn price(spec: &SymbolSpec, tick: u64) -> u64 {
+    tick * spec.tick_e8
+}
+
+/// A quantity in lots as e8 units.
+#[inline]
+pub fn qty(spec: &SymbolSpec, lots: u64) -> u64 {
+    lots * spec.lot_e8
+}
+
+/// `depthUpdate` covering updates `first..=step.update_id`.
+pub fn write_diff(
+    out: &mut Vec<u8>,
+    spec: &SymbolSpec,
+    step: &Step,
+    first: u64,
+    now_us: u64,
+    unit: TimeUnit,
+) {
+    out.extend_from_slice(b"{\"e\":\"depthUpdate\",\"E\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(spec.symbol.as_bytes());
+    out.extend_from_slice(b"\",\"U\":");
+    push_u64(out, first);
+    out.extend_from_slice(b",\"u\":");
+    push_u64(out, step.update_id);
+    out.extend_from_slice(b",\"b\":");
+    json::push_levels(
+        out,
+        step.bids
+            .iter()
+            .map(|&(t, l)| (price(spec, t), qty(spec, l))),
+    );
+    out.extend_from_slice(b",\"a\":");
+    json::push_levels(
+        out,
+        step.asks
+            .iter()
+            .map(|&(t, l)| (price(spec, t), qty(spec, l))),
+    );
+    out.push(b'}');
+}
+
+/// `{"lastUpdateId":..,"bids":[..],"asks":[..]}`: partial depth streams and REST snapshots.
+pub fn write_partial(
+    out: &mut Vec<u8>,
+    spec: &SymbolSpec,
+    book: &OrderBook,
+    last_update_id: u64,
+    limit: usize,
+) {
+    out.extend_from_slice(b"{\"lastUpdateId\":");
+    push_u64(out, last_update_id);
+    out.extend_from_slice(b",\"bids\":");
+    json::push_levels(
+        out,
+        book.top(Side::Bid)
+            .take(limit)
+            .map(|(t, l)| (price(spec, t), qty(spec, l))),
+    );
+    out.extend_from_slice(b",\"asks\":");
+    json::push_levels(
+        out,
+        book.top(Side::Ask)
+            .take(limit)
+            .map(|(t, l)| (price(spec, t), qty(spec, l))),
+    );
+    out.push(b'}');
+}
+
+pub fn write_trade(
+    out: &mut Vec<u8>,
+    spec: &SymbolSpec,
+    trade: &Trade,
+    now_us: u64,
+    unit: TimeUnit,
+) {
+    out.extend_from_slice(b"{\"e\":\"trade\",\"E\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(spec.symbol.as_bytes());
+    out.extend_from_slice(b"\",\"t\":");
+    push_u64(out, trade.id);
+    out.extend_from_slice(b",\"p\":");
+    push_e8_str(out, price(spec, trade.price_tick));
+    out.extend_from_slice(b",\"q\":");
+    push_e8_str(out, qty(spec, trade.qty_lots));
+    out.extend_from_slice(b",\"T\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(if trade.buyer_is_maker {
+        b",\"m\":true,\"M\":true}"
+    } else {
+        b",\"m\":false,\"M\":true}"
+    });
+}
+
+pub fn write_agg_trade(
+    out: &mut Vec<u8>,
+    spec: &SymbolSpec,
+    agg_id: u64,
+    group: &[Trade],
+    now_us: u64,
+    unit: TimeUnit,
+) {
+    let first = &group[0];
+    let lots: u64 = group.iter().map(|t| t.qty_lots).sum();
+    out.extend_from_slice(b"{\"e\":\"aggTrade\",\"E\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(spec.symbol.as_bytes());
+    out.extend_from_slice(b"\",\"a\":");
+    push_u64(out, agg_id);
+    out.extend_from_slice(b",\"p\":");
+    push_e8_str(out, price(spec, first.price_tick));
+    out.extend_from_slice(b",\"q\":");
+    push_e8_str(out, qty(spec, lots));
+    out.extend_from_slice(b",\"f\":");
+    push_u64(out, first.id);
+    out.extend_from_slice(b",\"l\":");
+    push_u64(out, group[group.len() - 1].id);
+    out.extend_from_slice(b",\"T\":");
+    push_time(out, now_us, unit);
+    out.extend_from_slice(if first.buyer_is_maker {
+        b",\"m\":true,\"M\":true}"
+    } else {
+        b",\"m\":false,\"M\":true}"
+    });
+}
+
+pub fn write_book_ticker(
+    out: &mut Vec<u8>,
+    symbol: &str,
+    update_id: u64,
+    best: ((u64, u64), (u64, u64)),
+) {
+    let ((bid, bid_qty), (ask, ask_qty)) = best;
+    out.extend_from_slice(b"{\"u\":");
+    push_u64(out, update_id);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(symbol.as_bytes());
+    out.extend_from_slice(b"\",\"b\":");
+    push_e8_str(out, bid);
+    out.extend_from_slice(b",\"B\":");
+    push_e8_str(out, bid_qty);
+    out.extend_from_slice(b",\"a\":");
+    push_e8_str(out, ask);
+    out.extend_from_slice(b",\"A\":");
+    push_e8_str(out, ask_qty);
+    out.push(b'}');
+}
