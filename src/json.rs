@@ -72,6 +72,35 @@ pub fn push_time(out: &mut Vec<u8>, micros: u64, unit: TimeUnit) {
     push_u64(out, unit.from_micros(micros));
 }
 
+/// Appends the head every Binance event shares, `{"e":"<event>","E":<time>,"s":"<SYMBOL>"`; the
+/// caller continues with `,"<field>":...` and closes the object.
+#[inline]
+pub fn push_event_head(
+    out: &mut Vec<u8>,
+    event: &str,
+    event_us: u64,
+    unit: TimeUnit,
+    symbol: &str,
+) {
+    out.extend_from_slice(b"{\"e\":\"");
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(b"\",\"E\":");
+    push_time(out, event_us, unit);
+    out.extend_from_slice(b",\"s\":\"");
+    out.extend_from_slice(symbol.as_bytes());
+    out.push(b'"');
+}
+
+/// Appends the tail of `trade`/`aggTrade`: `,"m":<buyer is maker>,"M":true}`.
+#[inline]
+pub fn push_maker_tail(out: &mut Vec<u8>, buyer_is_maker: bool) {
+    out.extend_from_slice(if buyer_is_maker {
+        b",\"m\":true,\"M\":true}"
+    } else {
+        b",\"m\":false,\"M\":true}"
+    });
+}
+
 /// Appends `value` as a JSON string, escaping what RFC 8259 requires.
 pub fn push_escaped_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');

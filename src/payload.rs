@@ -6,7 +6,9 @@
 
 use crate::book::{OrderBook, Side};
 use crate::feed::SymbolSpec;
-use crate::json::{self, push_e8_str, push_time, push_u64, TimeUnit};
+use crate::json::{
+    self, push_e8_str, push_event_head, push_maker_tail, push_time, push_u64, TimeUnit,
+};
 use crate::sim::{Step, Trade};
 
 /// A price in ticks as e8 units.
@@ -30,11 +32,8 @@ pub fn write_diff(
     now_us: u64,
     unit: TimeUnit,
 ) {
-    out.extend_from_slice(b"{\"e\":\"depthUpdate\",\"E\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(spec.symbol.as_bytes());
-    out.extend_from_slice(b"\",\"U\":");
+    push_event_head(out, "depthUpdate", now_us, unit, &spec.symbol);
+    out.extend_from_slice(b",\"U\":");
     push_u64(out, first);
     out.extend_from_slice(b",\"u\":");
     push_u64(out, step.update_id);
@@ -89,11 +88,8 @@ pub fn write_trade(
     now_us: u64,
     unit: TimeUnit,
 ) {
-    out.extend_from_slice(b"{\"e\":\"trade\",\"E\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(spec.symbol.as_bytes());
-    out.extend_from_slice(b"\",\"t\":");
+    push_event_head(out, "trade", now_us, unit, &spec.symbol);
+    out.extend_from_slice(b",\"t\":");
     push_u64(out, trade.id);
     out.extend_from_slice(b",\"p\":");
     push_e8_str(out, price(spec, trade.price_tick));
@@ -101,11 +97,7 @@ pub fn write_trade(
     push_e8_str(out, qty(spec, trade.qty_lots));
     out.extend_from_slice(b",\"T\":");
     push_time(out, now_us, unit);
-    out.extend_from_slice(if trade.buyer_is_maker {
-        b",\"m\":true,\"M\":true}"
-    } else {
-        b",\"m\":false,\"M\":true}"
-    });
+    push_maker_tail(out, trade.buyer_is_maker);
 }
 
 pub fn write_agg_trade(
@@ -118,11 +110,8 @@ pub fn write_agg_trade(
 ) {
     let first = &group[0];
     let lots: u64 = group.iter().map(|t| t.qty_lots).sum();
-    out.extend_from_slice(b"{\"e\":\"aggTrade\",\"E\":");
-    push_time(out, now_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(spec.symbol.as_bytes());
-    out.extend_from_slice(b"\",\"a\":");
+    push_event_head(out, "aggTrade", now_us, unit, &spec.symbol);
+    out.extend_from_slice(b",\"a\":");
     push_u64(out, agg_id);
     out.extend_from_slice(b",\"p\":");
     push_e8_str(out, price(spec, first.price_tick));
@@ -134,11 +123,7 @@ pub fn write_agg_trade(
     push_u64(out, group[group.len() - 1].id);
     out.extend_from_slice(b",\"T\":");
     push_time(out, now_us, unit);
-    out.extend_from_slice(if first.buyer_is_maker {
-        b",\"m\":true,\"M\":true}"
-    } else {
-        b",\"m\":false,\"M\":true}"
-    });
+    push_maker_tail(out, first.buyer_is_maker);
 }
 
 pub fn write_book_ticker(

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 
 use super::{signed_id, Notional, TradePrint};
-use crate::json::{push_e8_str, push_i64, push_time, push_u64, TimeUnit};
+use crate::json::{push_e8_str, push_event_head, push_i64, push_time, push_u64, TimeUnit};
 
 /// Closed klines kept for the caller; past this the oldest are dropped (and counted) so a caller
 /// that stops draining cannot grow memory.
@@ -167,11 +167,8 @@ impl Kline {
 
     /// Appends the `kline` event for this kline.
     pub fn write(&self, out: &mut Vec<u8>, symbol: &str, event_us: u64, unit: TimeUnit) {
-        out.extend_from_slice(b"{\"e\":\"kline\",\"E\":");
-        push_time(out, event_us, unit);
-        out.extend_from_slice(b",\"s\":\"");
-        out.extend_from_slice(symbol.as_bytes());
-        out.extend_from_slice(b"\",\"k\":{\"t\":");
+        push_event_head(out, "kline", event_us, unit, symbol);
+        out.extend_from_slice(b",\"k\":{\"t\":");
         push_time(out, self.open_time_us, unit);
         out.extend_from_slice(b",\"T\":");
         // The last instant of the interval in `unit`, not the last microsecond truncated: in

@@ -8,7 +8,9 @@
 
 use super::{signed_id, Notional, TradePrint};
 use crate::decimal::SCALE;
-use crate::json::{push_e8_str, push_i64, push_signed_e8_str, push_time, push_u64, TimeUnit};
+use crate::json::{
+    push_e8_str, push_event_head, push_i64, push_signed_e8_str, push_time, push_u64, TimeUnit,
+};
 
 /// Upper bound on ring slots; a finer bucket than this allows is coarsened instead of allocating
 /// an arbitrarily large ring for a misconfigured window.
@@ -244,11 +246,8 @@ pub fn write_ticker(
     event_us: u64,
     unit: TimeUnit,
 ) {
-    out.extend_from_slice(b"{\"e\":\"24hrTicker\",\"E\":");
-    push_time(out, event_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(symbol.as_bytes());
-    out.extend_from_slice(b"\",\"p\":");
+    push_event_head(out, "24hrTicker", event_us, unit, symbol);
+    out.extend_from_slice(b",\"p\":");
     push_signed_e8_str(out, price_change_e8(s.open_e8, s.last_e8));
     out.extend_from_slice(b",\"P\":");
     push_percent_change(out, s.open_e8, s.last_e8);
@@ -299,11 +298,8 @@ pub fn write_mini_ticker(
     event_us: u64,
     unit: TimeUnit,
 ) {
-    out.extend_from_slice(b"{\"e\":\"24hrMiniTicker\",\"E\":");
-    push_time(out, event_us, unit);
-    out.extend_from_slice(b",\"s\":\"");
-    out.extend_from_slice(symbol.as_bytes());
-    out.extend_from_slice(b"\",\"c\":");
+    push_event_head(out, "24hrMiniTicker", event_us, unit, symbol);
+    out.extend_from_slice(b",\"c\":");
     push_e8_str(out, s.last_e8);
     out.extend_from_slice(b",\"o\":");
     push_e8_str(out, s.open_e8);
