@@ -2,6 +2,7 @@
 //! percentiles, throughput, gap detection and slow-consumer outcomes you can trust.
 
 mod client;
+mod html;
 mod report;
 mod stats;
 mod target;
@@ -60,6 +61,9 @@ struct Args {
     /// Write the full report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report page (charts included) here.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// Allow a target outside 127.0.0.0/8 and ::1.
     #[arg(long)]
     allow_remote: bool,
@@ -223,6 +227,10 @@ async fn run(args: Args) -> Result<(), String> {
     report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
     println!("ramp               {:.1} s", ramped.as_secs_f64());
     report::print(&report);
+    if let Some(path) = &args.html {
+        let page = html::render(&report)?;
+        std::fs::write(path, page).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -99,7 +99,8 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
     let slow_closes = stats.slow_closed.lock().clone();
     let duration = facts.duration_s.max(1e-9);
     let distribution = [
-        0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+        0.0, 10.0, 25.0, 50.0, 75.0, 80.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95,
+        99.975, 99.99, 99.995, 99.999, 99.9995, 100.0,
     ]
     .iter()
     .filter(|_| !all.is_empty())

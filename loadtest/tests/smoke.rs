@@ -23,6 +23,7 @@ async fn a_few_hundred_clients_see_no_gaps_and_the_report_has_its_keys() {
 
     let json =
         std::env::temp_dir().join(format!("bookcast-load-smoke-{}.json", std::process::id()));
+    let html = json.with_extension("html");
     let binary = env!("CARGO_BIN_EXE_bookcast-load");
     let args = [
         "--url".to_string(),
@@ -37,6 +38,8 @@ async fn a_few_hundred_clients_see_no_gaps_and_the_report_has_its_keys() {
         "10".into(),
         "--json".into(),
         json.display().to_string(),
+        "--html".into(),
+        html.display().to_string(),
     ];
     let output = tokio::task::spawn_blocking(move || Command::new(binary).args(args).output())
         .await
@@ -52,6 +55,16 @@ async fn a_few_hundred_clients_see_no_gaps_and_the_report_has_its_keys() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
+    let page = std::fs::read_to_string(&html).unwrap();
+    let _ = std::fs::remove_file(&html);
+    assert!(
+        page.contains("uPlot") && page.contains("\"latency_us\""),
+        "the HTML report embeds uPlot and the report"
+    );
+    assert!(
+        !page.contains("/*REPORT*/"),
+        "the report JSON was filled in"
+    );
     for key in [
         "clients",
         "connected",
