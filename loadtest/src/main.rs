@@ -55,6 +55,10 @@ struct Args {
     /// Connections per loopback source address (127.0.0.1, .2, ...), so ports never run out.
     #[arg(long, default_value_t = 10_000)]
     per_source_address: usize,
+    /// First loopback source address is 127.0.0.(1 + offset): give each of several load
+    /// processes run side by side its own range (e.g. 0, 2, 4 for 19,000 clients each).
+    #[arg(long, default_value_t = 0)]
+    source_offset: u8,
     /// Extra time after --duration for closes to complete before the run is cut.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     grace: Duration,
@@ -131,7 +135,12 @@ async fn run(args: Args) -> Result<(), String> {
     let slow_clients = parse_slow(&args.slow, args.clients)?;
     let slow_every = parse_rate(&args.slow_rate)?;
     let symbols = target::symbols(&target).await?;
-    let sources = target::sources(&target, args.clients, args.per_source_address);
+    let sources = target::sources(
+        &target,
+        args.clients,
+        args.per_source_address,
+        args.source_offset,
+    );
     let stats = Arc::new(Stats::new(args.clients));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();

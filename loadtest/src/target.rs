@@ -37,13 +37,22 @@ pub fn parse(url: &str, allow_remote: bool) -> Result<Target, String> {
 }
 
 /// Source addresses to spread connections over, so ephemeral ports never run out: on loopback
-/// each of 127.0.0.1, .2, ... carries at most `per_address` connections.
-pub fn sources(target: &Target, clients: usize, per_address: usize) -> Vec<Option<IpAddr>> {
+/// each of 127.0.0.(1 + offset), .(2 + offset), ... carries at most `per_address` connections.
+/// Several load processes side by side take different offsets, so they never share a port range.
+pub fn sources(
+    target: &Target,
+    clients: usize,
+    per_address: usize,
+    offset: u8,
+) -> Vec<Option<IpAddr>> {
     match target.addr.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => {
             let count = clients.div_ceil(per_address.max(1)).max(1);
             (0..count)
-                .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % 250) as u8))))
+                .map(|i| {
+                    let last = 1 + (usize::from(offset) + i) % 250;
+                    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
+                })
                 .collect()
         }
         _ => vec![None],
@@ -152,9 +161,17 @@ mod tests {
     #[test]
     fn sources_cap_connections_per_address() {
         let target = parse("ws://127.0.0.1:9443", false).unwrap();
-        assert_eq!(sources(&target, 100, 10_000).len(), 1);
-        let many = sources(&target, 25_000, 10_000);
+        assert_eq!(sources(&target, 100, 10_000, 0).len(), 1);
+        let many = sources(&target, 25_000, 10_000, 0);
         assert_eq!(many.len(), 3);
         assert_eq!(many[2], Some("127.0.0.3".parse().unwrap()));
+        let second_process = sources(&target, 19_000, 10_000, 2);
+        assert_eq!(
+            second_process,
+            [
+                Some("127.0.0.3".parse().unwrap()),
+                Some("127.0.0.4".parse().unwrap())
+            ]
+        );
     }
 }
