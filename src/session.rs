@@ -600,6 +600,10 @@ fn poll_write_batch<W: AsyncWrite + Unpin>(
         *slot = IoSlice::new(if count == 0 { &frame[offset..] } else { frame });
         count += 1;
     }
+    if count == 1 {
+        // The common case at moderate load: `send` skips writev's file-position locking.
+        return Pin::new(write).poll_write(cx, &slices[0]);
+    }
     Pin::new(write).poll_write_vectored(cx, &slices[..count])
 }
 
