@@ -1,0 +1,177 @@
+//! `Hub::publish` of one real depthUpdate to 1..10,000 subscribers, serialize-once vs naive, and
+//! the cost of recording one metric.
+//!
+//! This is the server's central claim: with serialize-once, a publish renders and frames the
+//! event once and then costs only one enqueue (outbox mutex + refcount bump) per subscriber, so
+//! time per publish grows with subscribers only by that enqueue; naive mode (`Hub::new(_, true)`)
+//! renders and frames per subscriber. Criterion's elements/s throughput is subscribers served
+//! per second, i.e. the inverse of the per-subscriber cost at that size.
+//!
+//! Only `publish` is timed: after every publish each outbox is drained outside the timed part,
+//! so queues never grow and frames are dropped untimed (writers free them in the server). The
+//! drain takes frames while they are queued, so no waker is registered and a publish never pays
+//! for waking a writer (in the server a push wakes an idle writer's tokio task).
+//!
+//! `metrics/*`: a counter increment and a histogram record on handles from the Prometheus
+//! recorder (`bookcast::metrics::install()`, called before any hub exists, as the server does)
+//! against no-op handles, i.e. what instrumenting the hot path costs per event.
+
+use bookcast::feed::Feed;
+use bookcast::hub::{ConnId, Hub};
+use bookcast::json::TimeUnit;
+use bookcast::outbox::{Outbox, QueueBound};
+use bookcast::payload::write_diff;
+use bookcast::sim::{MarketSim, Step};
+use bookcast::stream::{Speed, StreamKind, Topic};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+const NOW_US: u64 = 1_767_225_600_000_000;
+const SUBSCRIBERS: [usize; 4] = [1, 100, 1_000, 10_000];
+/// Far above one frame per drain, so no outbox is ever evicted.
+const BOUND: QueueBound = QueueBound {
+    max_bytes: 1 << 20,
+    max_frames: 1 << 10,
+};
+const TOPIC: Topic = Topic::Symbol {
+    symbol: 0,
+    kind: StreamKind::Diff(Speed::Unspecified),
+};
+
+/// A hub with `n` raw-ms subscribers to the diff topic of symbol 0.
+fn hub_with(feed: &Arc<Feed>, naive: bool, n: usize) -> (Hub, Vec<Arc<Outbox>>) {
+    let mut hub = Hub::new(feed.clone(), naive);
+    let outboxes: Vec<Arc<Outbox>> = (0..n).map(|_| Arc::new(Outbox::new(BOUND))).collect();
+    for (conn, outbox) in outboxes.iter().enumerate() {
+        hub.attach(conn as ConnId, outbox.clone(), false, TimeUnit::Millisecond);
+        hub.subscribe(conn as ConnId, &[TOPIC]);
+    }
+    (hub, outboxes)
+}
+
+/// Takes every queued frame out of every outbox and drops it; returns how many there were.
+fn drain(outboxes: &[Arc<Outbox>], batch: &mut VecDeque<bookcast::outbox::Queued>) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut frames = 0;
+    for outbox in outboxes {
+        let _ = outbox.poll_next(&mut cx, batch, true);
+        frames += batch.len();
+        batch.clear();
+    }
+    frames
+}
+
+fn publish(c: &mut Criterion) {
+    let feed = Arc::new(Feed::embedded_default());
+    let spec = &feed.symbols[0];
+    let mut sim = MarketSim::new(spec);
+    let mut step = Step::default();
+    for _ in 0..10_000 {
+        sim.step(&mut step);
+    }
+    // A typical single-step delta, as the `<symbol>@depth` stream carries it.
+    while step.bids.len() + step.asks.len() < 2 {
+        sim.step(&mut step);
+    }
+    let mut sample = Vec::new();
+    write_diff(
+        &mut sample,
+        spec,
+        &step,
+        step.update_id,
+        NOW_US,
+        TimeUnit::Millisecond,
+    );
+    println!("depthUpdate payload: {} bytes", sample.len());
+
+    for (naive, mode) in [(false, "serialize_once"), (true, "naive")] {
+        let mut group = c.benchmark_group(format!("publish/{mode}"));
+        for n in SUBSCRIBERS {
+            let (mut hub, outboxes) = hub_with(&feed, naive, n);
+            let mut batch = VecDeque::new();
+            let render = |out: &mut Vec<u8>, unit| {
+                write_diff(out, spec, &step, step.update_id, NOW_US, unit)
+            };
+            hub.publish(TOPIC, render);
+            assert_eq!(drain(&outboxes, &mut batch), n, "one frame per subscriber");
+            group.throughput(Throughput::Elements(n as u64));
+            group.sample_size(if n >= 1_000 { 20 } else { 100 });
+            group.bench_function(BenchmarkId::from_parameter(n), |b| {
+                b.iter_custom(|iters| {
+                    let mut timed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let start = Instant::now();
+                        hub.publish(TOPIC, render);
+                        timed += start.elapsed();
+                        drain(&outboxes, &mut batch);
+                    }
+                    timed
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Timing an empty body the way `publish` is timed: the floor included in every publish figure.
+fn timer_floor(c: &mut Criterion) {
+    c.bench_function("publish/timer_floor", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                timed += start.elapsed();
+            }
+            timed
+        })
+    });
+}
+
+fn metrics_cost(c: &mut Criterion) {
+    let handle = bookcast::metrics::install();
+    let counter = metrics::counter!("bookcast_frames_enqueued_total");
+    let histogram = metrics::histogram!("bookcast_publish_to_socket_seconds");
+    let mut group = c.benchmark_group("metrics");
+    group.bench_function("counter/prometheus", |b| {
+        b.iter(|| counter.increment(black_box(1)))
+    });
+    let noop = metrics::Counter::noop();
+    group.bench_function("counter/noop", |b| b.iter(|| noop.increment(black_box(1))));
+    // The recorder buffers histogram samples until upkeep (every few seconds in the server), so
+    // run it untimed every 4096 samples to keep the buffer at its steady-state size.
+    group.bench_function("histogram/prometheus", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(4096);
+                let start = Instant::now();
+                for _ in 0..chunk {
+                    histogram.record(black_box(0.000_25));
+                }
+                timed += start.elapsed();
+                handle.run_upkeep();
+                left -= chunk;
+            }
+            timed
+        })
+    });
+    let noop = metrics::Histogram::noop();
+    group.bench_function("histogram/noop", |b| {
+        b.iter(|| noop.record(black_box(0.000_25)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, timer_floor, publish, metrics_cost);
+
+fn main() {
+    // Before any handle exists (each Hub makes its own): a handle made earlier is a no-op forever.
+    bookcast::metrics::install();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
