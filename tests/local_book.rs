@@ -43,6 +43,18 @@ impl LocalBook {
     }
 }
 
+/// Reads the next diff, checks it follows `previous` with no gap, applies it; returns its `u`.
+async fn apply_next(ws: &mut Ws, book: &mut LocalBook, previous: u64) -> u64 {
+    let event = next_json(ws).await;
+    assert_eq!(
+        event["U"].as_u64().unwrap(),
+        previous + 1,
+        "gap after {previous}"
+    );
+    book.apply(&event);
+    event["u"].as_u64().unwrap()
+}
+
 async fn snapshot(server: &TestServer, symbol: &str) -> Value {
     server
         .get_json(&format!("/api/v3/depth?symbol={symbol}&limit=5000"))
@@ -82,14 +94,7 @@ async fn follow(
 
     let until = Instant::now() + run_for;
     while Instant::now() < until {
-        let event = next_json(&mut ws).await;
-        assert_eq!(
-            event["U"].as_u64().unwrap(),
-            previous + 1,
-            "gap after {previous}"
-        );
-        previous = event["u"].as_u64().unwrap();
-        book.apply(&event);
+        previous = apply_next(&mut ws, &mut book, previous).await;
         events += 1;
     }
     assert!(events >= 2, "only {events} events");
@@ -98,14 +103,7 @@ async fn follow(
         let at = later["lastUpdateId"].as_u64().unwrap();
         assert!(at >= previous);
         while previous < at {
-            let event = next_json(&mut ws).await;
-            assert_eq!(
-                event["U"].as_u64().unwrap(),
-                previous + 1,
-                "gap after {previous}"
-            );
-            previous = event["u"].as_u64().unwrap();
-            book.apply(&event);
+            previous = apply_next(&mut ws, &mut book, previous).await;
         }
         assert_eq!(
             previous, at,

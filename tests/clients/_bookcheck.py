@@ -37,6 +37,16 @@ def fail(reason):
     sys.exit(1)
 
 
+def run_check(check):
+    """Runs a script's check, `check()` returning its summary: OK, or FAIL with the reason."""
+    try:
+        ok(check())
+    except CheckFailed as e:
+        fail(str(e))
+    except Exception as e:
+        fail("%s: %s" % (type(e).__name__, e))
+
+
 def port_from_argv():
     if len(sys.argv) < 2:
         fail("usage: %s PORT" % sys.argv[0])

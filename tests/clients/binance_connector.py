@@ -12,7 +12,7 @@ import queue
 import time
 
 from _bookcheck import (RUN_SECONDS, SYMBOL, CheckFailed, DiffBook, compare_top, deadline, fail,
-                        log, ok, port_from_argv)
+                        log, ok, port_from_argv, run_check)
 from binance.spot import Spot
 from binance.websocket.spot.websocket_stream import SpotWebsocketStreamClient
 
@@ -114,9 +114,4 @@ def run(rest, ws, inbox, closed):
 
 if __name__ == "__main__":
     port = port_from_argv()
-    try:
-        ok(main(port))
-    except CheckFailed as e:
-        fail(str(e))
-    except Exception as e:
-        fail("%s: %s" % (type(e).__name__, e))
+    run_check(lambda: main(port))

@@ -17,7 +17,7 @@ import sys
 import uuid
 
 from _bookcheck import (RUN_SECONDS, SYMBOL, CheckFailed, DiffBook, compare_top, deadline, fail,
-                        log, ok, port_from_argv)
+                        log, ok, port_from_argv, run_check)
 
 # This file's name equals the SDK's package name: drop its directory from the import path so
 # `binance_sdk_spot` below is the installed package, not this script.
@@ -155,9 +155,4 @@ async def run(rest, ws, conn, sent, errors):
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     port = port_from_argv()
-    try:
-        ok(asyncio.run(main(port)))
-    except CheckFailed as e:
-        fail(str(e))
-    except Exception as e:
-        fail("%s: %s" % (type(e).__name__, e))
+    run_check(lambda: asyncio.run(main(port)))

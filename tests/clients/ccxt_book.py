@@ -15,7 +15,7 @@ from decimal import Decimal
 
 import ccxt.pro as ccxtpro
 from _bookcheck import (RUN_SECONDS, CheckFailed, compare_top, deadline, log, ok, fail,
-                        port_from_argv, rest_snapshot)
+                        port_from_argv, run_check, rest_snapshot)
 
 SYMBOL = "BTC/USDT"
 
@@ -79,9 +79,4 @@ async def run(ex, port):
 
 if __name__ == "__main__":
     port = port_from_argv()
-    try:
-        ok(asyncio.run(main(port)))
-    except CheckFailed as e:
-        fail(str(e))
-    except Exception as e:
-        fail("%s: %s" % (type(e).__name__, e))
+    run_check(lambda: asyncio.run(main(port)))

@@ -28,7 +28,7 @@ import sys
 import time
 
 import aiohttp
-from _bookcheck import (RUN_SECONDS, TOP, CheckFailed, compare_top, fail, log, ok, port_from_argv,
+from _bookcheck import (RUN_SECONDS, TOP, CheckFailed, compare_top, fail, log, ok, port_from_argv, run_check,
                         rest_snapshot)
 from cryptofeed import FeedHandler
 from cryptofeed.connection import HTTPAsyncConn, RestEndpoint, Routes, WebsocketEndpoint
@@ -152,9 +152,4 @@ if __name__ == "__main__":
     port = port_from_argv()
     if len(sys.argv) < 3 or not os.path.isfile(sys.argv[2]):
         fail("usage: %s TLS_PORT CERT_PEM (a bookcast started with --tls-cert CERT_PEM)" % sys.argv[0])
-    try:
-        ok(run(port, sys.argv[2]))
-    except CheckFailed as e:
-        fail(str(e))
-    except Exception as e:
-        fail("%s: %s" % (type(e).__name__, e))
+    run_check(lambda: run(port, sys.argv[2]))

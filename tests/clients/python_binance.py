@@ -10,7 +10,7 @@ import logging
 from decimal import Decimal
 
 from _bookcheck import (RUN_SECONDS, SYMBOL, CheckFailed, compare_top, deadline, fail, log, ok,
-                        port_from_argv)
+                        port_from_argv, run_check)
 from binance import AsyncClient, BinanceSocketManager, DepthCacheManager
 
 MIN_TRADES = 5
@@ -114,9 +114,4 @@ async def main(port):
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     port = port_from_argv()
-    try:
-        ok(asyncio.run(main(port)))
-    except CheckFailed as e:
-        fail(str(e))
-    except Exception as e:
-        fail("%s: %s" % (type(e).__name__, e))
+    run_check(lambda: asyncio.run(main(port)))
