@@ -22,7 +22,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PEERS="$ROOT/benches/peers"
-BIN="$ROOT/target/release"
+# Where cargo puts release binaries (CI sets CARGO_TARGET_DIR to share builds between runs).
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 
 SMOKE=${SMOKE:-0}
 for a in "$@"; do
@@ -154,7 +155,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
       go build -o peer-go main.go)
   fi
 fi
-[[ -x "$BIN/bookcast" && -x "$BIN/bookcast-load" ]] || die "target/release/bookcast{,-load} missing"
+[[ -x "$BIN/bookcast" && -x "$BIN/bookcast-load" ]] || die "$BIN/bookcast{,-load} missing"
 
 mkdir -p "$OUT/runs"
 rm -f "$OUT"/runs/*
