@@ -6,7 +6,7 @@ use bookcast::config::Config;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,13 +22,7 @@ fn quick_heartbeat() -> Config {
 
 /// A raw client that completes the handshake and then never reads or answers pings.
 async fn silent_client(server: &TestServer) -> TcpStream {
-    let mut stream = TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws/btcusdt@trade HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
+    raw_upgrade(server.addr, "/ws/btcusdt@trade").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
