@@ -34,6 +34,9 @@ pub struct Outcome {
     pub reply: Vec<u8>,
     /// The error code sent, for metrics.
     pub error: Option<u8>,
+    /// The method, as a fixed metrics label: one of the five, "unknown" or "invalid" (no method
+    /// could be read).
+    pub method: &'static str,
 }
 
 /// The request `id` to echo.
@@ -64,6 +67,7 @@ fn error(code: u8, msg: &str, id: &Id<'_>) -> Outcome {
         change: Change::None,
         reply,
         error: Some(code),
+        method: "invalid",
     }
 }
 
@@ -78,6 +82,7 @@ fn result(change: Change, result_json: &[u8], id: &Id<'_>) -> Outcome {
         change,
         reply,
         error: None,
+        method: "invalid",
     }
 }
 
@@ -114,6 +119,18 @@ pub fn handle(
     feed: &Feed,
     max_streams: usize,
 ) -> Outcome {
+    let mut method = "invalid";
+    let outcome = handle_request(text, state, feed, max_streams, &mut method);
+    Outcome { method, ..outcome }
+}
+
+fn handle_request(
+    text: &mut [u8],
+    state: &mut Subscriptions,
+    feed: &Feed,
+    max_streams: usize,
+    label: &mut &'static str,
+) -> Outcome {
     if nesting_depth(text) > MAX_DEPTH {
         return error(3, "Invalid JSON: nesting too deep", &Id::Null);
     }
@@ -144,6 +161,14 @@ pub fn handle(
     };
     let Some(method) = method.as_str() else {
         return error(2, "Invalid request: method must be a string", &id);
+    };
+    *label = match method {
+        "SUBSCRIBE" => "SUBSCRIBE",
+        "UNSUBSCRIBE" => "UNSUBSCRIBE",
+        "LIST_SUBSCRIPTIONS" => "LIST_SUBSCRIPTIONS",
+        "SET_PROPERTY" => "SET_PROPERTY",
+        "GET_PROPERTY" => "GET_PROPERTY",
+        _ => "unknown",
     };
     let params = object.get("params");
     let params: &[BorrowedValue] = match params {

@@ -207,11 +207,12 @@ impl Engine {
                 }
             })
             .collect();
+        let metrics = EngineMetrics::new(&feed);
         let hub = Hub::new(feed, naive_fanout);
         Engine {
             symbols,
             hub,
-            metrics: EngineMetrics::new(),
+            metrics,
             scratch: Step::default(),
             seconds: 0,
         }
@@ -325,9 +326,10 @@ impl Engine {
     }
 
     fn step_symbol(&mut self, index: usize, now_us: u64) {
+        let started = std::time::Instant::now();
         let state = &mut self.symbols[index];
         state.sim.step(&mut state.step);
-        self.metrics.updates.increment(1);
+        self.metrics.updated(index);
         state.window_100ms.add(&state.step);
         state.window_1000ms.add(&state.step);
         let state = &self.symbols[index];
@@ -355,6 +357,9 @@ impl Engine {
                     payload::write_book_ticker(out, &state.spec.symbol, state.step.update_id, best)
                 });
         }
+        self.metrics
+            .step_seconds
+            .record(started.elapsed().as_secs_f64());
     }
 
     /// Records the step's trades in the statistics and publishes `trade` and `aggTrade`.

@@ -39,6 +39,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Frames per vectored write.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+/// Queue depth in bytes, up to the default 256 KiB bound.
+const QUEUE_BUCKETS: &[f64] = &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0];
+/// One engine step: 1 µs to 10 ms.
+const STEP_BUCKETS: &[f64] = &[
+    0.000001, 0.0000025, 0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.001, 0.01,
+];
 
 fn builder() -> PrometheusBuilder {
     // Both bucket lists are non-empty constants, the only way set_buckets_for_metric fails.
@@ -53,6 +59,18 @@ fn builder() -> PrometheusBuilder {
                 BATCH_BUCKETS,
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("bookcast_queue_depth_bytes".into()),
+                QUEUE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full("bookcast_engine_step_seconds".into()),
+                STEP_BUCKETS,
+            )
+        })
         .expect("bucket lists are non-empty")
 }
 
@@ -65,6 +83,16 @@ fn describe() {
     describe_histogram!(
         "bookcast_write_batch_frames",
         "Frames written per vectored write."
+    );
+    describe_histogram!(
+        "bookcast_queue_depth_bytes",
+        Unit::Bytes,
+        "Bytes queued for a subscriber when its writer takes the queue (per-subscriber queue depth)."
+    );
+    describe_histogram!(
+        "bookcast_engine_step_seconds",
+        Unit::Seconds,
+        "Time of one engine step of one symbol, publishing included."
     );
     describe_gauge!(
         "bookcast_connections_open",
@@ -84,7 +112,7 @@ fn describe() {
     );
     describe_counter!(
         "bookcast_engine_updates_total",
-        "Order-book updates produced by the engine."
+        "Order-book updates produced by the engine, by symbol."
     );
     describe_counter!(
         "bookcast_events_serialized_total",
@@ -116,7 +144,7 @@ fn describe() {
     );
     describe_counter!(
         "bookcast_control_messages_total",
-        "Control messages received from clients."
+        "Control messages received from clients, by method (unknown, invalid: unreadable)."
     );
     describe_counter!(
         "bookcast_control_errors_total",
@@ -174,22 +202,30 @@ impl Default for HubMetrics {
     }
 }
 
-/// The engine's handles.
+/// The engine's handles: one update counter per symbol (feeds are small, so the label is
+/// bounded), resolved once.
 pub struct EngineMetrics {
-    pub updates: Counter,
+    updates: Vec<Counter>,
+    pub step_seconds: Histogram,
 }
 
 impl EngineMetrics {
-    pub fn new() -> Self {
+    pub fn new(feed: &crate::feed::Feed) -> Self {
         EngineMetrics {
-            updates: counter!("bookcast_engine_updates_total"),
+            updates: feed
+                .symbols
+                .iter()
+                .map(|s| counter!("bookcast_engine_updates_total", "symbol" => s.symbol.clone()))
+                .collect(),
+            step_seconds: histogram!("bookcast_engine_step_seconds"),
         }
     }
-}
 
-impl Default for EngineMetrics {
-    fn default() -> Self {
-        Self::new()
+    /// One update of the symbol at `index` in the feed.
+    pub fn updated(&self, index: usize) {
+        if let Some(counter) = self.updates.get(index) {
+            counter.increment(1);
+        }
     }
 }
 
@@ -199,11 +235,11 @@ pub struct SessionMetrics {
     pub frames_delivered: Counter,
     pub bytes_delivered: Counter,
     pub write_syscalls: Counter,
-    pub control_messages: Counter,
     pub open: Gauge,
     pub accepted: Counter,
     pub publish_to_socket: Histogram,
     pub write_batch_frames: Histogram,
+    pub queue_depth_bytes: Histogram,
 }
 
 impl SessionMetrics {
@@ -212,17 +248,23 @@ impl SessionMetrics {
             frames_delivered: counter!("bookcast_frames_delivered_total"),
             bytes_delivered: counter!("bookcast_bytes_delivered_total"),
             write_syscalls: counter!("bookcast_write_syscalls_total"),
-            control_messages: counter!("bookcast_control_messages_total"),
             open: gauge!("bookcast_connections_open"),
             accepted: counter!("bookcast_connections_accepted_total"),
             publish_to_socket: histogram!("bookcast_publish_to_socket_seconds"),
             write_batch_frames: histogram!("bookcast_write_batch_frames"),
+            queue_depth_bytes: histogram!("bookcast_queue_depth_bytes"),
         }
     }
 
     /// A connection ended with `code` (cold path: once per connection).
     pub fn closed(&self, code: u16) {
         counter!("bookcast_closes_total", "code" => code.to_string()).increment(1);
+    }
+
+    /// A control message arrived; `method` is one of control's fixed labels (rate-limited by
+    /// the protocol, so the label lookup is off the hot path).
+    pub fn control_message(&self, method: &'static str) {
+        counter!("bookcast_control_messages_total", "method" => method).increment(1);
     }
 
     /// A control message was answered with error `code` (rate-limited by the protocol).

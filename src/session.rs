@@ -361,6 +361,8 @@ impl Session {
                     match event {
                         None => {
                             std::mem::swap(&mut pending, &mut batch);
+                            let queued: usize = pending.iter().map(|q| q.frame.len()).sum();
+                            metrics.queue_depth_bytes.record(queued as f64);
                             Next::Continue
                         }
                         Some(closing) => {
@@ -521,7 +523,6 @@ impl Session {
         }
         match message {
             Message::Text(text) => {
-                self.ctx.metrics.control_messages.increment(1);
                 let mut bytes = text.as_bytes().to_vec();
                 let outcome = control::handle(
                     &mut bytes,
@@ -529,6 +530,7 @@ impl Session {
                     &self.ctx.feed,
                     config.max_streams,
                 );
+                self.ctx.metrics.control_message(outcome.method);
                 if let Some(code) = outcome.error {
                     self.ctx.metrics.control_error(code);
                 }
