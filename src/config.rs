@@ -98,6 +98,12 @@ pub struct Config {
     #[arg(long, value_parser = duration, default_value = "30s")]
     pub slow_close_timeout: Duration,
 
+    /// Conformance testing only: serve `/echo`, a WebSocket route that echoes every text and
+    /// binary message through the same session code (Autobahn|Testsuite's fuzzing client), with
+    /// a 16 MiB message limit and no rate limit. Never enable in production.
+    #[arg(long)]
+    pub test_echo_route: bool,
+
     /// Benchmark baseline: serialize and frame every event once per subscriber instead of once.
     #[arg(long)]
     pub naive_fanout: bool,
@@ -139,6 +145,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             slow_close_timeout: Duration::from_secs(30),
             naive_fanout: false,
+            test_echo_route: false,
             shutdown_timeout: Duration::from_secs(10),
         }
     }

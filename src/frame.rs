@@ -10,6 +10,7 @@ use bytes::Bytes;
 pub const HEADROOM: usize = 10;
 
 const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const FIN: u8 = 0x80;
@@ -53,6 +54,13 @@ pub fn text(payload: &[u8]) -> Bytes {
     let mut buf = text_buffer(payload.len());
     buf.extend_from_slice(payload);
     finish_text(buf)
+}
+
+/// A complete binary frame holding `payload` (only the conformance echo route sends these).
+pub fn binary(payload: &[u8]) -> Bytes {
+    let mut buf = text_buffer(payload.len());
+    buf.extend_from_slice(payload);
+    finish(buf, OP_BINARY)
 }
 
 /// A close frame with `code` and a reason (cut to fit the 125-byte control-frame limit).

@@ -223,6 +223,8 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 
 /// What a WebSocket path asks for.
 pub struct Upgrade {
+    /// The `/echo` conformance route (only with `--test-echo-route`).
+    pub echo: bool,
     pub combined: bool,
     pub unit: TimeUnit,
     pub topics: Vec<Topic>,
@@ -233,6 +235,14 @@ pub struct Upgrade {
 /// Like Binance, names in the URL that are not streams are ignored rather than refused (ccxt
 /// connects to `/ws/<n>` with a number and subscribes afterwards); the count limit holds.
 pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
+    if head.path == "/echo" && ctx.config.test_echo_route {
+        return Ok(Upgrade {
+            echo: true,
+            combined: false,
+            unit: TimeUnit::Millisecond,
+            topics: Vec::new(),
+        });
+    }
     let (combined, names): (bool, Vec<String>) =
         if head.path == "/stream" || head.path == "/stream/" {
             let streams = head.param("streams").unwrap_or_default();
@@ -290,6 +300,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
         }
     }
     Ok(Upgrade {
+        echo: false,
         combined,
         unit,
         topics,
@@ -340,7 +351,11 @@ fn check_handshake(head: &Head) -> Result<String, Response> {
 }
 
 fn is_websocket_path(path: &str) -> bool {
-    path == "/ws" || path.starts_with("/ws/") || path == "/stream" || path == "/stream/"
+    path == "/ws"
+        || path.starts_with("/ws/")
+        || path == "/stream"
+        || path == "/stream/"
+        || path == "/echo"
 }
 
 /// Serves one accepted connection (TCP or TLS): REST requests (keep-alive) until it upgrades or

@@ -16,7 +16,7 @@ use crate::engine::Command;
 use crate::frame;
 use crate::http::{self, Upgrade};
 use crate::json::{push_time, TimeUnit};
-use crate::outbox::{Closing, Outbox, Queued};
+use crate::outbox::{Closing, Outbox, QueueBound, Queued};
 use crate::server::Context;
 use crate::transport::Transport;
 use bytes::Bytes;
@@ -48,13 +48,17 @@ static PING: &[u8] = b"\x89\x00";
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
 
-fn ws_config() -> WebSocketConfig {
+/// Largest message on the conformance echo route (Autobahn's section 9 sends 16 MiB).
+const MAX_ECHO: usize = 16 << 20;
+
+fn ws_config(echo: bool) -> WebSocketConfig {
+    let max = if echo { MAX_ECHO } else { MAX_INCOMING };
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
-        .max_message_size(Some(MAX_INCOMING))
-        .max_frame_size(Some(MAX_INCOMING))
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 /// The read half as tungstenite sees it: reads come from the socket, and whatever tungstenite
@@ -127,7 +131,16 @@ pub async fn upgrade<S: Transport>(
     permit: OwnedSemaphorePermit,
 ) {
     let conn = ctx.next_conn_id();
-    let outbox = Arc::new(Outbox::new(ctx.config.queue_bound()));
+    // The echo route queues whole echoed messages (up to 16 MiB each), not market data.
+    let bound = if upgrade.echo {
+        QueueBound {
+            max_bytes: 4 * MAX_ECHO,
+            max_frames: 1 << 16,
+        }
+    } else {
+        ctx.config.queue_bound()
+    };
+    let outbox = Arc::new(Outbox::new(bound));
     let guard = Attached {
         conn,
         outbox: outbox.clone(),
@@ -140,6 +153,7 @@ pub async fn upgrade<S: Transport>(
     ctx.metrics.open.increment(1.0);
     let session = Session {
         conn,
+        echo: upgrade.echo,
         outbox,
         subscriptions: Subscriptions {
             topics: upgrade.topics,
@@ -247,6 +261,8 @@ fn describe(closing: &Closing) -> (u16, String) {
 
 struct Session {
     conn: u64,
+    /// The conformance echo route: messages are echoed instead of parsed as control messages.
+    echo: bool,
     outbox: Arc<Outbox>,
     subscriptions: Subscriptions,
     unit: TimeUnit,
@@ -272,7 +288,7 @@ impl Session {
             read_side,
             leftover,
             Role::Server,
-            Some(ws_config()),
+            Some(ws_config(self.echo)),
         )
         .await;
         // Borrowed from a local Arc rather than cloned: every byte of this future is paid
@@ -511,6 +527,14 @@ impl Session {
         }
         if close.is_some() || self.outbox.is_closing() {
             // Closing: the peer's messages no longer matter.
+            return Next::Continue;
+        }
+        if self.echo {
+            match message {
+                Message::Text(text) => self.outbox.push_control(frame::text(text.as_bytes())),
+                Message::Binary(data) => self.outbox.push_control(frame::binary(&data)),
+                _ => {}
+            }
             return Next::Continue;
         }
         if rate.exceeded(now) {

@@ -119,3 +119,46 @@ async fn reserved_opcodes_get_1002() {
     assert_eq!(read_close_code(&mut stream).await, 1002);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_route_exists_only_with_its_test_flag() {
+    let server = TestServer::start(Config::default()).await;
+    match tokio_tungstenite::connect_async(server.ws_url("/echo")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404)
+        }
+        other => panic!("expected 404 without --test-echo-route, got {other:?}"),
+    }
+    server.stop().await;
+
+    let server = TestServer::start(Config {
+        test_echo_route: true,
+        ..Config::default()
+    })
+    .await;
+    let mut ws = server.connect("/echo").await;
+    let big = "x".repeat(100_000);
+    ws.send(Message::text(big.clone())).await.unwrap();
+    ws.send(Message::Binary(vec![0u8, 159, 146, 150].into()))
+        .await
+        .unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 2 {
+        match tokio::time::timeout(PATIENCE, futures_util::StreamExt::next(&mut ws))
+            .await
+            .expect("echo in time")
+        {
+            Some(Ok(Message::Text(text))) => echoed.push(Message::Text(text)),
+            Some(Ok(Message::Binary(data))) => echoed.push(Message::Binary(data)),
+            Some(Ok(_)) => {}
+            other => panic!("echo route ended: {other:?}"),
+        }
+    }
+    assert_eq!(
+        echoed[0],
+        Message::text(big),
+        "text over the 4 KiB stream limit is echoed whole"
+    );
+    assert_eq!(echoed[1], Message::Binary(vec![0u8, 159, 146, 150].into()));
+    server.stop().await;
+}
