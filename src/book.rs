@@ -21,16 +21,6 @@ pub enum Side {
     Ask,
 }
 
-impl Side {
-    /// The other side: the one an aggressive order on this side trades against.
-    pub fn opposite(self) -> Side {
-        match self {
-            Side::Bid => Side::Ask,
-            Side::Ask => Side::Bid,
-        }
-    }
-}
-
 /// Price levels of one symbol: tick -> lots per side, with the best tick of each side cached.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OrderBook {

@@ -75,13 +75,9 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     finish(buf, OP_CLOSE)
 }
 
-/// A ping frame; its payload lets a pong be matched to the ping that caused it.
-pub fn ping(payload: &[u8]) -> Bytes {
-    debug_assert!(payload.len() <= 125);
-    let mut buf = text_buffer(payload.len());
-    buf.extend_from_slice(payload);
-    finish(buf, OP_PING)
-}
+/// The server's ping: empty payload, so one static frame serves every connection and every
+/// interval without an allocation.
+pub const PING: &[u8] = &[FIN | OP_PING, 0];
 
 #[cfg(test)]
 mod tests {
@@ -91,6 +87,7 @@ mod tests {
     fn headers_follow_rfc6455_length_forms() {
         let small = text(b"hi");
         assert_eq!(&small[..], b"\x81\x02hi");
+        assert_eq!(PING, b"\x89\x00", "an empty ping frame");
         let medium = text(&[b'x'; 300]);
         assert_eq!(&medium[..4], &[0x81, 126, 0x01, 0x2c]);
         assert_eq!(medium.len(), 304);

@@ -178,10 +178,6 @@ impl Hub {
         self.connections.get(&conn).map(|c| &c.outbox)
     }
 
-    pub fn connections(&self) -> usize {
-        self.connections.len()
-    }
-
     /// Whether anyone listens to `topic`, so the engine can skip work nobody would see.
     pub fn wants(&self, topic: &Topic) -> bool {
         self.topics.contains_key(topic)

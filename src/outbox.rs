@@ -82,10 +82,6 @@ impl Outbox {
         }
     }
 
-    pub fn bound(&self) -> QueueBound {
-        self.bound
-    }
-
     /// Queues a data frame, or evicts the connection if that would overflow the bound.
     pub fn push_data(&self, frame: &Bytes, born_us: u64) -> Push {
         let mut state = self.state.lock();
@@ -219,8 +215,9 @@ impl Outbox {
         state.count = state.count.saturating_sub(frames);
     }
 
-    /// Bytes queued or in flight, for metrics and tests.
-    pub fn queued_bytes(&self) -> usize {
+    /// Bytes queued or in flight.
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
 }

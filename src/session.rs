@@ -43,8 +43,6 @@ pub const MAX_INCOMING: usize = 4 * 1024;
 const READ_BUFFER: usize = 512;
 /// Frames handed to one `writev` at most (well under IOV_MAX).
 const MAX_IOV: usize = 64;
-/// The one server ping: empty payload, built once.
-static PING: &[u8] = b"\x89\x00";
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
 
@@ -421,7 +419,7 @@ impl Session {
                         None => {
                             if now >= next_ping {
                                 next_ping = now + config.ping_interval;
-                                self.outbox.push_control(Bytes::from_static(PING));
+                                self.outbox.push_control(Bytes::from_static(frame::PING));
                             }
                         }
                     }
