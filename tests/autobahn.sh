@@ -5,11 +5,10 @@
 # behaviour other than OK, NON-STRICT or INFORMATIONAL fails the run. Sections 12 and 13 are
 # permessage-deflate, which bookcast does not offer. The report stays in a temporary directory.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+CHECK=autobahn
+source "$(dirname "$0")/lib.sh"
 VENV="${BOOKCAST_AUTOBAHN_VENV:-$HOME/.cache/bookcast-autobahn}"
 PY27="${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7.18/bin/python"
-say() { echo "[autobahn] $*"; }
 
 if [[ ! -x "$VENV/bin/wstest" ]]; then
     [[ -x "$PY27" ]] || { echo "Python 2.7.18 not found at $PY27 (pyenv install 2.7.18)" >&2; exit 2; }
@@ -20,19 +19,9 @@ if [[ ! -x "$VENV/bin/wstest" ]]; then
     "$VENV/bin/pip" install --quiet "autobahntestsuite==25.10.1"
 fi
 
-(cd "$ROOT" && cargo build --release --workspace --quiet)
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() {
-    [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$BIN/bookcast" --listen "127.0.0.1:$PORT" --feed "$ROOT/feeds/small.toml" --test-echo-route \
-    --max-connection-attempts-per-ip 0 >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$PORT/api/v3/ping" >/dev/null && break; sleep 0.1; done
+build_release
+PORT="$(free_port)"
+start_bookcast "$PORT" --test-echo-route
 
 cat >"$WORK/spec.json" <<JSON
 {"outdir": "$WORK/report", "servers": [{"agent": "bookcast", "url": "ws://127.0.0.1:$PORT/echo"}],

@@ -3,44 +3,17 @@
 # expression of the Grafana dashboard and the alerts parses and returns data from a real
 # Prometheus (Debian's) scraping a real bookcast under load, every second, on loopback.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-say() { echo "[dashboards] $*"; }
+CHECK=dashboards
+source "$(dirname "$0")/lib.sh"
 
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-    if [[ "$(id -u)" == 0 ]]; then
-        say "installing Debian's prometheus package"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-        echo "prometheus/promtool missing: apt-get install prometheus" >&2
-        exit 2
-    fi
-fi
+ensure_prometheus
 promtool check config "$ROOT/dashboards/prometheus.yml"
 promtool check rules "$ROOT/dashboards/alerts.yml"
 
-(cd "$ROOT" && cargo build --release --workspace --quiet)
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_http() {
-    for _ in $(seq 1 150); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
-    return 1
-}
-
+build_release
 BC_PORT="$(free_port)"
 # A small queue bound so the slow clients below are evicted (4008) within the run.
-"$BIN/bookcast" --listen "127.0.0.1:$BC_PORT" --feed "$ROOT/feeds/small.toml" --max-connection-attempts-per-ip 0 \
-    --queue-bytes 8192 --socket-send-buffer 4096 >"$WORK/bookcast.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BC_PORT/api/v3/ping" || { cat "$WORK/bookcast.log"; exit 1; }
+start_bookcast "$BC_PORT" --queue-bytes 8192 --socket-send-buffer 4096
 
 PROM_PORT="$(free_port)"
 sed -e "s/127.0.0.1:9443/127.0.0.1:$BC_PORT/" -e 's/scrape_interval: 5s/scrape_interval: 1s/' \
@@ -88,13 +61,13 @@ print("ok" if values and all(not math.isnan(v) for v in values) else "no data")
 ' "$answer")"
         case "$verdict" in
             ok) ;;
-            error*) echo "[dashboards] $title: $expr -> $verdict" >&2; exit 1 ;;
+            error*) say "$title: $expr -> $verdict" >&2; exit 1 ;;
             *) missing=$((missing + 1)); last="$title: $expr -> $verdict" ;;
         esac
     done <"$WORK/exprs.txt"
     [[ $missing == 0 ]] && break
     if (( SECONDS > deadline )); then
-        echo "[dashboards] still without data after 60 s: $last" >&2
+        say "still without data after 60 s: $last" >&2
         tail -5 "$WORK/load.log" >&2
         exit 1
     fi

@@ -3,38 +3,13 @@
 # after some real traffic so that every labelled series has appeared. Installs Debian's
 # prometheus package (which ships promtool) when it is missing and this runs as root.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+CHECK=promtool
+source "$(dirname "$0")/lib.sh"
 
-if ! command -v promtool >/dev/null; then
-    if [[ "$(id -u)" == 0 ]]; then
-        echo "[promtool] installing Debian's prometheus package (for promtool)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
-        echo "[promtool] promtool is missing: apt-get install prometheus" >&2
-        exit 2
-    fi
-fi
-
-(cd "$ROOT" && cargo build --release --workspace --quiet)
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() {
-    [[ -n "$SERVER_PID" ]] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$BIN/bookcast" --listen "127.0.0.1:$PORT" --feed "$ROOT/feeds/small.toml" \
-    --max-connection-attempts-per-ip 0 >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$PORT/api/v3/ping" >/dev/null && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$PORT/api/v3/ping" >/dev/null || { cat "$WORK/server.log"; exit 1; }
+ensure_prometheus
+build_release
+PORT="$(free_port)"
+start_bookcast "$PORT"
 
 # Traffic that touches every metric family: streams of several kinds, a slow client, REST
 # errors, a refused upgrade.
@@ -46,7 +21,7 @@ curl -sf "http://127.0.0.1:$PORT/metrics" >"$WORK/metrics.txt"
 
 for family in bookcast_connections_open bookcast_frames_delivered_total bookcast_publish_to_socket_seconds_bucket \
               bookcast_closes_total bookcast_http_requests_total bookcast_subscriptions; do
-    grep -q "^$family" "$WORK/metrics.txt" || { echo "[promtool] $family missing from /metrics" >&2; exit 1; }
+    grep -q "^$family" "$WORK/metrics.txt" || { say "$family missing from /metrics" >&2; exit 1; }
 done
 promtool check metrics <"$WORK/metrics.txt"
-echo "[promtool] /metrics passes promtool check metrics ($(grep -c '^# HELP' "$WORK/metrics.txt") families)"
+say "/metrics passes promtool check metrics ($(grep -c '^# HELP' "$WORK/metrics.txt") families)"

@@ -1,0 +1,55 @@
+# Shared by the shell checks in tests/ (source it after setting CHECK to the check's name):
+# paths, a temporary directory and process cleanup, free loopback ports, starting bookcast,
+# installing Debian's prometheus.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where cargo puts release binaries (CI sets CARGO_TARGET_DIR to share builds between runs).
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+WORK="$(mktemp -d)"
+PIDS=()
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { echo "[$CHECK] $*"; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits up to 15 s for URL to answer 2xx.
+wait_http() {
+    for _ in $(seq 1 150); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done
+    return 1
+}
+
+build_release() {
+    (cd "$ROOT" && cargo build --release --workspace --quiet)
+}
+
+# start_bookcast PORT [ARGS...]: the release bookcast on 127.0.0.1:PORT with the small feed and no
+# per-IP attempt limit, stopped on exit; fails the check (showing its log) if it does not answer.
+start_bookcast() {
+    local port="$1"
+    shift
+    "$BIN/bookcast" --listen "127.0.0.1:$port" --feed "$ROOT/feeds/small.toml" \
+        --max-connection-attempts-per-ip 0 "$@" >"$WORK/bookcast-$port.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/api/v3/ping" || { cat "$WORK/bookcast-$port.log" >&2; exit 1; }
+}
+
+# Debian's prometheus package (prometheus and promtool), installed when missing and root.
+ensure_prometheus() {
+    command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "[$CHECK] prometheus/promtool missing: apt-get install prometheus" >&2
+        exit 2
+    fi
+    say "installing Debian's prometheus package"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
