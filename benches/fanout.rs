@@ -14,7 +14,9 @@
 //!
 //! `metrics/*`: a counter increment and a histogram record on handles from the Prometheus
 //! recorder (`bookcast::metrics::install()`, called before any hub exists, as the server does)
-//! against no-op handles, i.e. what instrumenting the hot path costs per event.
+//! against no-op handles, i.e. what instrumenting the hot path costs per event;
+//! `metrics/session/per_frame` is the whole per-delivered-frame recording (Prometheus histogram
+//! plus the `!stats@1s` bucket).
 
 use bookcast::feed::Feed;
 use bookcast::hub::{ConnId, Hub};
@@ -163,6 +165,30 @@ fn metrics_cost(c: &mut Criterion) {
     let noop = metrics::Histogram::noop();
     group.bench_function("histogram/noop", |b| {
         b.iter(|| noop.record(black_box(0.000_25)))
+    });
+    // What a delivered frame really costs: the publish-to-socket sample into the Prometheus
+    // histogram plus `!stats@1s`'s atomic bucket, through the session's own call.
+    let live = std::sync::Arc::new(bookcast::live_stats::LiveStats::default());
+    group.bench_function("live_stats/latency", |b| {
+        b.iter(|| live.latency_us(black_box(250)))
+    });
+    let session = bookcast::metrics::SessionMetrics::new(live.clone());
+    group.bench_function("session/per_frame", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let chunk = left.min(4096);
+                let start = Instant::now();
+                for _ in 0..chunk {
+                    session.publish_to_socket_us(black_box(250));
+                }
+                timed += start.elapsed();
+                handle.run_upkeep();
+                left -= chunk;
+            }
+            timed
+        })
     });
     group.finish();
 }

@@ -9,6 +9,7 @@
 use crate::feed::{Feed, SymbolSpec};
 use crate::hub::{ConnId, Hub};
 use crate::json::TimeUnit;
+use crate::live_stats::{self, LiveStats, StatsWindow};
 use crate::metrics::EngineMetrics;
 use crate::outbox::Outbox;
 use crate::payload;
@@ -83,14 +84,16 @@ impl EngineHandle {
 
 /// Starts the engine thread. It stops when every [`EngineHandle`] is dropped.
 /// `naive_fanout` makes the hub serialize per subscriber (see [`Hub::new`]).
+/// `live` is where connections count what `!stats@1s` reports.
 pub fn spawn(
     feed: Arc<Feed>,
     naive_fanout: bool,
+    live: Arc<LiveStats>,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
     let thread = std::thread::Builder::new()
         .name("bookcast-engine".into())
-        .spawn(move || Engine::new(feed, naive_fanout).run(rx))?;
+        .spawn(move || Engine::new(feed, naive_fanout, live).run(rx))?;
     Ok((EngineHandle { tx }, thread))
 }
 
@@ -175,10 +178,15 @@ struct Engine {
     scratch: Step,
     /// 1000 ms ticks since start, to push non-1s klines every other second as Binance does.
     seconds: u64,
+    live: Arc<LiveStats>,
+    stats_window: StatsWindow,
+    /// Engine updates since start, all symbols (the per-symbol Prometheus counters can't be
+    /// read back).
+    updates_total: u64,
 }
 
 impl Engine {
-    fn new(feed: Arc<Feed>, naive_fanout: bool) -> Self {
+    fn new(feed: Arc<Feed>, naive_fanout: bool, live: Arc<LiveStats>) -> Self {
         let now = Instant::now();
         let now_us = crate::clock::wall_us();
         let symbols = feed
@@ -215,6 +223,9 @@ impl Engine {
             metrics,
             scratch: Step::default(),
             seconds: 0,
+            live,
+            stats_window: StatsWindow::new(now),
+            updates_total: 0,
         }
     }
 
@@ -330,6 +341,7 @@ impl Engine {
         let state = &mut self.symbols[index];
         state.sim.step(&mut state.step);
         self.metrics.updated(index);
+        self.updates_total += 1;
         state.window_100ms.add(&state.step);
         state.window_1000ms.add(&state.step);
         let state = &self.symbols[index];
@@ -433,6 +445,7 @@ impl Engine {
             self.publish_klines(index, now_us);
         }
         self.publish_tickers(now_us);
+        self.publish_server_stats(now_us);
         self.hub.sweep();
     }
 
@@ -490,6 +503,20 @@ impl Engine {
                     .publish(topic, |out, unit| kline.write(out, symbol, now_us, unit));
             }
         }
+    }
+
+    /// `!stats@1s`. The window is sampled every second even with nobody listening, so a first
+    /// subscriber's first sample covers one second, not the time since the last listener left.
+    fn publish_server_stats(&mut self, now_us: u64) {
+        let sample = self.stats_window.sample(
+            &self.live,
+            self.updates_total,
+            self.hub.slow_consumers_total(),
+            Instant::now(),
+        );
+        self.hub.publish(Topic::ServerStats, |out, unit| {
+            live_stats::write_stats(out, &sample, now_us, unit)
+        });
     }
 
     fn publish_tickers(&mut self, now_us: u64) {

@@ -178,6 +178,11 @@ impl Hub {
         self.connections.get(&conn).map(|c| &c.outbox)
     }
 
+    /// Subscribers evicted as slow consumers since the hub started.
+    pub fn slow_consumers_total(&self) -> u64 {
+        self.metrics.slow_consumers_total()
+    }
+
     /// Whether anyone listens to `topic`, so the engine can skip work nobody would see.
     pub fn wants(&self, topic: &Topic) -> bool {
         self.topics.contains_key(topic)

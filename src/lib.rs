@@ -8,7 +8,7 @@
 //!
 //! Around it: [`http`] (one port for REST and upgrades), [`rest`], [`control`] (SUBSCRIBE and
 //! friends), [`stream`] (stream names), [`stats`] (klines, rolling tickers), [`feed`] (what to
-//! simulate), [`config`], [`metrics`], and [`server::run`], which ties them together.
+//! simulate), [`config`], [`metrics`], [`live_stats`] (the `!stats@1s` numbers), and [`server::run`], which ties them together.
 
 pub mod admission;
 pub mod book;
@@ -22,6 +22,7 @@ pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod json;
+pub mod live_stats;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;

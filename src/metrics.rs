@@ -4,12 +4,13 @@
 //! add: no label formatting or registry lookup per message. Labels are low-cardinality
 //! constants (stream kind, close code, path), never per connection.
 
+use crate::live_stats::LiveStats;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -161,6 +162,8 @@ pub struct HubMetrics {
     serialized: Counter,
     enqueued: Counter,
     slow_consumers: Counter,
+    /// The same count, readable by the engine for `!stats@1s` (single owner: a plain integer).
+    slow_consumers_total: u64,
 }
 
 impl HubMetrics {
@@ -169,6 +172,7 @@ impl HubMetrics {
             serialized: counter!("bookcast_events_serialized_total"),
             enqueued: counter!("bookcast_frames_enqueued_total"),
             slow_consumers: counter!("bookcast_slow_consumer_disconnects_total"),
+            slow_consumers_total: 0,
         }
     }
 
@@ -180,11 +184,17 @@ impl HubMetrics {
         self.serialized.increment(count);
     }
 
-    pub fn enqueued(&self, frames: u64, evicted: u64) {
+    pub fn enqueued(&mut self, frames: u64, evicted: u64) {
         self.enqueued.increment(frames - evicted);
         if evicted > 0 {
             self.slow_consumers.increment(evicted);
+            self.slow_consumers_total += evicted;
         }
+    }
+
+    /// Subscribers evicted as slow consumers since the hub started.
+    pub fn slow_consumers_total(&self) -> u64 {
+        self.slow_consumers_total
     }
 
     pub fn subscribed(&self, kind: &'static str) {
@@ -230,8 +240,12 @@ impl EngineMetrics {
 }
 
 /// Handles shared by every connection's writer (cloning a handle is a refcount bump).
+///
+/// Also feeds the server's [`LiveStats`] (the `!stats@1s` stream), so every recording site
+/// updates both through one call.
 #[derive(Clone)]
 pub struct SessionMetrics {
+    pub live: Arc<LiveStats>,
     pub frames_delivered: Counter,
     pub bytes_delivered: Counter,
     pub write_syscalls: Counter,
@@ -243,8 +257,9 @@ pub struct SessionMetrics {
 }
 
 impl SessionMetrics {
-    pub fn new() -> Self {
+    pub fn new(live: Arc<LiveStats>) -> Self {
         SessionMetrics {
+            live,
             frames_delivered: counter!("bookcast_frames_delivered_total"),
             bytes_delivered: counter!("bookcast_bytes_delivered_total"),
             write_syscalls: counter!("bookcast_write_syscalls_total"),
@@ -256,9 +271,35 @@ impl SessionMetrics {
         }
     }
 
-    /// A connection ended with `code` (cold path: once per connection).
+    /// A WebSocket connection was accepted and is now open.
+    pub fn opened(&self) {
+        self.accepted.increment(1);
+        self.open.increment(1.0);
+        self.live.connection_opened();
+    }
+
+    /// An open connection ended with `code` (cold path: once per connection).
     pub fn closed(&self, code: u16) {
         counter!("bookcast_closes_total", "code" => code.to_string()).increment(1);
+        self.open.decrement(1.0);
+        self.live.connection_closed();
+    }
+
+    /// One socket write of `frames` frames, `bytes` bytes.
+    #[inline]
+    pub fn wrote(&self, frames: usize, bytes: usize) {
+        self.write_syscalls.increment(1);
+        self.write_batch_frames.record(frames as f64);
+        self.frames_delivered.increment(frames as u64);
+        self.bytes_delivered.increment(bytes as u64);
+        self.live.delivered(frames as u64, bytes as u64);
+    }
+
+    /// One frame reached the socket `micros` after the engine published it.
+    #[inline]
+    pub fn publish_to_socket_us(&self, micros: u64) {
+        self.publish_to_socket.record(micros as f64 * 1e-6);
+        self.live.latency_us(micros);
     }
 
     /// A control message arrived; `method` is one of control's fixed labels (rate-limited by
@@ -270,12 +311,6 @@ impl SessionMetrics {
     /// A control message was answered with error `code` (rate-limited by the protocol).
     pub fn control_error(&self, code: u8) {
         counter!("bookcast_control_errors_total", "code" => code.to_string()).increment(1);
-    }
-}
-
-impl Default for SessionMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

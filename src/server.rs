@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::engine::{self, EngineHandle};
 use crate::feed::Feed;
 use crate::http;
+use crate::live_stats::LiveStats;
 use crate::metrics::{self, SessionMetrics};
 use crate::transport;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -73,7 +74,8 @@ pub async fn run(
         }
     };
     let feed = Arc::new(feed);
-    let (engine, engine_thread) = engine::spawn(feed.clone(), config.naive_fanout)?;
+    let live = Arc::new(LiveStats::default());
+    let (engine, engine_thread) = engine::spawn(feed.clone(), config.naive_fanout, live.clone())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shutdown_timeout = config.shutdown_timeout;
@@ -81,7 +83,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         feed,
         engine,
-        metrics: SessionMetrics::new(),
+        metrics: SessionMetrics::new(live),
         prometheus,
         attempts: AttemptLimiter::new(
             config.max_connection_attempts_per_ip,

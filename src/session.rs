@@ -147,8 +147,7 @@ pub async fn upgrade<S: Transport>(
     let Some(stream) = handshake(stream, conn, &outbox, &key, &upgrade, &ctx).await else {
         return;
     };
-    ctx.metrics.accepted.increment(1);
-    ctx.metrics.open.increment(1.0);
+    ctx.metrics.opened();
     let session = Session {
         conn,
         echo: upgrade.echo,
@@ -164,7 +163,6 @@ pub async fn upgrade<S: Transport>(
         let ctx = session.ctx.clone();
         let code = session.run(stream, leftover).await;
         ctx.metrics.closed(code);
-        ctx.metrics.open.decrement(1.0);
         drop(guard);
         drop(permit);
     });
@@ -355,13 +353,10 @@ impl Session {
                             let now_us = crate::clock::monotonic_us();
                             let (frames, bytes) = advance(&mut pending, &mut offset, n, |done| {
                                 if done.born_us != 0 {
-                                    metrics.publish_to_socket.record(now_us.saturating_sub(done.born_us) as f64 * 1e-6);
+                                    metrics.publish_to_socket_us(now_us.saturating_sub(done.born_us));
                                 }
                             });
-                            metrics.write_syscalls.increment(1);
-                            metrics.write_batch_frames.record(frames as f64);
-                            metrics.frames_delivered.increment(frames as u64);
-                            metrics.bytes_delivered.increment(n as u64);
+                            metrics.wrote(frames, n);
                             self.outbox.written(frames, bytes);
                             Next::Continue
                         }

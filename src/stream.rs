@@ -73,6 +73,9 @@ pub enum Topic {
     },
     /// `!miniTicker@arr`: every symbol's mini ticker in one array.
     AllMiniTickers,
+    /// `!stats@1s`: the server's own health once a second (bookcast's addition, for
+    /// `/dashboard`; see [`crate::live_stats`]).
+    ServerStats,
 }
 
 impl Topic {
@@ -80,13 +83,14 @@ impl Topic {
         match self {
             Topic::Symbol { kind, .. } => kind.label(),
             Topic::AllMiniTickers => "miniTicker_arr",
+            Topic::ServerStats => "stats",
         }
     }
 
     pub fn has_time_fields(self) -> bool {
         match self {
             Topic::Symbol { kind, .. } => kind.has_time_fields(),
-            Topic::AllMiniTickers => true,
+            Topic::AllMiniTickers | Topic::ServerStats => true,
         }
     }
 
@@ -101,6 +105,7 @@ impl Topic {
     fn write_name(self, feed: &Feed, out: &mut String) -> fmt::Result {
         let (symbol, kind) = match self {
             Topic::AllMiniTickers => return out.write_str("!miniTicker@arr"),
+            Topic::ServerStats => return out.write_str(SERVER_STATS),
             Topic::Symbol { symbol, kind } => (symbol, kind),
         };
         out.write_str(&feed.symbols[usize::from(symbol)].lower())?;
@@ -128,6 +133,9 @@ pub enum StreamNameError {
     UnknownSymbol,
 }
 
+/// The name of [`Topic::ServerStats`].
+pub const SERVER_STATS: &str = "!stats@1s";
+
 /// Longest name worth looking at; anything longer cannot be valid.
 const MAX_NAME_LEN: usize = 64;
 
@@ -139,6 +147,9 @@ pub fn parse(name: &str, feed: &Feed) -> Result<Topic, StreamNameError> {
     }
     if name == "!miniTicker@arr" {
         return Ok(Topic::AllMiniTickers);
+    }
+    if name == SERVER_STATS {
+        return Ok(Topic::ServerStats);
     }
     let (symbol, rest) = name.split_once('@').ok_or(StreamNameError::Malformed)?;
     let kind = parse_kind(rest).ok_or(StreamNameError::Malformed)?;

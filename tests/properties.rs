@@ -39,6 +39,7 @@ fn topic() -> impl Strategy<Value = Topic> {
     prop_oneof![
         9 => (0..symbols, kind()).prop_map(|(symbol, kind)| Topic::Symbol { symbol, kind }),
         1 => Just(Topic::AllMiniTickers),
+        1 => Just(Topic::ServerStats),
     ]
 }
 
