@@ -8,13 +8,14 @@
 //!
 //! Around it: [`http`] (one port for REST and upgrades), [`rest`], [`control`] (SUBSCRIBE and
 //! friends), [`stream`] (stream names), [`stats`] (klines, rolling tickers), [`feed`] (what to
-//! simulate), [`config`], [`metrics`], [`live_stats`] (the `!stats@1s` numbers), and [`server::run`], which ties them together.
+//! simulate), [`config`], [`metrics`], [`live_stats`] and [`dashboard`] (the live page), and [`server::run`], which ties them together.
 
 pub mod admission;
 pub mod book;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod decimal;
 pub mod engine;
 pub mod feed;

@@ -1,5 +1,5 @@
 //! The REST endpoints Binance clients call before streaming: ping, time, exchangeInfo, depth,
-//! plus `/metrics` for Prometheus.
+//! plus `/metrics` for Prometheus and the `/dashboard` page.
 //!
 //! `/api/v3/depth` asks the engine thread for the snapshot, so it is rendered between two
 //! engine steps and its `lastUpdateId` is exactly the `u` of the last published diff.
@@ -48,7 +48,8 @@ async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
             response.content_type = "text/plain; version=0.0.4";
             ("/metrics", response)
         }
-        _ => ("other", Response::error(404, -1000, "Unknown path.")),
+        path => crate::dashboard::route(path)
+            .unwrap_or_else(|| ("other", Response::error(404, -1000, "Unknown path."))),
     }
 }
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The live page in a real browser: Debian's chromium, headless, driven by playwright-core
+# (tests/browser/dashboard.mjs). bookcast-load drives traffic meanwhile so the numbers move.
+# Installs chromium (Debian) and playwright-core (npm, pinned by package-lock.json) itself.
+# Writes the screenshot to target/browser/dashboard.png.
+set -euo pipefail
+CHECK=browser
+source "$(dirname "$0")/lib.sh"
+
+if [[ ! -x /usr/bin/chromium ]]; then
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "[$CHECK] /usr/bin/chromium missing: apt-get install chromium" >&2
+        exit 2
+    fi
+    say "installing Debian's chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+command -v npm >/dev/null || { echo "[$CHECK] the browser test needs node and npm" >&2; exit 2; }
+(cd "$ROOT/tests/browser" && npm ci --silent --no-audit --no-fund >/dev/null)
+
+build_release
+PORT="$(free_port)"
+start_bookcast "$PORT"
+# Bounded: stops by itself after 40 s; the page check takes well under that.
+"$BIN/bookcast-load" --url "ws://127.0.0.1:$PORT" --clients 100 --duration 40s \
+    --streams '<sym>@depth,<sym>@trade' >"$WORK/load.log" 2>&1 &
+PIDS+=($!)
+
+SHOT="$ROOT/target/browser/dashboard.png"
+node "$ROOT/tests/browser/dashboard.mjs" "http://127.0.0.1:$PORT" "$SHOT"
+say "the live page drew data in chromium; screenshot at $SHOT"
