@@ -85,6 +85,17 @@ pub struct Config {
     #[arg(long, value_parser = duration, default_value = "5m")]
     pub connection_attempt_window: Duration,
 
+    /// Open WebSocket connections allowed per client IP address; more get HTTP 429 (0: no
+    /// limit). Off by default so loopback load tests can open thousands from 127.0.0.x.
+    #[arg(long, env = "BOOKCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Comma-separated origins (`https://example.com,http://localhost:8080`) whose web pages
+    /// may open WebSockets; an upgrade with any other `Origin` header gets HTTP 403. Requests
+    /// without `Origin` (non-browser clients) pass. Empty: every origin.
+    #[arg(long, env = "BOOKCAST_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::admission::parse_origin)]
+    pub allowed_origins: Vec<String>,
+
     /// Time a client has to send a complete HTTP request head.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub handshake_timeout: Duration,
@@ -141,6 +152,8 @@ impl Default for Config {
             max_connections: 50_000,
             max_connection_attempts_per_ip: 300,
             connection_attempt_window: Duration::from_secs(300),
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             slow_close_timeout: Duration::from_secs(30),
@@ -160,5 +173,20 @@ mod tests {
         let parsed = Config::try_parse_from(["bookcast", "--listen", "127.0.0.1:9443"]).unwrap();
         let default = Config::default();
         assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn allowed_origins_are_a_checked_list() {
+        let parsed = Config::try_parse_from([
+            "bookcast",
+            "--allowed-origins",
+            "https://Example.com/,http://localhost:8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            parsed.allowed_origins,
+            ["https://example.com", "http://localhost:8080"]
+        );
+        assert!(Config::try_parse_from(["bookcast", "--allowed-origins", "example.com"]).is_err());
     }
 }

@@ -36,6 +36,8 @@ pub struct Head {
     pub ws_version: Option<String>,
     pub content_length: usize,
     pub http10: bool,
+    /// `Origin` (browsers only), checked against `--allowed-origins`.
+    pub origin: Option<String>,
 }
 
 impl Head {
@@ -70,6 +72,18 @@ fn header_has_token(value: &[u8], token: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Repeated headers combine into one comma-separated value (RFC 9110 §5.3); a repeated
+/// `Origin` then matches nothing, as it should.
+fn combine(slot: &mut Option<String>, value: String) {
+    match slot {
+        Some(existing) => {
+            existing.push_str(", ");
+            existing.push_str(&value);
+        }
+        None => *slot = Some(value),
+    }
+}
+
 fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -91,6 +105,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
         ws_version: None,
         content_length: 0,
         http10: request.version == Some(0),
+        origin: None,
     };
     for header in request.headers.iter() {
         let value = header.value;
@@ -107,6 +122,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
             head.ws_version = Some(text());
         } else if header.name.eq_ignore_ascii_case("content-length") {
             head.content_length = text().parse().map_err(|_| ())?;
+        } else if header.name.eq_ignore_ascii_case("origin") {
+            combine(&mut head.origin, text());
         }
     }
     Ok(Some((head, consumed)))
@@ -176,6 +193,7 @@ fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -427,6 +445,15 @@ pub async fn serve<S: Transport>(
                     return;
                 }
             };
+            if !crate::admission::origin_allowed(
+                &ctx.config.allowed_origins,
+                head.origin.as_deref(),
+            ) {
+                crate::metrics::rejected("origin_not_allowed");
+                let response = Response::error(403, -1002, "Origin not allowed.");
+                let _ = write_response(&mut stream, &response, true).await;
+                return;
+            }
             let upgrade = match parse_upgrade(&head, &ctx) {
                 Ok(upgrade) => upgrade,
                 Err(response) => {
@@ -435,9 +462,19 @@ pub async fn serve<S: Transport>(
                     return;
                 }
             };
+            let Ok(ip_slot) = ctx.ip_connections.acquire(peer) else {
+                crate::metrics::rejected("ip_connection_cap");
+                let msg = format!(
+                    "Too many open connections from this address: at most {}.",
+                    ctx.config.max_connections_per_ip
+                );
+                let _ = write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
+                return;
+            };
+            let slots = crate::admission::Slots::new(permit, ip_slot);
             // Nothing of the request may stay alive for the connection's lifetime.
             drop(head);
-            crate::session::upgrade(stream, buf.to_vec(), key, upgrade, ctx, permit).await;
+            crate::session::upgrade(stream, buf.to_vec(), key, upgrade, ctx, slots).await;
             return;
         }
         let close = head.connection_close || head.http10 || head.content_length > 0;

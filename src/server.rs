@@ -6,7 +6,7 @@
 //! clone of a drop-guard sender, so when the receiver sees all of them gone, every client has
 //! been closed; the wait is bounded by `shutdown_timeout`.
 
-use crate::admission::AttemptLimiter;
+use crate::admission::{AttemptLimiter, IpConnections};
 use crate::config::Config;
 use crate::engine::{self, EngineHandle};
 use crate::feed::Feed;
@@ -32,6 +32,8 @@ pub struct Context {
     pub prometheus: PrometheusHandle,
     /// Per-IP connection-attempt limiter (SPEC.md: 300 per 5 minutes).
     pub attempts: AttemptLimiter,
+    /// Open WebSocket connections per IP (`--max-connections-per-ip`).
+    pub ip_connections: Arc<IpConnections>,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
     next_conn: AtomicU64,
@@ -89,6 +91,7 @@ pub async fn run(
             config.max_connection_attempts_per_ip,
             config.connection_attempt_window,
         ),
+        ip_connections: IpConnections::new(config.max_connections_per_ip),
         config,
         shutdown: shutdown_rx,
         next_conn: AtomicU64::new(1),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -126,7 +126,7 @@ pub async fn upgrade<S: Transport>(
     key: String,
     upgrade: Upgrade,
     ctx: Arc<Context>,
-    permit: OwnedSemaphorePermit,
+    permit: crate::admission::Slots,
 ) {
     let conn = ctx.next_conn_id();
     // The echo route queues whole echoed messages (up to 16 MiB each), not market data.

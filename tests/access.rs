@@ -1,0 +1,203 @@
+//! Access control over real sockets: the per-IP connection cap (HTTP 429) and allowed origins
+//! (HTTP 403). All of it is off by default.
+
+mod common;
+
+use bookcast::config::Config;
+use common::*;
+use futures_util::StreamExt;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::time::{timeout_at, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::MaybeTlsStream;
+
+/// Connects with extra request headers; the HTTP status and body when the upgrade is refused.
+async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Ws, (u16, String)> {
+    let mut request = url.into_client_request().expect("request");
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .insert(*name, HeaderValue::from_str(value).expect("header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => {
+            assert_eq!(response.status(), 101);
+            Ok(ws)
+        }
+        Err(WsError::Http(response)) => {
+            let body = response
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err((response.status().as_u16(), body))
+        }
+        Err(e) => panic!("connect to {url}: {e}"),
+    }
+}
+
+/// Connects from a chosen loopback source address (Linux routes all of 127.0.0.0/8 to lo).
+async fn connect_from(source: [u8; 4], server: &TestServer, path: &str) -> Result<Ws, u16> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .expect("bind source address");
+    let stream = MaybeTlsStream::Plain(socket.connect(server.addr).await.expect("connect"));
+    match tokio_tungstenite::client_async(server.ws_url(path), stream).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(WsError::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("connect from {source:?}: {e}"),
+    }
+}
+
+/// Like `raw_upgrade`, with extra header lines (each ending in CRLF).
+async fn raw_upgrade_with(addr: SocketAddr, path: &str, headers: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write upgrade");
+    stream
+}
+
+/// Waits until `path` accepts a connection from 127.0.0.1 again (after a slot was freed).
+async fn connect_when_admitted(server: &TestServer, path: &str) -> Ws {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match connect_with(&server.ws_url(path), &[]).await {
+            Ok(ws) => return ws,
+            Err((429, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(refused) => panic!("still refused at the deadline: {refused:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_ip_are_capped_with_429_and_freed_on_close() {
+    let config = Config {
+        max_connections_per_ip: 2,
+        ..Config::default()
+    };
+    let server = TestServer::start(config).await;
+    let first = server.connect("/ws").await;
+    let mut second = server.connect("/ws/btcusdt@depth").await;
+    let (status, body) = connect_with(&server.ws_url("/ws"), &[])
+        .await
+        .expect_err("the third is refused");
+    assert_eq!(status, 429);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+    assert_eq!(body["code"], -1003);
+    assert!(
+        body["msg"].as_str().unwrap().contains("at most 2"),
+        "{body}"
+    );
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"ip_connection_cap\"",
+            1.0,
+        )
+        .await;
+    // Another address is not affected, and REST is not counted.
+    let mut other = connect_from([127, 0, 0, 2], &server, "/ws/btcusdt@depth")
+        .await
+        .expect("another address connects");
+    assert_eq!(next_json(&mut other).await["e"], "depthUpdate");
+    assert_eq!(server.get("/api/v3/ping").await.0, 200);
+
+    // A client that just drops its socket frees its slot, and so does a close handshake.
+    drop(first);
+    let third = connect_when_admitted(&server, "/ws").await;
+    second.close(None).await.expect("close sent");
+    while let Some(Ok(_)) = second.next().await {}
+    let fourth = connect_when_admitted(&server, "/ws").await;
+    assert!(
+        connect_with(&server.ws_url("/ws"), &[]).await.is_err(),
+        "at the cap again"
+    );
+    drop((third, fourth, other));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_cap_is_off_by_default() {
+    let server = TestServer::start(Config::default()).await;
+    let mut open = Vec::new();
+    for _ in 0..40 {
+        open.push(server.connect("/ws").await);
+    }
+    drop(open);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_outside_the_list_get_403() {
+    let config = Config {
+        allowed_origins: vec![
+            "https://example.com".to_string(),
+            "http://localhost:8080".to_string(),
+        ],
+        ..Config::default()
+    };
+    let server = TestServer::start(config).await;
+    let url = server.ws_url("/ws/btcusdt@depth");
+    for origin in ["https://evil.example", "null", "http://example.com"] {
+        let (status, body) = connect_with(&url, &[("origin", origin)])
+            .await
+            .expect_err("refused");
+        assert_eq!(status, 403, "{origin}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        assert_eq!(body["code"], -1002, "{origin}");
+    }
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"origin_not_allowed\"",
+            3.0,
+        )
+        .await;
+    // Two Origin headers combine into one value, which matches no entry.
+    let mut raw = raw_upgrade_with(
+        server.addr,
+        "/ws",
+        "Origin: https://example.com\r\nOrigin: https://evil.example\r\n",
+    )
+    .await;
+    let mut head = Vec::new();
+    timeout_at(Instant::now() + PATIENCE, raw.read_to_end(&mut head))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(
+        head.starts_with(b"HTTP/1.1 403 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let mut allowed = connect_with(&url, &[("origin", "http://localhost:8080")])
+        .await
+        .expect("an allowed origin upgrades");
+    assert_eq!(next_json(&mut allowed).await["e"], "depthUpdate");
+    // No Origin header: not a browser, so not what the list guards against.
+    let mut absent = connect_with(&url, &[]).await.expect("no Origin upgrades");
+    assert_eq!(next_json(&mut absent).await["e"], "depthUpdate");
+    drop((allowed, absent));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_origin_is_allowed_by_default() {
+    let server = TestServer::start(Config::default()).await;
+    connect_with(&server.ws_url("/ws"), &[("origin", "https://evil.example")])
+        .await
+        .expect("no list: no check");
+    server.stop().await;
+}
