@@ -90,6 +90,11 @@ pub struct Config {
     #[arg(long, env = "BOOKCAST_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Token file (one per line, `#` comments): WebSocket connections must then carry one as
+    /// `?token=` or `Authorization: Bearer`, or are closed with 4001. REST stays public.
+    #[arg(long, env = "BOOKCAST_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+
     /// Comma-separated origins (`https://example.com,http://localhost:8080`) whose web pages
     /// may open WebSockets; an upgrade with any other `Origin` header gets HTTP 403. Requests
     /// without `Origin` (non-browser clients) pass. Empty: every origin.
@@ -153,6 +158,7 @@ impl Default for Config {
             max_connection_attempts_per_ip: 300,
             connection_attempt_window: Duration::from_secs(300),
             max_connections_per_ip: 0,
+            auth_tokens: None,
             allowed_origins: Vec::new(),
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),

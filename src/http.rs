@@ -38,6 +38,8 @@ pub struct Head {
     pub http10: bool,
     /// `Origin` (browsers only), checked against `--allowed-origins`.
     pub origin: Option<String>,
+    /// `Authorization`, for a Bearer token under `--auth-tokens`.
+    pub authorization: Option<String>,
 }
 
 impl Head {
@@ -73,7 +75,7 @@ fn header_has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// Repeated headers combine into one comma-separated value (RFC 9110 §5.3); a repeated
-/// `Origin` then matches nothing, as it should.
+/// `Origin` or `Authorization` then matches nothing, as it should.
 fn combine(slot: &mut Option<String>, value: String) {
     match slot {
         Some(existing) => {
@@ -106,6 +108,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
         content_length: 0,
         http10: request.version == Some(0),
         origin: None,
+        authorization: None,
     };
     for header in request.headers.iter() {
         let value = header.value;
@@ -124,6 +127,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
             head.content_length = text().parse().map_err(|_| ())?;
         } else if header.name.eq_ignore_ascii_case("origin") {
             combine(&mut head.origin, text());
+        } else if header.name.eq_ignore_ascii_case("authorization") {
+            combine(&mut head.authorization, text());
         }
     }
     Ok(Some((head, consumed)))
@@ -472,6 +477,15 @@ pub async fn serve<S: Transport>(
                 return;
             };
             let slots = crate::admission::Slots::new(permit, ip_slot);
+            // Checked after the upgrade is known to be valid, answered after it completes
+            // (SPEC.md: close 4001), and before anything is attached to the hub.
+            if let Err(refusal) = crate::auth::check(ctx.tokens.as_ref(), &head) {
+                drop(head);
+                crate::metrics::auth_failed(refusal.label());
+                let (leftover, reason) = (buf.to_vec(), refusal.reason());
+                crate::refuse::after_upgrade(stream, leftover, &key, 4001, reason, &ctx).await;
+                return;
+            }
             // Nothing of the request may stay alive for the connection's lifetime.
             drop(head);
             crate::session::upgrade(stream, buf.to_vec(), key, upgrade, ctx, slots).await;

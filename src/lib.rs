@@ -11,6 +11,7 @@
 //! simulate), [`config`], [`metrics`], [`live_stats`] and [`dashboard`] (the live page), and [`server::run`], which ties them together.
 
 pub mod admission;
+pub mod auth;
 pub mod book;
 pub mod clock;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod live_stats;
 pub mod metrics;
 pub mod outbox;
 pub mod payload;
+pub mod refuse;
 pub mod rest;
 pub mod server;
 pub mod session;

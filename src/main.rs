@@ -46,6 +46,14 @@ fn main() -> ExitCode {
         },
         None => Feed::embedded_default(),
     };
+    // Checked before listening, so a bad token file fails like a bad feed, before the banner
+    // (server::run loads it again for whoever embeds it).
+    if let Some(path) = &config.auth_tokens {
+        if let Err(e) = bookcast::auth::TokenSet::load(path) {
+            eprintln!("bookcast: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

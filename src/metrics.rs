@@ -107,6 +107,10 @@ fn describe() {
         "bookcast_connections_rejected_total",
         "Connections refused before the upgrade, by reason."
     );
+    describe_counter!(
+        "bookcast_auth_failures_total",
+        "WebSocket connections closed with 4001 because of a missing or invalid token (--auth-tokens), by reason."
+    );
     describe_gauge!(
         "bookcast_subscriptions",
         "Active stream subscriptions, by stream kind."
@@ -317,6 +321,12 @@ impl SessionMetrics {
 /// A connection refused before the WebSocket upgrade.
 pub fn rejected(reason: &'static str) {
     counter!("bookcast_connections_rejected_total", "reason" => reason).increment(1);
+}
+
+/// A WebSocket connection refused with 4001 after the upgrade; `reason` is
+/// [`crate::auth::Refusal::label`] ("missing" or "invalid").
+pub fn auth_failed(reason: &'static str) {
+    counter!("bookcast_auth_failures_total", "reason" => reason).increment(1);
 }
 
 /// A plain HTTP request answered; `path` must be one of the server's fixed routes or "other".

@@ -7,6 +7,7 @@
 //! been closed; the wait is bounded by `shutdown_timeout`.
 
 use crate::admission::{AttemptLimiter, IpConnections};
+use crate::auth::TokenSet;
 use crate::config::Config;
 use crate::engine::{self, EngineHandle};
 use crate::feed::Feed;
@@ -34,6 +35,8 @@ pub struct Context {
     pub attempts: AttemptLimiter,
     /// Open WebSocket connections per IP (`--max-connections-per-ip`).
     pub ip_connections: Arc<IpConnections>,
+    /// The accepted tokens when `--auth-tokens` is set.
+    pub tokens: Option<TokenSet>,
     /// Flips to true once, when shutdown begins.
     pub shutdown: watch::Receiver<bool>,
     next_conn: AtomicU64,
@@ -54,6 +57,13 @@ pub async fn run(
     feed: Feed,
     shutdown: impl Future,
 ) -> io::Result<()> {
+    // First, so a bad token file fails startup before anything is spawned.
+    let tokens = match &config.auth_tokens {
+        Some(path) => {
+            Some(TokenSet::load(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+        }
+        None => None,
+    };
     let prometheus = metrics::install();
     let upkeep = {
         let handle = prometheus.clone();
@@ -92,6 +102,7 @@ pub async fn run(
             config.connection_attempt_window,
         ),
         ip_connections: IpConnections::new(config.max_connections_per_ip),
+        tokens,
         config,
         shutdown: shutdown_rx,
         next_conn: AtomicU64::new(1),

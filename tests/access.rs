@@ -1,5 +1,5 @@
-//! Access control over real sockets: the per-IP connection cap (HTTP 429) and allowed origins
-//! (HTTP 403). All of it is off by default.
+//! Access control over real sockets: tokens (close 4001), the per-IP connection cap (HTTP 429)
+//! and allowed origins (HTTP 403). All of it is off by default.
 
 mod common;
 
@@ -7,13 +7,45 @@ use bookcast::config::Config;
 use common::*;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::MaybeTlsStream;
+
+const TOKEN: &str = "good-token-0123456789abcdef";
+
+/// A token file unique to this test process and `name`, removed on drop.
+struct TokenFile(PathBuf);
+
+impl TokenFile {
+    fn new(name: &str, contents: &str) -> TokenFile {
+        let path = std::env::temp_dir().join(format!(
+            "bookcast-access-{}-{name}.tokens",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).expect("write token file");
+        TokenFile(path)
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn auth_server(name: &str) -> (TestServer, TokenFile) {
+    let file = TokenFile::new(name, &format!("# test tokens\n\n{TOKEN}\nsecond-token\n"));
+    let config = Config {
+        auth_tokens: Some(file.0.clone()),
+        ..Config::default()
+    };
+    (TestServer::start(config).await, file)
+}
 
 /// Connects with extra request headers; the HTTP status and body when the upgrade is refused.
 async fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Ws, (u16, String)> {
@@ -67,6 +99,26 @@ async fn raw_upgrade_with(addr: SocketAddr, path: &str, headers: &str) -> tokio:
     stream
 }
 
+/// Reads until the server's close frame, failing on any data frame before it, then until the
+/// end (which sends the client's close reply); returns the close code and reason.
+async fn close_without_data(ws: &mut Ws) -> (u16, String) {
+    let deadline = Instant::now() + PATIENCE;
+    let close = loop {
+        match timeout_at(deadline, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                break (u16::from(frame.code), frame.reason.to_string())
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected only a close frame, got {other:?}"),
+        }
+    };
+    while let Ok(Some(Ok(_))) = timeout_at(deadline, ws.next()).await {}
+    close
+}
+
 /// Waits until `path` accepts a connection from 127.0.0.1 again (after a slot was freed).
 async fn connect_when_admitted(server: &TestServer, path: &str) -> Ws {
     let deadline = Instant::now() + PATIENCE;
@@ -78,6 +130,148 @@ async fn connect_when_admitted(server: &TestServer, path: &str) -> Ws {
             }
             Err(refused) => panic!("still refused at the deadline: {refused:?}"),
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_off_by_default() {
+    let server = TestServer::start(Config::default()).await;
+    let mut ws = server.connect("/ws/btcusdt@depth").await;
+    assert_eq!(next_json(&mut ws).await["e"], "depthUpdate");
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_is_closed_with_4001_before_any_data() {
+    let (server, _file) = auth_server("missing").await;
+    for path in [
+        "/ws/btcusdt@depth",
+        "/stream?streams=btcusdt@depth&timeUnit=MICROSECOND",
+    ] {
+        let mut ws = server.connect(path).await;
+        let (code, reason) = close_without_data(&mut ws).await;
+        assert_eq!(code, 4001, "{path}");
+        assert!(reason.starts_with("missing token"), "{reason}");
+    }
+    // An Authorization header of another scheme offers no token.
+    let mut ws = connect_with(
+        &server.ws_url("/ws/btcusdt@depth"),
+        &[("authorization", "Basic Z29vZC10b2tlbg==")],
+    )
+    .await
+    .expect("upgraded");
+    assert!(close_without_data(&mut ws)
+        .await
+        .1
+        .starts_with("missing token"));
+    server
+        .wait_metric("bookcast_auth_failures_total", "reason=\"missing\"", 3.0)
+        .await;
+    server
+        .wait_metric("bookcast_closes_total", "code=\"4001\"", 3.0)
+        .await;
+    // REST stays public, like Binance's market-data endpoints.
+    assert_eq!(
+        server.get("/api/v3/depth?symbol=BTCUSDT&limit=5").await.0,
+        200
+    );
+    assert_eq!(server.get("/metrics").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_token_is_closed_with_4001() {
+    let (server, _file) = auth_server("wrong").await;
+    let near_miss = &TOKEN[..TOKEN.len() - 1];
+    for path in [
+        format!("/ws/btcusdt@depth?token={near_miss}"),
+        "/ws/btcusdt@depth?token=".to_string(),
+        format!("/stream?streams=btcusdt@depth&token={TOKEN}x"),
+    ] {
+        let mut ws = server.connect(&path).await;
+        assert_eq!(
+            close_without_data(&mut ws).await,
+            (4001, "invalid token".to_string()),
+            "{path}"
+        );
+    }
+    let mut ws = connect_with(
+        &server.ws_url("/ws/btcusdt@depth"),
+        &[("authorization", "Bearer not-a-token")],
+    )
+    .await
+    .expect("upgraded");
+    assert_eq!(close_without_data(&mut ws).await.0, 4001);
+    server
+        .wait_metric("bookcast_auth_failures_total", "reason=\"invalid\"", 4.0)
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_query_token_receives_events() {
+    let (server, _file) = auth_server("query").await;
+    let mut raw = server
+        .connect(&format!("/ws/btcusdt@depth?token={TOKEN}"))
+        .await;
+    assert_eq!(next_json(&mut raw).await["e"], "depthUpdate");
+    // Alongside Binance's own parameters, in any order; the second listed token works too.
+    let mut combined = server
+        .connect("/stream?token=second-token&streams=btcusdt@depth&timeUnit=MICROSECOND")
+        .await;
+    let event = next_json(&mut combined).await;
+    assert_eq!(event["stream"], "btcusdt@depth");
+    assert!(
+        event["data"]["E"].as_u64().unwrap() > 1_000_000_000_000_000,
+        "µs as asked"
+    );
+    let reply = request(&mut combined, r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
+    assert_eq!(reply["result"], serde_json::json!(["btcusdt@depth"]));
+    drop((raw, combined));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_bearer_token_receives_events() {
+    let (server, _file) = auth_server("bearer").await;
+    let mut ws = connect_with(
+        &server.ws_url("/ws/btcusdt@depth"),
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await
+    .expect("upgraded");
+    assert_eq!(next_json(&mut ws).await["e"], "depthUpdate");
+    drop(ws);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_file_is_a_startup_error() {
+    let empty = TokenFile::new("empty", "# nothing yet\n\n");
+    let spaced = TokenFile::new("spaced", "two words\n");
+    let missing = std::env::temp_dir().join("bookcast-access-no-such-file.tokens");
+    for (path, expect) in [
+        (empty.0.clone(), "no tokens"),
+        (spaced.0.clone(), "line 1"),
+        (missing, "No such file"),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config {
+            auth_tokens: Some(path.clone()),
+            ..Config::default()
+        };
+        let run =
+            bookcast::server::run(listener, config, small_feed(), std::future::pending::<()>());
+        let error = tokio::time::timeout(PATIENCE, run)
+            .await
+            .expect("fails at once")
+            .expect_err("refuses to start");
+        let text = error.to_string();
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains(expect),
+            "{text}"
+        );
     }
 }
 
@@ -125,6 +319,28 @@ async fn connections_per_ip_are_capped_with_429_and_freed_on_close() {
         "at the cap again"
     );
     drop((third, fourth, other));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_closes_free_per_ip_slots_too() {
+    // One slot per address, with auth on: a refused (4001) connection and a server-closed
+    // (4009) one must each give the slot back.
+    let file = TokenFile::new("cap", &format!("{TOKEN}\n"));
+    let config = Config {
+        max_connections_per_ip: 1,
+        auth_tokens: Some(file.0.clone()),
+        max_lifetime: std::time::Duration::from_millis(300),
+        ..Config::default()
+    };
+    let server = TestServer::start(config).await;
+    let mut refused = server.connect("/ws").await;
+    assert_eq!(close_without_data(&mut refused).await.0, 4001);
+    let path = format!("/ws?token={TOKEN}");
+    let mut admitted = connect_when_admitted(&server, &path).await;
+    assert_eq!(close_code(&mut admitted).await, Some(4009));
+    while let Some(Ok(_)) = admitted.next().await {}
+    drop(connect_when_admitted(&server, &path).await);
     server.stop().await;
 }
 
