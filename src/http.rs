@@ -86,13 +86,19 @@ fn combine(slot: &mut Option<String>, value: String) {
     }
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
+/// `Err` is `TooLarge` or `Malformed`: more header fields than [`MAX_HEADERS`] is a size
+/// problem (431, as hyper answers), not a syntax one.
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ReadHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buf) {
+        // The buffer may hold more than MAX_HEAD after a keep-alive request; the bound is the
+        // head's size, wherever it starts.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(ReadHead::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
+        Err(httparse::Error::TooManyHeaders) => return Err(ReadHead::TooLarge),
+        Err(_) => return Err(ReadHead::Malformed),
     };
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -124,7 +130,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ()> {
         } else if header.name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(text());
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            head.content_length = text().parse().map_err(|_| ())?;
+            head.content_length = text().parse().map_err(|_| ReadHead::Malformed)?;
         } else if header.name.eq_ignore_ascii_case("origin") {
             combine(&mut head.origin, text());
         } else if header.name.eq_ignore_ascii_case("authorization") {
@@ -145,7 +151,7 @@ async fn read_head<S: AsyncRead + Unpin>(
             match parse_head(buf) {
                 Ok(Some((head, consumed))) => return ReadHead::Head(head, consumed),
                 Ok(None) => {}
-                Err(()) => return ReadHead::Malformed,
+                Err(refused) => return refused,
             }
         }
         if buf.len() >= MAX_HEAD {
@@ -518,7 +524,9 @@ mod tests {
     #[test]
     fn parses_a_websocket_upgrade_head() {
         let raw = b"GET /stream?streams=btcusdt@depth/ethusdt@trade&timeUnit=MICROSECOND HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
-        let (head, consumed) = parse_head(raw).unwrap().unwrap();
+        let Ok(Some((head, consumed))) = parse_head(raw) else {
+            panic!("a complete head parses");
+        };
         assert_eq!(&raw[consumed..], b"rest");
         assert!(head.upgrade_websocket && head.connection_upgrade);
         assert_eq!(head.path, "/stream");
@@ -532,6 +540,17 @@ mod tests {
     #[test]
     fn partial_and_malformed_heads() {
         assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
-        assert!(parse_head(b"\x00\x01 nonsense\r\n\r\n").is_err());
+        assert!(matches!(
+            parse_head(b"\x00\x01 nonsense\r\n\r\n"),
+            Err(ReadHead::Malformed)
+        ));
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(matches!(
+            parse_head(many.as_bytes()),
+            Err(ReadHead::TooLarge)
+        ));
     }
 }

@@ -1,0 +1,245 @@
+//! Bad HTTP before the upgrade, over a real socket: each request gets its status and Binance-shaped
+//! body, and `bookcast_connections_rejected_total{reason}` counts it.
+//!
+//! The metrics recorder is process-wide, so tests running side by side in this binary share
+//! counters: each test waits on a reason no other test here produces.
+
+mod common;
+
+use bookcast::config::Config;
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+/// A response as read off the socket: status, head (lower-cased) and body.
+struct Reply {
+    status: u16,
+    head: String,
+    body: serde_json::Value,
+}
+
+impl Reply {
+    /// Whether the head has this header line (lower case).
+    fn has_header(&self, line: &str) -> bool {
+        self.head.lines().any(|l| l == line)
+    }
+}
+
+/// Writes `request` as is, reads until the server closes, parses the response.
+async fn send_raw(addr: SocketAddr, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (and close) before it has read everything: a failed write is fine.
+    let _ = stream.write_all(request).await;
+    read_reply(&mut stream).await
+}
+
+async fn read_reply(stream: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the server answers and closes in time")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: serde_json::from_str(body).unwrap_or_else(|e| panic!("JSON body ({e}): {text:?}")),
+    }
+}
+
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}\r\n")
+}
+
+const KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+const VERSION: &str = "Sec-WebSocket-Version: 13\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_get_on_a_stream_path_gets_426() {
+    let server = TestServer::start(Config::default()).await;
+    for path in ["/ws/btcusdt@depth", "/ws", "/stream?streams=btcusdt@trade"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let reply = send_raw(server.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 426, "{path}");
+        assert!(reply.has_header("upgrade: websocket"), "{path}");
+        assert!(reply.has_header("sec-websocket-version: 13"), "{path}");
+        assert_eq!(reply.body["code"], -1000);
+    }
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"not_websocket\"",
+            3.0,
+        )
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_upgrades_get_400_426_or_405() {
+    let server = TestServer::start(Config::default()).await;
+    let missing_key = upgrade_request("/ws/btcusdt@depth", VERSION);
+    let short_key = upgrade_request("/ws", &format!("Sec-WebSocket-Key: c2hvcnQ=\r\n{VERSION}"));
+    // 24 characters, but `!` is not base64.
+    let bad_alphabet = upgrade_request(
+        "/ws",
+        &format!("Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\n{VERSION}"),
+    );
+    // Base64 of 17 bytes, not 16.
+    let long_key = upgrade_request(
+        "/ws",
+        &format!("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZTE=\r\n{VERSION}"),
+    );
+    for request in [&missing_key, &short_key, &bad_alphabet, &long_key] {
+        let reply = send_raw(server.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 400, "{request}");
+        assert_eq!(reply.body["code"], -1000);
+        assert!(reply.body["msg"]
+            .as_str()
+            .unwrap()
+            .contains("Sec-WebSocket-Key"));
+    }
+    for version in ["Sec-WebSocket-Version: 8\r\n", ""] {
+        let request = upgrade_request("/ws", &format!("{KEY}{version}"));
+        let reply = send_raw(server.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 426, "{request}");
+        assert!(
+            reply.has_header("sec-websocket-version: 13"),
+            "426 names the version spoken: {}",
+            reply.head
+        );
+    }
+    let post = upgrade_request("/ws", &format!("{KEY}{VERSION}")).replacen("GET", "POST", 1);
+    assert_eq!(send_raw(server.addr, post.as_bytes()).await.status, 405);
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"bad_handshake\"",
+            7.0,
+        )
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let server = TestServer::start(Config::default()).await;
+    let long_line = format!(
+        "GET /ws/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(bookcast::http::MAX_HEAD + 1024)
+    );
+    let long_header = format!(
+        "GET /api/v3/ping HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "b".repeat(bookcast::http::MAX_HEAD + 1024)
+    );
+    // Small, but more header fields than the server keeps room for.
+    let many_headers = format!(
+        "GET /api/v3/ping HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        (0..64).map(|i| format!("X-{i}: y\r\n")).collect::<String>()
+    );
+    for request in [&long_line, &long_header, &many_headers] {
+        let reply = send_raw(server.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 431, "{}", &request[..40]);
+        assert_eq!(reply.body["code"], -1000);
+    }
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"head_too_large\"",
+            3.0,
+        )
+        .await;
+    // Garbage that is not HTTP at all is a 400.
+    let reply = send_raw(server.addr, b"\x16\x03\x01 not http\r\n\r\n").await;
+    assert_eq!(reply.status, 400);
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"malformed_request\"",
+            1.0,
+        )
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_half_handshake_gets_408_after_the_handshake_timeout() {
+    let handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start(Config {
+        handshake_timeout,
+        ..Config::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+    // Half a head: the blank line never comes.
+    stalled
+        .write_all(b"GET /ws/btcusdt@depth HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    for stream in [&mut stalled, &mut silent] {
+        let reply = read_reply(stream).await;
+        assert_eq!(reply.status, 408);
+        assert_eq!(reply.body["code"], -1000);
+    }
+    assert!(
+        started.elapsed() >= handshake_timeout,
+        "not before the timeout"
+    );
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"handshake_timeout\"",
+            2.0,
+        )
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_get_503_before_the_upgrade() {
+    let server = TestServer::start(Config {
+        max_connections: 2,
+        ..Config::default()
+    })
+    .await;
+    let first = server.connect("/ws/btcusdt@depth").await;
+    let _second = server.connect("/ws").await;
+    match tokio_tungstenite::connect_async(server.ws_url("/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    let request = upgrade_request("/ws", &format!("{KEY}{VERSION}"));
+    let reply = send_raw(server.addr, request.as_bytes()).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.body["code"], -1003);
+    drop(first);
+    // /metrics itself needs a free slot; wait_metric retries until the dropped one is freed.
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"connection_cap\"",
+            2.0,
+        )
+        .await;
+    server.stop().await;
+}
