@@ -162,3 +162,165 @@ async fn the_echo_route_exists_only_with_its_test_flag() {
     assert_eq!(echoed[1], Message::Binary(vec![0u8, 159, 146, 150].into()));
     server.stop().await;
 }
+
+/// A client frame sent without a mask, as only servers may (RFC 6455 §5.1).
+fn unmasked_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![first_byte, payload.len() as u8];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    payload
+}
+
+/// A healthy subscriber to `btcusdt@depth` that checks every diff continues the last one
+/// (`U == prev u + 1`) and publishes how many it has seen; it panics on a gap or a lost
+/// connection.
+struct Witness {
+    seen: tokio::sync::watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Witness {
+    async fn start(server: &TestServer) -> Witness {
+        let mut ws = server.connect("/ws/btcusdt@depth").await;
+        let (count, seen) = tokio::sync::watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            let mut last_u = 0u64;
+            loop {
+                let event = next_json(&mut ws).await;
+                let (first, last) = (event["U"].as_u64().unwrap(), event["u"].as_u64().unwrap());
+                assert!(
+                    last_u == 0 || first == last_u + 1,
+                    "gap: U {first} after u {last_u}"
+                );
+                last_u = last;
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        Witness { seen, task }
+    }
+
+    /// Waits until `more` further events have arrived, each continuing the last.
+    async fn sees_more(&mut self, more: u64) {
+        let target = *self.seen.borrow() + more;
+        let waited = timeout_at(
+            Instant::now() + PATIENCE,
+            self.seen.wait_for(|n| *n >= target),
+        );
+        assert!(
+            matches!(waited.await, Ok(Ok(_))),
+            "the witness stopped receiving (or found a gap)"
+        );
+    }
+}
+
+/// Every RFC 6455 protocol violation a client can commit in one frame (or two) gets a 1002
+/// close, one connection each, while a healthy subscriber on the same server keeps receiving
+/// gap-free diffs throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_1002_and_a_healthy_subscriber_sees_no_gap() {
+    let server = TestServer::start(Config::default()).await;
+    let mut witness = Witness::start(&server).await;
+    witness.sees_more(5).await;
+
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        ("unmasked text".into(), unmasked_frame(0x81, b"{}")),
+        ("unmasked ping".into(), unmasked_frame(0x89, b"")),
+        ("RSV1 set".into(), client_frame(0xC1, b"{}")),
+        ("RSV2 set".into(), client_frame(0xA1, b"{}")),
+        ("RSV3 set".into(), client_frame(0x91, b"{}")),
+        ("ping with FIN=0".into(), client_frame(0x09, b"x")),
+        (
+            "close with FIN=0".into(),
+            client_frame(0x08, &close_payload(1000, b"")),
+        ),
+        ("continuation first".into(), client_frame(0x80, b"x")),
+        ("continuation first, FIN=0".into(), client_frame(0x00, b"x")),
+        (
+            "new text inside a fragmented one".into(),
+            [client_frame(0x01, b"{"), client_frame(0x81, b"}")].concat(),
+        ),
+        (
+            "ping over 125 bytes".into(),
+            client_frame(0x89, &[b'p'; 126]),
+        ),
+        (
+            "pong over 125 bytes".into(),
+            client_frame(0x8A, &[b'p'; 126]),
+        ),
+        (
+            "close over 125 bytes".into(),
+            client_frame(0x88, &close_payload(1000, &[b'r'; 124])),
+        ),
+        (
+            "close with a 1-byte payload".into(),
+            client_frame(0x88, &[0x03]),
+        ),
+    ];
+    // RFC 6455 §7.4: below 1000 is unused, 1004-1006 and 1015 must never be sent, 1016-2999 are
+    // reserved for the protocol (1014, registered later, is refused by tungstenite too), and
+    // nothing above 4999 exists.
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65535,
+    ] {
+        cases.push((
+            format!("close code {code}"),
+            client_frame(0x88, &close_payload(code, b"")),
+        ));
+    }
+    for (what, bytes) in &cases {
+        let mut stream = raw_ws(&server).await;
+        stream.write_all(bytes).await.unwrap();
+        assert_eq!(read_close_code(&mut stream).await, 1002, "{what}");
+    }
+    server
+        .wait_metric("bookcast_closes_total", "code=\"1002\"", cases.len() as f64)
+        .await;
+    witness.sees_more(20).await;
+    assert!(!witness.task.is_finished());
+    witness.task.abort();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_frames_with_valid_codes_are_echoed_and_a_bad_reason_gets_1007() {
+    let server = TestServer::start(Config::default()).await;
+    for code in [1000u16, 1001, 1003, 1011, 3000, 4000, 4999] {
+        let mut stream = raw_ws(&server).await;
+        stream
+            .write_all(&client_frame(0x88, &close_payload(code, b"bye")))
+            .await
+            .unwrap();
+        assert_eq!(read_close_code(&mut stream).await, code);
+    }
+    let mut stream = raw_ws(&server).await;
+    stream
+        .write_all(&client_frame(0x88, &close_payload(1000, b"\xff\xfe")))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut stream).await, 1007);
+    // Gone before the stop, so the stop need not wait out the close timeout.
+    drop(stream);
+    server.stop().await;
+}
+
+/// The 4 KiB bound holds for a message sent in small fragments, not just for one big frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_message_over_4_kib_gets_1009() {
+    let server = TestServer::start(Config::default()).await;
+    let mut stream = raw_ws(&server).await;
+    let piece = [b' '; 1024];
+    let mut frames = client_frame(0x01, &piece);
+    for _ in 0..4 {
+        frames.extend(client_frame(0x00, &piece));
+    }
+    frames.extend(client_frame(0x80, &piece));
+    stream.write_all(&frames).await.unwrap();
+    assert_eq!(read_close_code(&mut stream).await, 1009);
+    drop(stream);
+    server.stop().await;
+}
