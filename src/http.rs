@@ -86,19 +86,25 @@ fn combine(slot: &mut Option<String>, value: String) {
     }
 }
 
-/// `Err` is `TooLarge` or `Malformed`: more header fields than [`MAX_HEADERS`] is a size
-/// problem (431, as hyper answers), not a syntax one.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ReadHead> {
+/// Why a head was refused. More header fields than [`MAX_HEADERS`] is a size problem (431, as
+/// hyper answers), not a syntax one (400).
+#[derive(Debug)]
+enum BadHead {
+    TooLarge,
+    Malformed,
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, BadHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buf) {
         // The buffer may hold more than MAX_HEAD after a keep-alive request; the bound is the
         // head's size, wherever it starts.
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(ReadHead::TooLarge),
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(BadHead::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(ReadHead::TooLarge),
-        Err(_) => return Err(ReadHead::Malformed),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadHead::TooLarge),
+        Err(_) => return Err(BadHead::Malformed),
     };
     let target = request.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -130,7 +136,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, ReadHead> {
         } else if header.name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(text());
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            head.content_length = text().parse().map_err(|_| ReadHead::Malformed)?;
+            head.content_length = text().parse().map_err(|_| BadHead::Malformed)?;
         } else if header.name.eq_ignore_ascii_case("origin") {
             combine(&mut head.origin, text());
         } else if header.name.eq_ignore_ascii_case("authorization") {
@@ -151,7 +157,8 @@ async fn read_head<S: AsyncRead + Unpin>(
             match parse_head(buf) {
                 Ok(Some((head, consumed))) => return ReadHead::Head(head, consumed),
                 Ok(None) => {}
-                Err(refused) => return refused,
+                Err(BadHead::TooLarge) => return ReadHead::TooLarge,
+                Err(BadHead::Malformed) => return ReadHead::Malformed,
             }
         }
         if buf.len() >= MAX_HEAD {
@@ -542,7 +549,7 @@ mod tests {
         assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost"), Ok(None)));
         assert!(matches!(
             parse_head(b"\x00\x01 nonsense\r\n\r\n"),
-            Err(ReadHead::Malformed)
+            Err(BadHead::Malformed)
         ));
         let many = format!(
             "GET / HTTP/1.1\r\n{}\r\n",
@@ -550,7 +557,7 @@ mod tests {
         );
         assert!(matches!(
             parse_head(many.as_bytes()),
-            Err(ReadHead::TooLarge)
+            Err(BadHead::TooLarge)
         ));
     }
 }
