@@ -57,39 +57,77 @@ fn invalid_symbol() -> Response {
     Response::error(400, -1121, "Invalid symbol.")
 }
 
+/// Binance checks a symbol's shape before looking it up: anything outside `^[A-Z0-9-_.]{1,20}$`
+/// (lower case included) is -1100 ([`illegal_symbol`]), and only a well-formed unknown symbol
+/// is -1121. Clients tell a typo from a delisting by that difference.
+fn well_formed_symbol(symbol: &str) -> bool {
+    (1..=20).contains(&symbol.len())
+        && symbol
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// Binance's -1100 for a malformed `symbol` or `symbols` parameter, with its pattern.
+fn illegal_symbol(param: &str) -> Response {
+    let pattern = if param == "symbols" {
+        r#"^\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\]$"#
+    } else {
+        "^[A-Z0-9-_.]{1,20}$"
+    };
+    let msg =
+        format!("Illegal characters found in parameter '{param}'; legal range is '{pattern}'.");
+    Response::error(400, -1100, &msg)
+}
+
+fn mandatory_symbol() -> Response {
+    Response::error(
+        400,
+        -1102,
+        "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+    )
+}
+
 fn symbol_id(ctx: &Context, symbol: &str) -> Option<SymbolId> {
     ctx.feed
         .index_of(symbol)
         .and_then(|i| SymbolId::try_from(i).ok())
 }
 
+/// `limit` as Binance validates it: `^[0-9]{1,20}$` (twenty digits can be past u64, and are then
+/// just large), at least 1, and truncated to [`MAX_DEPTH_LIMIT`].
+fn depth_limit(text: &str) -> Result<usize, Response> {
+    if !(1..=20).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Response::error(
+            400,
+            -1100,
+            "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.",
+        ));
+    }
+    match text.parse::<u128>().unwrap_or(u128::MAX) {
+        0 => Err(Response::error(
+            400,
+            -1100,
+            "Illegal value for parameter 'limit'; legal range is '1..5000'.",
+        )),
+        n => Ok(usize::try_from(n).map_or(MAX_DEPTH_LIMIT, |n| n.min(MAX_DEPTH_LIMIT))),
+    }
+}
+
 async fn depth(head: &Head, ctx: &Context) -> Response {
     let Some(symbol) = head.param("symbol").filter(|s| !s.is_empty()) else {
-        return Response::error(
-            400,
-            -1102,
-            "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
-        );
+        return mandatory_symbol();
     };
+    if !well_formed_symbol(&symbol) {
+        return illegal_symbol("symbol");
+    }
     let Some(symbol) = symbol_id(ctx, &symbol) else {
         return invalid_symbol();
     };
     let limit = match head.param("limit") {
         None => DEFAULT_DEPTH_LIMIT,
-        Some(text) => match text.parse::<u64>() {
-            Ok(0) => {
-                return Response::error(
-                    400,
-                    -1100,
-                    "Illegal value for parameter 'limit'; legal range is '1..5000'.",
-                )
-            }
-            Ok(n) => (n as usize).min(MAX_DEPTH_LIMIT),
-            Err(_) => return Response::error(
-                400,
-                -1100,
-                "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'.",
-            ),
+        Some(text) => match depth_limit(&text) {
+            Ok(limit) => limit,
+            Err(response) => return response,
         },
     };
     let (reply, wait) = oneshot::channel();
@@ -113,6 +151,12 @@ async fn depth(head: &Head, ctx: &Context) -> Response {
 fn exchange_info(head: &Head, ctx: &Context) -> Response {
     let mut wanted: Vec<&SymbolSpec> = ctx.feed.symbols.iter().collect();
     if let Some(symbol) = head.param("symbol") {
+        if symbol.is_empty() {
+            return mandatory_symbol();
+        }
+        if !well_formed_symbol(&symbol) {
+            return illegal_symbol("symbol");
+        }
         match ctx.feed.index_of(&symbol) {
             Some(i) => wanted = vec![&ctx.feed.symbols[i]],
             None => return invalid_symbol(),
@@ -127,6 +171,9 @@ fn exchange_info(head: &Head, ctx: &Context) -> Response {
             .collect();
         wanted.clear();
         for name in names {
+            if !well_formed_symbol(&name) {
+                return illegal_symbol("symbols");
+            }
             match ctx.feed.index_of(&name) {
                 Some(i) => wanted.push(&ctx.feed.symbols[i]),
                 None => return invalid_symbol(),
