@@ -145,7 +145,7 @@ fn describe() {
     );
     describe_counter!(
         "bookcast_closes_total",
-        "Connections closed, by close code (1006: dropped without a close frame)."
+        "Connections closed, by close code (1006: dropped without a close frame; other: a peer's own code outside 1000-1015 and 4000-4009)."
     );
     describe_counter!(
         "bookcast_control_messages_total",
@@ -283,8 +283,16 @@ impl SessionMetrics {
     }
 
     /// An open connection ended with `code` (cold path: once per connection).
+    ///
+    /// A peer's close code is echoed, and 3000-4999 are all legal, so a label per code would
+    /// let clients mint up to 2000 series; codes outside the protocol's 1000-1015 and the
+    /// server's own 4000-4009 are counted together as "other".
     pub fn closed(&self, code: u16) {
-        counter!("bookcast_closes_total", "code" => code.to_string()).increment(1);
+        let label = match code {
+            1000..=1015 | 4000..=4009 => code.to_string(),
+            _ => "other".to_string(),
+        };
+        counter!("bookcast_closes_total", "code" => label).increment(1);
         self.open.decrement(1.0);
         self.live.connection_closed();
     }

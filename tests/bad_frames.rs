@@ -303,6 +303,15 @@ async fn close_frames_with_valid_codes_are_echoed_and_a_bad_reason_gets_1007() {
         .await
         .unwrap();
     assert_eq!(read_close_code(&mut stream).await, 1007);
+    // Echoed application codes share one label: a client cannot mint a series per code.
+    server
+        .wait_metric("bookcast_closes_total", "code=\"other\"", 2.0)
+        .await;
+    let (_, exposition) = server.get("/metrics").await;
+    assert!(
+        !exposition.contains("code=\"3000\"") && !exposition.contains("code=\"4999\""),
+        "{exposition}"
+    );
     // Gone before the stop, so the stop need not wait out the close timeout.
     drop(stream);
     server.stop().await;
