@@ -243,3 +243,46 @@ async fn connections_beyond_max_connections_get_503_before_the_upgrade() {
         .await;
     server.stop().await;
 }
+
+/// What the URL of an upgrade can get wrong: a bad `timeUnit` or too many streams is refused
+/// (400; the limit counts names as written), while names that are not streams are ignored, as
+/// Binance does (ccxt connects to `/ws/<n>` and subscribes afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_upgrade_urls() {
+    let server = TestServer::start(Config {
+        max_streams: 3,
+        ..Config::default()
+    })
+    .await;
+    for path in [
+        "/ws/btcusdt@trade?timeUnit=NANOSECOND",
+        "/stream?streams=btcusdt@trade&timeUnit=",
+        "/stream?streams=a/b/c/d",
+    ] {
+        let request = upgrade_request(path, &format!("{KEY}{VERSION}"));
+        let reply = send_raw(server.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(reply.body["code"].as_i64().is_some_and(|c| c < 0), "{path}");
+    }
+    server
+        .wait_metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"bad_stream_path\"",
+            3.0,
+        )
+        .await;
+    match tokio_tungstenite::connect_async(server.ws_url("/wss")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 404)
+        }
+        other => panic!("expected HTTP 404 for an unknown path, got {other:?}"),
+    }
+
+    let mut ws = server
+        .connect("/ws/nosuch@trade/%ZZ%00/btcusdt@trade")
+        .await;
+    let list = request(&mut ws, r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
+    assert_eq!(list["result"], serde_json::json!(["btcusdt@trade"]));
+    drop(ws);
+    server.stop().await;
+}
