@@ -221,7 +221,7 @@ async fn connections_beyond_max_connections_get_503_before_the_upgrade() {
     })
     .await;
     let first = server.connect("/ws/btcusdt@depth").await;
-    let _second = server.connect("/ws").await;
+    let second = server.connect("/ws").await;
     match tokio_tungstenite::connect_async(server.ws_url("/ws")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503)
@@ -241,6 +241,7 @@ async fn connections_beyond_max_connections_get_503_before_the_upgrade() {
             2.0,
         )
         .await;
+    drop(second);
     server.stop().await;
 }
 
