@@ -162,14 +162,23 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
 /// Whether a WebSocket upgrade with this `Origin` header may proceed. An empty list allows
 /// every origin. A request without the header is allowed: only browsers send it, and the check
 /// exists to stop other web pages from using a visitor's browser to connect, not to tell who a
-/// non-browser client is (tokens do that).
-pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+/// non-browser client is (tokens do that). bookcast's own pages (`/dashboard`) are allowed
+/// too: an origin naming the very `host` the request was sent to is same-origin.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
     match origin {
         _ if allowed.is_empty() => true,
         None => true,
         Some(origin) => {
             let origin = origin.trim();
-            allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+            let same_origin = host.is_some_and(|host| {
+                !host.is_empty()
+                    && ["http://", "https://"].iter().any(|scheme| {
+                        origin.len() == scheme.len() + host.len()
+                            && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
+                            && origin[scheme.len()..].eq_ignore_ascii_case(host)
+                    })
+            });
+            same_origin || allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
         }
     }
 }
@@ -248,10 +257,10 @@ mod tests {
             "https://example.com".to_string(),
             "http://localhost:8080".to_string(),
         ];
-        assert!(origin_allowed(&allowed, Some("https://example.com")));
-        assert!(origin_allowed(&allowed, Some("HTTPS://EXAMPLE.COM")));
-        assert!(origin_allowed(&allowed, Some("http://localhost:8080")));
-        assert!(origin_allowed(&allowed, None), "no Origin: not a browser");
+        assert!(origin_allowed_(&allowed, Some("https://example.com")));
+        assert!(origin_allowed_(&allowed, Some("HTTPS://EXAMPLE.COM")));
+        assert!(origin_allowed_(&allowed, Some("http://localhost:8080")));
+        assert!(origin_allowed_(&allowed, None), "no Origin: not a browser");
         for other in [
             "https://evil.example",
             "http://example.com",
@@ -259,12 +268,39 @@ mod tests {
             "null",
             "https://example.com, https://evil.example",
         ] {
-            assert!(!origin_allowed(&allowed, Some(other)), "{other}");
+            assert!(!origin_allowed_(&allowed, Some(other)), "{other}");
         }
         assert!(
-            origin_allowed(&[], Some("https://evil.example")),
+            origin_allowed_(&[], Some("https://evil.example")),
             "empty list: off"
         );
+        // Same-origin (bookcast's own /dashboard), whatever the list says.
+        let host = Some("127.0.0.1:9443");
+        assert!(origin_allowed(
+            &allowed,
+            Some("http://127.0.0.1:9443"),
+            host
+        ));
+        assert!(origin_allowed(
+            &allowed,
+            Some("https://127.0.0.1:9443"),
+            host
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("http://127.0.0.1:9444"),
+            host
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("http://127.0.0.1:9443.evil"),
+            host
+        ));
+        assert!(!origin_allowed(&allowed, Some("http://"), Some("")));
+    }
+
+    fn origin_allowed_(allowed: &[String], origin: Option<&str>) -> bool {
+        origin_allowed(allowed, origin, None)
     }
 
     proptest::proptest! {

@@ -38,6 +38,8 @@ pub struct Head {
     pub http10: bool,
     /// `Origin` (browsers only), checked against `--allowed-origins`.
     pub origin: Option<String>,
+    /// `Host`, to recognise same-origin requests from bookcast's own pages.
+    pub host: Option<String>,
     /// `Authorization`, for a Bearer token under `--auth-tokens`.
     pub authorization: Option<String>,
 }
@@ -58,7 +60,8 @@ impl Head {
 }
 
 enum ReadHead {
-    Head(Head, usize),
+    /// Boxed: a head is far larger than the other outcomes.
+    Head(Box<Head>, usize),
     Closed,
     TooLarge,
     Malformed,
@@ -120,6 +123,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, BadHead> {
         content_length: 0,
         http10: request.version == Some(0),
         origin: None,
+        host: None,
         authorization: None,
     };
     for header in request.headers.iter() {
@@ -139,6 +143,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, BadHead> {
             head.content_length = text().parse().map_err(|_| BadHead::Malformed)?;
         } else if header.name.eq_ignore_ascii_case("origin") {
             combine(&mut head.origin, text());
+        } else if header.name.eq_ignore_ascii_case("host") {
+            combine(&mut head.host, text());
         } else if header.name.eq_ignore_ascii_case("authorization") {
             combine(&mut head.authorization, text());
         }
@@ -155,7 +161,7 @@ async fn read_head<S: AsyncRead + Unpin>(
     loop {
         if !buf.is_empty() {
             match parse_head(buf) {
-                Ok(Some((head, consumed))) => return ReadHead::Head(head, consumed),
+                Ok(Some((head, consumed))) => return ReadHead::Head(Box::new(head), consumed),
                 Ok(None) => {}
                 Err(BadHead::TooLarge) => return ReadHead::TooLarge,
                 Err(BadHead::Malformed) => return ReadHead::Malformed,
@@ -466,6 +472,7 @@ pub async fn serve<S: Transport>(
             if !crate::admission::origin_allowed(
                 &ctx.config.allowed_origins,
                 head.origin.as_deref(),
+                head.host.as_deref(),
             ) {
                 crate::metrics::rejected("origin_not_allowed");
                 let response = Response::error(403, -1002, "Origin not allowed.");

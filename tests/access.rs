@@ -405,7 +405,13 @@ async fn origins_outside_the_list_get_403() {
     // No Origin header: not a browser, so not what the list guards against.
     let mut absent = connect_with(&url, &[]).await.expect("no Origin upgrades");
     assert_eq!(next_json(&mut absent).await["e"], "depthUpdate");
-    drop((allowed, absent));
+    // Same-origin: bookcast's own /dashboard page, served from this very host and port.
+    let own = format!("http://{}", server.addr);
+    let mut same = connect_with(&url, &[("origin", own.as_str())])
+        .await
+        .expect("same-origin upgrades");
+    assert_eq!(next_json(&mut same).await["e"], "depthUpdate");
+    drop((allowed, absent, same));
     server.stop().await;
 }
 
