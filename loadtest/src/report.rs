@@ -2,11 +2,11 @@
 
 use crate::stats::{histogram, ShardedHistogram, SlowClose, Stats};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-#[derive(Serialize, Clone, Copy, Default, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
 pub struct Percentiles {
     pub p50: u64,
     pub p90: u64,
@@ -37,7 +37,7 @@ impl Percentiles {
 }
 
 /// One second of the run, for charts.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Sample {
     pub t_s: f64,
     pub connected: u64,
@@ -46,14 +46,25 @@ pub struct Sample {
     pub latency_us: Percentiles,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Deserialize, Debug)]
 pub struct MinMedianMax {
     pub min: u64,
     pub median: u64,
     pub max: u64,
 }
 
-#[derive(Serialize, Debug)]
+impl MinMedianMax {
+    /// Of values sorted in ascending order (all zero when there are none).
+    pub fn of_sorted(sorted: &[u64]) -> Self {
+        MinMedianMax {
+            min: sorted.first().copied().unwrap_or(0),
+            median: sorted.get(sorted.len() / 2).copied().unwrap_or(0),
+            max: sorted.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
 pub struct Report {
     pub clients: usize,
     pub connected: u64,
@@ -98,14 +109,6 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
     let (events, bytes) = stats.totals();
     let slow_closes = stats.slow_closed.lock().clone();
     let duration = facts.duration_s.max(1e-9);
-    let distribution = [
-        0.0, 10.0, 25.0, 50.0, 75.0, 80.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95,
-        99.975, 99.99, 99.995, 99.999, 99.9995, 100.0,
-    ]
-    .iter()
-    .filter(|_| !all.is_empty())
-    .map(|&p| (p, all.value_at_percentile(p)))
-    .collect();
     Report {
         clients: facts.clients,
         connected: facts.peak_connected,
@@ -119,11 +122,7 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         latency_us: latency,
         fast_latency_us: fast,
         connect_ms: connect,
-        per_client_events: MinMedianMax {
-            min: per_client.first().copied().unwrap_or(0),
-            median: per_client.get(per_client.len() / 2).copied().unwrap_or(0),
-            max: per_client.last().copied().unwrap_or(0),
-        },
+        per_client_events: MinMedianMax::of_sorted(&per_client),
         closes: stats
             .closes
             .lock()
@@ -134,8 +133,20 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         slow_closed: slow_closes.iter().filter(|c| c.code == 4008).count(),
         slow_closes,
         timeline: facts.timeline,
-        latency_distribution: distribution,
+        latency_distribution: distribution(&all),
     }
+}
+
+/// The latency distribution as (percentile, µs) points, for a percentile plot.
+pub fn distribution(all: &Histogram<u64>) -> Vec<(f64, u64)> {
+    [
+        0.0, 10.0, 25.0, 50.0, 75.0, 80.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95,
+        99.975, 99.99, 99.995, 99.999, 99.9995, 100.0,
+    ]
+    .iter()
+    .filter(|_| !all.is_empty())
+    .map(|&p| (p, all.value_at_percentile(p)))
+    .collect()
 }
 
 pub fn print(report: &Report) {

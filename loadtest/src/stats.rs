@@ -47,7 +47,7 @@ impl ShardedHistogram {
 }
 
 /// How one slow client ended.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SlowClose {
     pub client: usize,
     /// Seconds after the run started.
