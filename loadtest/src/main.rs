@@ -3,6 +3,7 @@
 
 mod client;
 mod html;
+mod processes;
 mod report;
 mod stats;
 mod target;
@@ -74,6 +75,14 @@ struct Args {
     /// Append timeUnit=MICROSECOND (latency needs µs event times).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     micros: bool,
+    /// Load processes: past one process's open-file limit, N children of this program share
+    /// the clients on separate loopback source addresses; their reports are merged.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=250))]
+    processes: u16,
+    /// Internal: run as a child of --processes (progress lines on stdout, raw histograms in
+    /// --json, no report printed).
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
 fn parse_slow(text: &str, clients: usize) -> Result<usize, String> {
@@ -123,15 +132,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    if args.processes > 1 {
+        return processes::coordinate(&args).await;
+    }
     let target = target::parse(&args.url, args.allow_remote)?;
     // One fd per client plus a few: raise the soft limit to the hard one.
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-    if (args.clients as u64) + 64 > limit {
-        return Err(format!(
-            "{} clients need more file descriptors than the limit of {limit}",
-            args.clients
-        ));
-    }
+    processes::check_clients_fit(args.clients as u64, args.clients, 1, limit)?;
     let slow_clients = parse_slow(&args.slow, args.clients)?;
     let slow_every = parse_rate(&args.slow_rate)?;
     let symbols = target::symbols(&target).await?;
@@ -145,7 +152,11 @@ async fn run(args: Args) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
 
-    let progress = ProgressBar::new_spinner();
+    let progress = if args.child {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
     progress.set_style(
         ProgressStyle::with_template("{spinner} {elapsed} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -162,6 +173,7 @@ async fn run(args: Args) -> Result<(), String> {
         started,
         progress.clone(),
         stop_rx.clone(),
+        args.child,
     ));
     for id in 0..args.clients {
         let streams = target::streams_for(id, &args.streams, &symbols, args.symbols_per_client);
@@ -234,6 +246,9 @@ async fn run(args: Args) -> Result<(), String> {
     );
     // Throughput over the measured window only (after the ramp).
     report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
+    if args.child {
+        return processes::finish_child(args.json.as_deref(), report, &stats, ramped.as_secs_f64());
+    }
     println!("ramp               {:.1} s", ramped.as_secs_f64());
     report::print(&report);
     if let Some(path) = &args.html {
@@ -247,12 +262,14 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Every second: a timeline sample and the progress line. Ends when the run stops.
+/// Every second: a timeline sample and the progress line (for a child of --processes, a
+/// machine-readable one on stdout). Ends when the run stops.
 async fn sample(
     stats: Arc<Stats>,
     started: Instant,
     progress: ProgressBar,
     mut stop: watch::Receiver<bool>,
+    child: bool,
 ) -> Vec<Sample> {
     let mut timeline = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -279,6 +296,9 @@ async fn sample(
             latency_us: Percentiles::of(&interval),
         };
         let closes: u64 = stats.closes.lock().values().sum();
+        if child {
+            processes::print_progress(&sample, closes);
+        }
         progress.set_message(format!(
             "connected {} | {:.0} events/s | p99 {} µs | gaps {} | closes {}",
             sample.connected, sample.events_per_s, sample.latency_us.p99, sample.gaps, closes
