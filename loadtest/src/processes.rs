@@ -282,11 +282,18 @@ fn parse_progress(line: &str) -> Option<Progress> {
 
 /// The merged progress line: sums, and the highest child's p99 (a conservative bound).
 fn progress_message(children: &[Progress]) -> String {
-    let connected: u64 = children.iter().map(|p| p.connected).sum();
+    let total = |field: fn(&Progress) -> u64| {
+        children
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(field(p)))
+    };
+    let (connected, gaps, closes) = (
+        total(|p| p.connected),
+        total(|p| p.gaps),
+        total(|p| p.closes),
+    );
     let rate: f64 = children.iter().map(|p| p.events_per_s).sum();
     let p99 = children.iter().map(|p| p.p99_us).max().unwrap_or(0);
-    let gaps: u64 = children.iter().map(|p| p.gaps).sum();
-    let closes: u64 = children.iter().map(|p| p.closes).sum();
     format!(
         "{} processes | connected {connected} | {rate:.0} events/s | p99 {p99} µs | gaps {gaps} | closes {closes}",
         children.len()
@@ -323,11 +330,12 @@ pub fn merge_timelines(timelines: &[Vec<Sample>]) -> Vec<Sample> {
             for timeline in timelines {
                 if let Some(s) = timeline.get(i) {
                     merged.t_s = merged.t_s.max(s.t_s);
-                    merged.connected += s.connected;
+                    merged.connected = merged.connected.saturating_add(s.connected);
                     merged.events_per_s += s.events_per_s;
                     merged.latency_us = percentile_max(merged.latency_us, s.latency_us);
                 }
-                merged.gaps += timeline.get(i).or(timeline.last()).map_or(0, |s| s.gaps);
+                let gaps = timeline.get(i).or(timeline.last()).map_or(0, |s| s.gaps);
+                merged.gaps = merged.gaps.saturating_add(gaps);
             }
             merged
         })
@@ -428,8 +436,8 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
         sum.bytes = sum.bytes.saturating_add(r.bytes);
         sum.bytes_per_s += r.bytes_per_s;
         sum.gaps = sum.gaps.saturating_add(r.gaps);
-        sum.slow_clients += r.slow_clients;
-        sum.slow_closed += r.slow_closed;
+        sum.slow_clients = sum.slow_clients.saturating_add(r.slow_clients);
+        sum.slow_closed = sum.slow_closed.saturating_add(r.slow_closed);
         ramp_s = ramp_s.max(child.ramp_s);
         timelines.push(r.timeline);
     }
