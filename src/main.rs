@@ -29,13 +29,37 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: closing clients with 1001");
 }
 
+/// Descriptors the process needs besides its connections: listener, epoll, the runtime's
+/// eventfds, a feed or token file being read.
+const RESERVED_FDS: u64 = 64;
+
+/// One descriptor per connection: raise the soft open-file limit to the hard one, and if even
+/// that cannot hold `--max-connections`, lower the cap to fit. Connections past it then get a
+/// clean 503 instead of failed accepts that leave clients hanging in the listen backlog.
+fn fit_connections_to_fd_limit(config: &mut Config) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let room = usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+            if room < config.max_connections {
+                tracing::warn!(
+                    "the open-file limit ({limit}) holds {room} connections: --max-connections lowered from {} (raise the hard limit to serve more)",
+                    config.max_connections
+                );
+                config.max_connections = room.max(1);
+            }
+        }
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = Config::parse();
+    let mut config = Config::parse();
+    fit_connections_to_fd_limit(&mut config);
     let feed = match &config.feed {
         Some(path) => match Feed::load(path) {
             Ok(feed) => feed,
