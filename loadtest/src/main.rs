@@ -1,6 +1,7 @@
 //! bookcast-load: thousands of WebSocket clients against a Binance-style server, with latency
 //! percentiles, throughput, gap detection and slow-consumer outcomes you can trust.
 
+mod churn;
 mod client;
 mod html;
 mod processes;
@@ -83,6 +84,31 @@ struct Args {
     /// --json, no report printed).
     #[arg(long, hide = true)]
     child: bool,
+    /// Churning clients, besides --clients: each loops connect, subscribe to one `<sym>@depth`
+    /// (in the URL, combined, or with SUBSCRIBE), take --churn-events diffs, leave the
+    /// --churn-mix way, reconnect, until the run ends. Use `--clients 0` for churn alone.
+    #[arg(long, default_value_t = 0)]
+    churn: usize,
+    /// Diffs a churning client receives (and gap-checks) before it leaves.
+    #[arg(long, default_value_t = 3)]
+    churn_events: usize,
+    /// How churning clients leave, as weights: clean (close handshake), drop (FIN, no close
+    /// frame), rst (reset), silent (stop reading and answering pings, held --churn-silent-hold).
+    #[arg(long, default_value = "clean=4,drop=3,rst=3")]
+    churn_mix: String,
+    /// How long a silent churner holds its socket before checking that the server closed it:
+    /// longer than the server's ping interval plus pong timeout (bookcast: 20 s + 60 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "90s")]
+    churn_silent_hold: Duration,
+    /// Connects per second over all churners (0: as fast as they go).
+    #[arg(long, default_value_t = 500)]
+    churn_rate: u64,
+    /// Bound on each phase of a churn cycle: connect and upgrade, the events, the close.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    churn_timeout: Duration,
+    /// Loopback source addresses the churners rotate over (TIME_WAIT holds ports for 60 s).
+    #[arg(long, default_value_t = 8)]
+    churn_sources: usize,
 }
 
 fn parse_slow(text: &str, clients: usize) -> Result<usize, String> {
@@ -133,12 +159,21 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     if args.processes > 1 {
+        if args.churn > 0 {
+            return Err("--churn runs in one process: leave out --processes".into());
+        }
         return processes::coordinate(&args).await;
     }
     let target = target::parse(&args.url, args.allow_remote)?;
     // One fd per client plus a few: raise the soft limit to the hard one.
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-    processes::check_clients_fit(args.clients as u64, args.clients, 1, limit)?;
+    processes::check_clients_fit(
+        (args.clients + args.churn) as u64,
+        args.clients + args.churn,
+        1,
+        limit,
+    )?;
+    let churn_mix = churn::parse_mix(&args.churn_mix)?;
     let slow_clients = parse_slow(&args.slow, args.clients)?;
     let slow_every = parse_rate(&args.slow_rate)?;
     let symbols = target::symbols(&target).await?;
@@ -161,6 +196,32 @@ async fn run(args: Args) -> Result<(), String> {
         ProgressStyle::with_template("{spinner} {elapsed} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+
+    let churn_stats = Arc::new(churn::ChurnStats::new());
+    let mut churners = Vec::with_capacity(args.churn);
+    if args.churn > 0 {
+        let plan = Arc::new(churn::Plan {
+            events: args.churn_events,
+            mix: churn_mix,
+            silent_hold: args.churn_silent_hold,
+            timeout: args.churn_timeout,
+            pace: (args.churn_rate > 0)
+                .then(|| Duration::from_secs_f64(1.0 / args.churn_rate as f64)),
+            ..churn::Plan::new(
+                &target,
+                symbols.clone(),
+                target::sources(&target, args.churn_sources, 1, args.source_offset),
+            )
+        });
+        for id in 0..args.churn {
+            churners.push(tokio::spawn(churn::run(
+                id,
+                plan.clone(),
+                churn_stats.clone(),
+                stop_rx.clone(),
+            )));
+        }
+    }
 
     let mut tasks = Vec::with_capacity(args.clients);
     let ramp_interval = if args.ramp == 0 {
@@ -221,12 +282,16 @@ async fn run(args: Args) -> Result<(), String> {
     let ramped = started.elapsed();
     let measure_from = Instant::now();
     let events_at_ramp = stats.totals().0;
-    tokio::time::sleep(args.duration).await;
+    tokio::select! {
+        _ = tokio::time::sleep(args.duration) => {}
+        _ = interrupted() => eprintln!("bookcast-load: interrupted, stopping early"),
+    }
     let measured = measure_from.elapsed();
     let events_in_window = stats.totals().0 - events_at_ramp;
     let _ = stop_tx.send(true);
+    let churned = started.elapsed();
     let deadline = tokio::time::Instant::now() + args.grace;
-    for task in tasks {
+    for task in churners.into_iter().chain(tasks) {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
             break;
         }
@@ -246,11 +311,19 @@ async fn run(args: Args) -> Result<(), String> {
     );
     // Throughput over the measured window only (after the ramp).
     report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
+    if args.churn > 0 {
+        report.churn = Some(churn_stats.report(args.churn, churned));
+    }
     if args.child {
         return processes::finish_child(args.json.as_deref(), report, &stats, ramped.as_secs_f64());
     }
-    println!("ramp               {:.1} s", ramped.as_secs_f64());
-    report::print(&report);
+    if args.clients > 0 {
+        println!("ramp               {:.1} s", ramped.as_secs_f64());
+        report::print(&report);
+    }
+    if let Some(churn) = &report.churn {
+        churn::print(churn);
+    }
     if let Some(path) = &args.html {
         let page = html::render(&report)?;
         std::fs::write(path, page).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -260,6 +333,29 @@ async fn run(args: Args) -> Result<(), String> {
         std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM once the ramp is done: the run stops early and still reports
+/// (a script that runs load beside other phases ends it when they are done).
+async fn interrupted() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
 }
 
 /// Every second: a timeline sample and the progress line (for a child of --processes, a

@@ -376,6 +376,7 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
         slow_closes: Vec::new(),
         timeline: Vec::new(),
         latency_distribution: Vec::new(),
+        churn: None,
     };
     let mut ramp_s: f64 = 0.0;
     if children.len() != shares.len() {
@@ -905,6 +906,7 @@ mod tests {
                 }],
                 timeline,
                 latency_distribution: Vec::new(),
+                churn: None,
             },
             ramp_s: clients as f64 / 1000.0,
             raw_histograms: RawHistograms {

@@ -86,6 +86,9 @@ pub struct Report {
     pub timeline: Vec<Sample>,
     /// The latency distribution as (percentile, µs) points, for a percentile plot.
     pub latency_distribution: Vec<(f64, u64)>,
+    /// `--churn`: connect/leave cycles (one process only: not read back by --processes).
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub churn: Option<crate::churn::ChurnReport>,
 }
 
 pub struct RunFacts {
@@ -134,6 +137,7 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         slow_closes,
         timeline: facts.timeline,
         latency_distribution: distribution(&all),
+        churn: None,
     }
 }
 
