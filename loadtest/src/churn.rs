@@ -388,7 +388,12 @@ async fn one_cycle(
         Subscribe::CombinedUrl => format!("{}/stream?streams={name}", plan.base),
         Subscribe::Message => format!("{}/ws", plan.base),
     };
-    let (mut ws, _) = timeout_at(deadline, tokio_tungstenite::client_async(url, stream))
+    let upgrade = tokio_tungstenite::client_async_with_config(
+        url,
+        stream,
+        Some(crate::client::ws_config(false)),
+    );
+    let (mut ws, _) = timeout_at(deadline, upgrade)
         .await
         .map_err(|_| "upgrade_timeout")?
         .map_err(|e| match e {
