@@ -5,6 +5,8 @@
 # heartbeat ends them). Fails unless, once the churn stops and connections settle, the server's
 # open descriptors are back at the baseline and its RSS grew less than the bound below, the
 # healthy clients saw no gap and no disconnect, and the churners saw no gap and no error.
+# Meanwhile benches/hostile.py sends bad HTTP, bad frames and bad JSON in a loop and fails the
+# soak if any answer differs from the README's bad-input table.
 #
 #   benches/soak.sh                  # 3 minutes of churn
 #   benches/soak.sh --short          # 20 s (CI)
@@ -135,8 +137,15 @@ say "soak: $CHURNERS churners ($MIX) for $DURATION"
 ) &
 SAMPLER=$!
 PIDS+=("$SAMPLER")
+# Hostile input for as long as the churn runs (bounded by its own deadline and a watchdog).
+timeout $(($(seconds "$DURATION") + 60)) python3 "$ROOT/benches/hostile.py" "127.0.0.1:$PORT" \
+    "$(seconds "$DURATION")" >"$WORK/hostile.json" 2>&1 &
+HOSTILE=$!
+PIDS+=("$HOSTILE")
 churn "$DURATION" "$WORK/churn.json"
 kill "$SAMPLER" 2>/dev/null || true
+wait "$HOSTILE" || { cat "$WORK/hostile.json" >&2; say "FAIL: a bad input got an answer other than the documented one"; exit 1; }
+say "hostile input: $(cat "$WORK/hostile.json")"
 
 wait_open "$HEALTHY"
 FD_END=$(fds_settled)
