@@ -324,15 +324,7 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(churn) = &report.churn {
         churn::print(churn);
     }
-    if let Some(path) = &args.html {
-        let page = html::render(&report)?;
-        std::fs::write(path, page).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(())
+    report::write_files(&report, args.html.as_deref(), args.json.as_deref())
 }
 
 /// Resolves on Ctrl-C or SIGTERM once the ramp is done: the run stops early and still reports

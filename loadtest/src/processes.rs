@@ -9,7 +9,7 @@
 
 use crate::report::{self, MinMedianMax, Percentiles, Report, Sample};
 use crate::stats::{histogram, Stats};
-use crate::{html, target, Args};
+use crate::{target, Args};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
@@ -670,15 +670,7 @@ pub async fn coordinate(args: &Args) -> Result<(), String> {
     println!("ramp               {ramp:.1} s");
     println!("processes          {processes}");
     report::print(&report);
-    if let Some(path) = &args.html {
-        let page = html::render(&report)?;
-        std::fs::write(path, page).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(())
+    report::write_files(&report, args.html.as_deref(), args.json.as_deref())
 }
 
 /// Refuses shares that cannot fit under the per-process open-file limit the children inherit

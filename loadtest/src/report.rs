@@ -4,6 +4,7 @@ use crate::stats::{histogram, ShardedHistogram, SlowClose, Stats};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Default, Debug)]
@@ -151,6 +152,23 @@ pub fn distribution(all: &Histogram<u64>) -> Vec<(f64, u64)> {
     .filter(|_| !all.is_empty())
     .map(|&p| (p, all.value_at_percentile(p)))
     .collect()
+}
+
+/// Writes the `--html` page and the `--json` report, each if asked for.
+pub fn write_files(
+    report: &Report,
+    html: Option<&Path>,
+    json: Option<&Path>,
+) -> Result<(), String> {
+    if let Some(path) = html {
+        let page = crate::html::render(report)?;
+        std::fs::write(path, page).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = json {
+        let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn print(report: &Report) {
