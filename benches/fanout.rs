@@ -26,6 +26,7 @@ use bookcast::payload::write_diff;
 use bookcast::sim::{MarketSim, Step};
 use bookcast::stream::{Speed, StreamKind, Topic};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -133,6 +134,25 @@ fn timer_floor(c: &mut Criterion) {
     });
 }
 
+/// Time of `iters` calls of `record`. The recorder buffers histogram samples until upkeep (every
+/// few seconds in the server), so upkeep runs untimed every 4096 samples to keep the buffer at
+/// its steady-state size.
+fn timed_with_upkeep(iters: u64, handle: &PrometheusHandle, mut record: impl FnMut()) -> Duration {
+    let mut timed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let chunk = left.min(4096);
+        let start = Instant::now();
+        for _ in 0..chunk {
+            record();
+        }
+        timed += start.elapsed();
+        handle.run_upkeep();
+        left -= chunk;
+    }
+    timed
+}
+
 fn metrics_cost(c: &mut Criterion) {
     let handle = bookcast::metrics::install();
     let counter = metrics::counter!("bookcast_frames_enqueued_total");
@@ -143,23 +163,9 @@ fn metrics_cost(c: &mut Criterion) {
     });
     let noop = metrics::Counter::noop();
     group.bench_function("counter/noop", |b| b.iter(|| noop.increment(black_box(1))));
-    // The recorder buffers histogram samples until upkeep (every few seconds in the server), so
-    // run it untimed every 4096 samples to keep the buffer at its steady-state size.
     group.bench_function("histogram/prometheus", |b| {
         b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let chunk = left.min(4096);
-                let start = Instant::now();
-                for _ in 0..chunk {
-                    histogram.record(black_box(0.000_25));
-                }
-                timed += start.elapsed();
-                handle.run_upkeep();
-                left -= chunk;
-            }
-            timed
+            timed_with_upkeep(iters, &handle, || histogram.record(black_box(0.000_25)))
         })
     });
     let noop = metrics::Histogram::noop();
@@ -175,19 +181,9 @@ fn metrics_cost(c: &mut Criterion) {
     let session = bookcast::metrics::SessionMetrics::new(live.clone());
     group.bench_function("session/per_frame", |b| {
         b.iter_custom(|iters| {
-            let mut timed = Duration::ZERO;
-            let mut left = iters;
-            while left > 0 {
-                let chunk = left.min(4096);
-                let start = Instant::now();
-                for _ in 0..chunk {
-                    session.publish_to_socket_us(black_box(250));
-                }
-                timed += start.elapsed();
-                handle.run_upkeep();
-                left -= chunk;
-            }
-            timed
+            timed_with_upkeep(iters, &handle, || {
+                session.publish_to_socket_us(black_box(250))
+            })
         })
     });
     group.finish();
