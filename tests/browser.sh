@@ -7,15 +7,7 @@ set -euo pipefail
 CHECK=browser
 source "$(dirname "$0")/lib.sh"
 
-if [[ ! -x /usr/bin/chromium ]]; then
-    if [[ "$(id -u)" != 0 ]]; then
-        echo "[$CHECK] /usr/bin/chromium missing: apt-get install chromium" >&2
-        exit 2
-    fi
-    say "installing Debian's chromium"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-fi
+ensure_debian_package chromium /usr/bin/chromium
 command -v npm >/dev/null || { echo "[$CHECK] the browser test needs node and npm" >&2; exit 2; }
 (cd "$ROOT/tests/browser" && npm ci --silent --no-audit --no-fund >/dev/null)
 

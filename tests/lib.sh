@@ -1,6 +1,6 @@
 # Shared by the shell checks in tests/ (source it after setting CHECK to the check's name):
 # paths, a temporary directory and process cleanup, free loopback ports, starting bookcast,
-# installing Debian's prometheus.
+# installing Debian packages (prometheus, chromium).
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Where cargo puts release binaries (CI sets CARGO_TARGET_DIR to share builds between runs).
@@ -42,14 +42,33 @@ start_bookcast() {
     wait_http "http://127.0.0.1:$port/api/v3/ping" || { cat "$WORK/bookcast-$port.log" >&2; exit 1; }
 }
 
-# Debian's prometheus package (prometheus and promtool), installed when missing and root.
-ensure_prometheus() {
-    command -v promtool >/dev/null && command -v prometheus >/dev/null && return 0
+# ensure_debian_package PACKAGE NEEDED...: installs Debian's PACKAGE when any NEEDED is missing
+# (a command name, or an executable's path if it has a slash); not being root, fails the check
+# naming what is missing and the apt-get line that would install it.
+ensure_debian_package() {
+    local package="$1" need missing=() shown
+    shift
+    for need in "$@"; do
+        if [[ "$need" == */* ]]; then
+            [[ -x "$need" ]] || missing+=("$need")
+        else
+            command -v "$need" >/dev/null || missing+=("$need")
+        fi
+    done
+    if [[ ${#missing[@]} == 0 ]]; then
+        return 0
+    fi
     if [[ "$(id -u)" != 0 ]]; then
-        echo "[$CHECK] prometheus/promtool missing: apt-get install prometheus" >&2
+        printf -v shown '%s/' "${missing[@]}"
+        echo "[$CHECK] ${shown%/} missing: apt-get install $package" >&2
         exit 2
     fi
-    say "installing Debian's prometheus package"
+    say "installing Debian's $package package"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+}
+
+# Debian's prometheus package (prometheus and promtool).
+ensure_prometheus() {
+    ensure_debian_package prometheus prometheus promtool
 }
