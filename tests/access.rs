@@ -8,7 +8,7 @@ use common::*;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpSocket;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -84,19 +84,6 @@ async fn connect_from(source: [u8; 4], server: &TestServer, path: &str) -> Resul
         Err(WsError::Http(response)) => Err(response.status().as_u16()),
         Err(e) => panic!("connect from {source:?}: {e}"),
     }
-}
-
-/// Like `raw_upgrade`, with extra header lines (each ending in CRLF).
-async fn raw_upgrade_with(addr: SocketAddr, path: &str, headers: &str) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write upgrade");
-    stream
 }
 
 /// Reads until the server's close frame, failing on any data frame before it, then until the

@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
@@ -75,13 +75,7 @@ async fn wait_metric_eq(server: &TestServer, name: &str, want: f64) {
 /// A raw client that upgrades to `path`, reads the 101 head and then never reads again nor
 /// answers a ping. Its receive buffer is as small as the kernel allows.
 async fn silent_client(addr: SocketAddr, path: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(1024).expect("SO_RCVBUF");
-    let mut stream = socket.connect(addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("upgrade");
+    let mut stream = raw_upgrade_small_buffer(addr, path).await;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     let deadline = Instant::now() + PATIENCE;

@@ -5,6 +5,8 @@
 //! Process-level on purpose: the signal handling, the runtime's teardown after `server::run`
 //! returns and the exit status live in `main.rs`, which the in-process tests never run.
 
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -12,8 +14,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::{timeout_at, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -187,14 +189,11 @@ async fn reader(
 /// A raw client that upgrades and then never reads: its socket fills and the server's queue
 /// for it grows behind a blocked write.
 async fn stalled(addr: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(1024).expect("SO_RCVBUF");
-    let mut stream = socket.connect(addr).await.expect("connect");
-    let request = format!(
-        "GET /stream?streams=btcusdt@depth/btcusdt@depth20@100ms/ethusdt@depth HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("upgrade");
-    stream
+    common::raw_upgrade_small_buffer(
+        addr,
+        "/stream?streams=btcusdt@depth/btcusdt@depth20@100ms/ethusdt@depth",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

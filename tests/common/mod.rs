@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
@@ -127,9 +127,32 @@ impl Drop for TestServer {
 /// Sends a WebSocket upgrade for `path` by hand on a raw socket, reading nothing back: for
 /// clients that must misbehave (never read, send broken frames).
 pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    raw_upgrade_with(addr, path, "").await
+}
+
+/// Like [`raw_upgrade`], with extra header lines (each ending in CRLF).
+pub async fn raw_upgrade_with(addr: SocketAddr, path: &str, headers: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    write_upgrade(stream, addr, path, headers).await
+}
+
+/// Like [`raw_upgrade`], on a socket whose receive buffer is as small as the kernel allows:
+/// once the client stops reading, the server's writes to it block within a few frames.
+pub async fn raw_upgrade_small_buffer(addr: SocketAddr, path: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(1024).expect("SO_RCVBUF");
+    let stream = socket.connect(addr).await.expect("connect");
+    write_upgrade(stream, addr, path, "").await
+}
+
+async fn write_upgrade(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> TcpStream {
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     );
     stream
         .write_all(request.as_bytes())
