@@ -1,14 +1,14 @@
 //! `--churn` for real: bookcast in-process on port 0 with a short heartbeat, the bookcast-load
 //! binary churning against it every way a client can leave.
 
+mod common;
+
 use bookcast::config::Config;
-use bookcast::feed::Feed;
+use common::{report_path, run_load, start_server, take_file};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// `bookcast_connections_open` from the server's /metrics.
@@ -29,57 +29,38 @@ async fn connections_open(addr: SocketAddr) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churners_cycle_every_way_without_errors_and_leave_nothing_open() {
-    let feed =
-        Feed::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../feeds/small.toml")).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = Config {
-        max_connection_attempts_per_ip: 0,
+    let server = start_server(Config {
         // Silent churners must be ended by the heartbeat within their 2 s hold.
         ping_interval: Duration::from_millis(250),
         pong_timeout: Duration::from_secs(1),
         ..Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bookcast::server::run(listener, config, feed, async move {
-        let _ = stopped.await;
-    }));
+    })
+    .await;
+    let addr = server.addr;
 
-    let json =
-        std::env::temp_dir().join(format!("bookcast-load-churn-{}.json", std::process::id()));
-    let binary = env!("CARGO_BIN_EXE_bookcast-load");
-    let args = [
-        "--url".to_string(),
-        format!("ws://{addr}"),
-        "--clients".into(),
-        "0".into(),
-        "--churn".into(),
-        "20".into(),
-        "--churn-rate".into(),
-        "200".into(),
-        "--churn-mix".into(),
-        "clean=1,drop=1,rst=1,silent=1".into(),
-        "--churn-silent-hold".into(),
-        "2s".into(),
-        "--duration".into(),
-        "4s".into(),
-        "--json".into(),
-        json.display().to_string(),
-    ];
-    let output = tokio::task::spawn_blocking(move || Command::new(binary).args(args).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bookcast-load failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let json = report_path("churn");
+    let stdout = run_load(
+        addr,
+        &[
+            "--clients",
+            "0",
+            "--churn",
+            "20",
+            "--churn-rate",
+            "200",
+            "--churn-mix",
+            "clean=1,drop=1,rst=1,silent=1",
+            "--churn-silent-hold",
+            "2s",
+            "--duration",
+            "4s",
+        ],
+        &json,
+        None,
+    )
+    .await;
     assert!(stdout.contains("churn "), "{stdout}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
+    let report: serde_json::Value = serde_json::from_str(&take_file(&json)).unwrap();
     let churn = &report["churn"];
     assert_eq!(churn["errors"], serde_json::json!({}), "{churn}");
     assert_eq!(churn["gaps"], 0, "{churn}");
@@ -101,6 +82,5 @@ async fn churners_cycle_every_way_without_errors_and_leave_nothing_open() {
         assert!(Instant::now() < deadline, "{open} connections still open");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -1,98 +1,39 @@
 //! A small real run: bookcast in-process on port 0, the bookcast-load binary against it.
 
+mod common;
+
 use bookcast::config::Config;
-use bookcast::feed::Feed;
-use std::path::Path;
-use std::process::Command;
-use tokio::net::TcpListener;
+use common::{
+    assert_gap_free_report, report_path, run_load, start_server, take_file, take_html_report,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_hundred_clients_see_no_gaps_and_the_report_has_its_keys() {
-    let feed =
-        Feed::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../feeds/small.toml")).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let config = Config {
-        max_connection_attempts_per_ip: 0,
-        ..Config::default()
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bookcast::server::run(listener, config, feed, async move {
-        let _ = stopped.await;
-    }));
+    let server = start_server(Config::default()).await;
 
-    let json =
-        std::env::temp_dir().join(format!("bookcast-load-smoke-{}.json", std::process::id()));
+    let json = report_path("smoke");
     let html = json.with_extension("html");
-    let binary = env!("CARGO_BIN_EXE_bookcast-load");
-    let args = [
-        "--url".to_string(),
-        format!("ws://{addr}"),
-        "--clients".into(),
-        "300".into(),
-        "--streams".into(),
-        "<sym>@depth,<sym>@trade".into(),
-        "--duration".into(),
-        "3s".into(),
-        "--slow".into(),
-        "10".into(),
-        "--json".into(),
-        json.display().to_string(),
-        "--html".into(),
-        html.display().to_string(),
-    ];
-    let output = tokio::task::spawn_blocking(move || Command::new(binary).args(args).output())
-        .await
-        .unwrap()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "bookcast-load failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_load(
+        server.addr,
+        &[
+            "--clients",
+            "300",
+            "--streams",
+            "<sym>@depth,<sym>@trade",
+            "--duration",
+            "3s",
+            "--slow",
+            "10",
+        ],
+        &json,
+        Some(&html),
+    )
+    .await;
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let _ = std::fs::remove_file(&json);
-    let page = std::fs::read_to_string(&html).unwrap();
-    let _ = std::fs::remove_file(&html);
-    assert!(
-        page.contains("uPlot") && page.contains("\"latency_us\""),
-        "the HTML report embeds uPlot and the report"
-    );
-    assert!(
-        !page.contains("/*REPORT*/"),
-        "the report JSON was filled in"
-    );
-    for key in [
-        "clients",
-        "connected",
-        "duration_s",
-        "events",
-        "events_per_s",
-        "bytes",
-        "gaps",
-        "latency_us",
-        "fast_latency_us",
-        "closes",
-        "slow_closed",
-    ] {
-        assert!(report.get(key).is_some(), "report lacks {key}: {report}");
-    }
-    for key in ["p50", "p90", "p99", "p999", "max"] {
-        assert!(report["latency_us"][key].is_u64(), "latency_us.{key}");
-        assert!(
-            report["fast_latency_us"][key].is_u64(),
-            "fast_latency_us.{key}"
-        );
-    }
-    assert_eq!(report["clients"], 300);
-    assert_eq!(report["connected"], 300, "{stdout}");
-    assert_eq!(report["gaps"], 0, "{stdout}");
-    assert!(report["events"].as_u64().unwrap() > 1000, "{stdout}");
-    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0);
+    let report: serde_json::Value = serde_json::from_str(&take_file(&json)).unwrap();
+    let page = take_html_report(&html);
+    assert!(page.contains("uPlot"), "the HTML report embeds uPlot");
+    assert_gap_free_report(&report, 300, &stdout);
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
