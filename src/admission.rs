@@ -173,6 +173,10 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&st
             let same_origin = host.is_some_and(|host| {
                 !host.is_empty()
                     && ["http://", "https://"].iter().any(|scheme| {
+                        // Bytes, not str slices: the header may hold any byte, and a cut
+                        // inside a multi-byte character would panic.
+                        let (origin, scheme, host) =
+                            (origin.as_bytes(), scheme.as_bytes(), host.as_bytes());
                         origin.len() == scheme.len() + host.len()
                             && origin[..scheme.len()].eq_ignore_ascii_case(scheme)
                             && origin[scheme.len()..].eq_ignore_ascii_case(host)
@@ -297,6 +301,17 @@ mod tests {
             host
         ));
         assert!(!origin_allowed(&allowed, Some("http://"), Some("")));
+        // Same length as "http://" + host, with a multi-byte character across the cut.
+        assert!(!origin_allowed(
+            &allowed,
+            Some("http:/\u{e9}abc"),
+            Some("abcd")
+        ));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("http://ab\u{e9}"),
+            Some("abcd")
+        ));
     }
 
     fn origin_allowed_(allowed: &[String], origin: Option<&str>) -> bool {

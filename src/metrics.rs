@@ -283,18 +283,16 @@ impl SessionMetrics {
     }
 
     /// An open connection ended with `code` (cold path: once per connection).
-    ///
-    /// A peer's close code is echoed, and 3000-4999 are all legal, so a label per code would
-    /// let clients mint up to 2000 series; codes outside the protocol's 1000-1015 and the
-    /// server's own 4000-4009 are counted together as "other".
     pub fn closed(&self, code: u16) {
-        let label = match code {
-            1000..=1015 | 4000..=4009 => code.to_string(),
-            _ => "other".to_string(),
-        };
-        counter!("bookcast_closes_total", "code" => label).increment(1);
+        count_close(code);
         self.open.decrement(1.0);
         self.live.connection_closed();
+    }
+
+    /// A connection refused with `code` right after its upgrade (4001): counted as a close,
+    /// but it was never open, so the open gauges stay as they are.
+    pub fn refused(&self, code: u16) {
+        count_close(code);
     }
 
     /// One socket write of `frames` frames, `bytes` bytes.
@@ -324,6 +322,17 @@ impl SessionMetrics {
     pub fn control_error(&self, code: u8) {
         counter!("bookcast_control_errors_total", "code" => code.to_string()).increment(1);
     }
+}
+
+/// `bookcast_closes_total{code}`. A peer's close code is echoed, and 3000-4999 are all legal, so
+/// a label per code would let clients mint up to 2000 series; codes outside the protocol's
+/// 1000-1015 and the server's own 4000-4009 are counted together as "other".
+fn count_close(code: u16) {
+    let label = match code {
+        1000..=1015 | 4000..=4009 => code.to_string(),
+        _ => "other".to_string(),
+    };
+    counter!("bookcast_closes_total", "code" => label).increment(1);
 }
 
 /// A connection refused before the WebSocket upgrade.

@@ -26,7 +26,7 @@ pub async fn after_upgrade<S: Transport>(
     reason: &str,
     ctx: &Context,
 ) {
-    ctx.metrics.closed(code);
+    ctx.metrics.refused(code);
     // The same 101 as a served connection's (session::handshake), so clients cannot tell apart.
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",

@@ -196,6 +196,24 @@ async fn wrong_token_is_closed_with_4001() {
     server.stop().await;
 }
 
+/// A refused connection was never open: the open counts (here the per-server `!stats@1s`,
+/// since Prometheus gauges are shared by the tests of this process) don't move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_do_not_count_as_open_connections() {
+    let (server, _file) = auth_server("refusals").await;
+    for _ in 0..3 {
+        let mut ws = server.connect("/ws/btcusdt@depth").await;
+        assert_eq!(close_without_data(&mut ws).await.0, 4001);
+    }
+    let mut stats = server
+        .connect(&format!("/ws/!stats@1s?token={TOKEN}"))
+        .await;
+    let event = next_matching(&mut stats, |m| m["e"] == "serverStats").await;
+    assert_eq!(event["connections"], 1, "{event}");
+    drop(stats);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn valid_query_token_receives_events() {
     let (server, _file) = auth_server("query").await;
