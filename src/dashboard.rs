@@ -15,8 +15,10 @@ const UPLOT_JS: &str = include_str!("../vendor/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../vendor/uplot/uPlot.min.css");
 const UPLOT_LICENSE: &str = include_str!("../vendor/uplot/LICENSE");
 
-/// Same-origin only: the page loads nothing from elsewhere and connects only back here.
-/// uPlot sets inline styles, hence `'unsafe-inline'` for styles (never for scripts).
+/// Scripts and styles only from this server (the page's own script connects only back here;
+/// `connect-src` also names `ws:`/`wss:` because older browsers don't let `'self'` cover
+/// WebSocket URLs). uPlot sets inline styles, hence `'unsafe-inline'` for styles, never for
+/// scripts.
 const PAGE_HEADERS: &str = "Content-Security-Policy: default-src 'none'; script-src 'self'; \
 style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:; \
 base-uri 'none'; form-action 'none'; frame-ancestors 'none'\r\n\

@@ -118,6 +118,7 @@
     body.replaceChildren(...rows);
     setText("book-update", "update " + book.lastUpdateId);
     body.dataset.update = String(book.lastUpdateId);
+    body.dataset.symbol = symbol;
   }
 
   function onTrade(trade) {
@@ -182,7 +183,13 @@
     ws.send(JSON.stringify({ method: "SUBSCRIBE", params: symbolStreams(next), id: nextId++ }));
   }
 
-  symbolEl.addEventListener("change", () => switchSymbol(symbolEl.value));
+  // Each switch is two control messages; settle first, so scrolling through the list cannot
+  // pass the server's 5 messages/s limit (4002).
+  let switchTimer = null;
+  symbolEl.addEventListener("change", () => {
+    clearTimeout(switchTimer);
+    switchTimer = setTimeout(() => switchSymbol(symbolEl.value), 400);
+  });
 
   fetch("/api/v3/exchangeInfo")
     .then((r) => (r.ok ? r.json() : Promise.reject(new Error("exchangeInfo: HTTP " + r.status))))

@@ -73,12 +73,11 @@ try {
     return options.find((s) => s !== "BTCUSDT");
   });
   if (!other) throw new Error("the symbol picker lists only one symbol");
-  const before = await page.evaluate(() => document.querySelector("#book tbody").dataset.update);
   await page.selectOption("#symbol", other);
-  await page.waitForFunction((b) => {
+  await page.waitForFunction((sym) => {
     const body = document.querySelector("#book tbody");
-    return body.dataset.update && body.dataset.update !== b && body.querySelector("td.bid")?.textContent;
-  }, before);
+    return body.dataset.symbol === sym && body.querySelector("td.bid")?.textContent;
+  }, other);
   if (!page.url().includes(`symbol=${other}`)) throw new Error(`URL does not name ${other}: ${page.url()}`);
   console.log(`switched the book to ${other}`);
   // One more sample after the switch, then the picture.
