@@ -181,8 +181,7 @@ impl SymbolState {
 /// subscribers on 2 cores). Spread over the period, each step wakes only its own symbol's
 /// subscribers. Real venues don't tick in lockstep either. Offsets are fixed per feed, so
 /// event contents stay deterministic per seed.
-fn first_step_offset(index: usize, count: usize, spec: &SymbolSpec) -> Duration {
-    let period = Duration::from_secs(1) / spec.rate_hz.max(1);
+fn first_step_offset(index: usize, count: usize, period: Duration) -> Duration {
     let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
     let index = u32::try_from(index).unwrap_or(0) % count;
     period / count * index
@@ -213,13 +212,14 @@ impl Engine {
             .map(|(index, spec)| {
                 let sim = MarketSim::new(spec);
                 let reference = spec.start_price_ticks * spec.tick_e8;
+                let period = Duration::from_secs(1) / spec.rate_hz.max(1);
                 SymbolState {
                     id: index as SymbolId,
                     spec: spec.clone(),
                     sim,
                     step: Step::default(),
-                    period: Duration::from_secs(1) / spec.rate_hz.max(1),
-                    next_step: now + first_step_offset(index, feed.symbols.len(), spec),
+                    period,
+                    next_step: now + first_step_offset(index, feed.symbols.len(), period),
                     window_100ms: DiffWindow::default(),
                     window_1000ms: DiffWindow::default(),
                     rolling: Rolling24h::new(DAY_US, MINUTE_US, now_us, reference),
