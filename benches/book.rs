@@ -7,9 +7,9 @@
 //! simulated order flow lands, as pairs that leave the book unchanged so every iteration sees the
 //! same book.
 
-use bookcast::book::{OrderBook, Side};
-use bookcast::feed::Feed;
-use bookcast::sim::{MarketSim, Step};
+use bookcast::market::book::{OrderBook, Side};
+use bookcast::market::feed::Feed;
+use bookcast::market::sim::{MarketSim, Step};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 

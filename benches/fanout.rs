@@ -18,13 +18,13 @@
 //! `metrics/session/per_frame` is the whole per-delivered-frame recording (Prometheus histogram
 //! plus the `!stats@1s` bucket).
 
-use bookcast::feed::Feed;
-use bookcast::hub::{ConnId, Hub};
-use bookcast::json::TimeUnit;
-use bookcast::outbox::{Outbox, QueueBound};
-use bookcast::payload::write_diff;
-use bookcast::sim::{MarketSim, Step};
-use bookcast::stream::{Speed, StreamKind, Topic};
+use bookcast::derive::payload::write_diff;
+use bookcast::fanout::hub::{ConnId, Hub};
+use bookcast::fanout::outbox::{Outbox, QueueBound};
+use bookcast::market::feed::Feed;
+use bookcast::market::sim::{MarketSim, Step};
+use bookcast::protocol::json::TimeUnit;
+use bookcast::protocol::stream::{Speed, StreamKind, Topic};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::VecDeque;
@@ -57,7 +57,10 @@ fn hub_with(feed: &Arc<Feed>, naive: bool, n: usize) -> (Hub, Vec<Arc<Outbox>>) 
 }
 
 /// Takes every queued frame out of every outbox and drops it; returns how many there were.
-fn drain(outboxes: &[Arc<Outbox>], batch: &mut VecDeque<bookcast::outbox::Queued>) -> usize {
+fn drain(
+    outboxes: &[Arc<Outbox>],
+    batch: &mut VecDeque<bookcast::fanout::outbox::Queued>,
+) -> usize {
     let mut cx = Context::from_waker(Waker::noop());
     let mut frames = 0;
     for outbox in outboxes {
@@ -174,7 +177,7 @@ fn metrics_cost(c: &mut Criterion) {
     });
     // What a delivered frame really costs: the publish-to-socket sample into the Prometheus
     // histogram plus `!stats@1s`'s atomic bucket, through the session's own call.
-    let live = std::sync::Arc::new(bookcast::live_stats::LiveStats::default());
+    let live = std::sync::Arc::new(bookcast::metrics::live_stats::LiveStats::default());
     group.bench_function("live_stats/latency", |b| {
         b.iter(|| live.latency_us(black_box(250)))
     });

@@ -5,7 +5,7 @@
 //! small event (100 B, 7-bit length), a typical snapshot (1 KiB, 16-bit length) and a large one
 //! (70 KiB, 64-bit length, e.g. a deep REST-sized book); the cost is one allocation plus a copy.
 
-use bookcast::frame;
+use bookcast::protocol::frame;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 

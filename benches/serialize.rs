@@ -6,14 +6,16 @@
 //! prices and sizes are the ones the server really renders. Throughput is reported in payload
 //! bytes.
 
-use bookcast::book::Side;
-use bookcast::feed::{Feed, SymbolSpec};
-use bookcast::json::TimeUnit;
-use bookcast::payload::{self, write_agg_trade, write_book_ticker, write_diff, write_partial};
-use bookcast::sim::{MarketSim, Step};
-use bookcast::stats::kline::{KlineBuilder, KlineInterval};
-use bookcast::stats::rolling::{self, Rolling24h, TickerStats};
-use bookcast::stats::TradePrint;
+use bookcast::derive::payload::{
+    self, write_agg_trade, write_book_ticker, write_diff, write_partial,
+};
+use bookcast::derive::stats::kline::{KlineBuilder, KlineInterval};
+use bookcast::derive::stats::rolling::{self, Rolling24h, TickerStats};
+use bookcast::derive::stats::TradePrint;
+use bookcast::market::book::Side;
+use bookcast::market::feed::{Feed, SymbolSpec};
+use bookcast::market::sim::{MarketSim, Step};
+use bookcast::protocol::json::TimeUnit;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use std::hint::black_box;
 

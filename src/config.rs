@@ -4,7 +4,7 @@
 //! tests, which start servers with short intervals and small bounds through [`Config::default`]
 //! and struct update syntax.
 
-use crate::outbox::QueueBound;
+use crate::fanout::outbox::QueueBound;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ pub struct Config {
     /// Comma-separated origins (`https://example.com,http://localhost:8080`) whose web pages
     /// may open WebSockets; an upgrade with any other `Origin` header gets HTTP 403. Requests
     /// without `Origin` (non-browser clients) pass. Empty: every origin.
-    #[arg(long, env = "BOOKCAST_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::admission::parse_origin)]
+    #[arg(long, env = "BOOKCAST_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::front::admission::parse_origin)]
     pub allowed_origins: Vec<String>,
 
     /// Time a client has to send a complete HTTP request head.

@@ -6,18 +6,19 @@
 //! subscription is live and a depth snapshot is taken exactly at the last published update id:
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
 
-use crate::feed::{Feed, SymbolSpec};
-use crate::hub::{ConnId, Hub};
-use crate::json::TimeUnit;
-use crate::live_stats::{self, LiveStats, StatsWindow};
+use crate::derive::payload;
+use crate::derive::stats::kline::{KlineBuilder, KlineInterval};
+use crate::derive::stats::rolling::{self, Rolling24h, TickerStats};
+use crate::derive::stats::TradePrint;
+use crate::fanout::hub::{ConnId, Hub};
+use crate::fanout::outbox::Outbox;
+use crate::market::feed::{Feed, SymbolSpec};
+use crate::market::sim::{MarketSim, Step};
+use crate::metrics::live_stats::{self, LiveStats, StatsWindow};
 use crate::metrics::EngineMetrics;
-use crate::outbox::Outbox;
-use crate::payload;
-use crate::sim::{MarketSim, Step};
-use crate::stats::kline::{KlineBuilder, KlineInterval};
-use crate::stats::rolling::{self, Rolling24h, TickerStats};
-use crate::stats::TradePrint;
-use crate::stream::{Speed, StreamKind, SymbolId, Topic};
+use crate::protocol::control::Change;
+use crate::protocol::json::TimeUnit;
+use crate::protocol::stream::{Speed, StreamKind, SymbolId, Topic};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
@@ -32,15 +33,6 @@ pub const COMMAND_CAPACITY: usize = 65_536;
 const COMMANDS_PER_TURN: usize = 4_096;
 const DAY_US: u64 = 86_400_000_000;
 const MINUTE_US: u64 = 60_000_000;
-
-/// A change a control message makes to a connection's subscriptions.
-#[derive(Debug)]
-pub enum Change {
-    None,
-    Subscribe(Vec<Topic>),
-    Unsubscribe(Vec<Topic>),
-    SetCombined(bool),
-}
 
 pub enum Command {
     /// A new connection and the streams named in its URL; `ready` fires once they are live.

@@ -1,7 +1,7 @@
 //! The `bookcast` binary: parse the command line, load the feed, serve until Ctrl-C or SIGTERM.
 
 use bookcast::config::Config;
-use bookcast::feed::Feed;
+use bookcast::market::feed::Feed;
 use clap::Parser;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     // Checked before listening, so a bad token file fails like a bad feed, before the banner
     // (server::run loads it again for whoever embeds it).
     if let Some(path) = &config.auth_tokens {
-        if let Err(e) = bookcast::auth::TokenSet::load(path) {
+        if let Err(e) = bookcast::front::auth::TokenSet::load(path) {
             eprintln!("bookcast: {e}");
             return ExitCode::from(2);
         }
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         println!(
             "bookcast listening on {addr} ({symbols} symbols): {ws}://{addr}/ws, {ws}://{addr}/stream?streams=..., {http}://{addr}/api/v3/..., {http}://{addr}/metrics"
         );
-        match bookcast::server::run(listener, config, feed, shutdown_signal()).await {
+        match bookcast::front::server::run(listener, config, feed, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bookcast: {e}");

@@ -266,8 +266,12 @@ async fn a_bad_token_file_is_a_startup_error() {
             auth_tokens: Some(path.clone()),
             ..Config::default()
         };
-        let run =
-            bookcast::server::run(listener, config, small_feed(), std::future::pending::<()>());
+        let run = bookcast::front::server::run(
+            listener,
+            config,
+            small_feed(),
+            std::future::pending::<()>(),
+        );
         let error = tokio::time::timeout(PATIENCE, run)
             .await
             .expect("fails at once")

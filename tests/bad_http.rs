@@ -142,11 +142,11 @@ async fn oversized_request_heads_get_431() {
     let server = TestServer::start(Config::default()).await;
     let long_line = format!(
         "GET /ws/{} HTTP/1.1\r\nHost: x\r\n\r\n",
-        "a".repeat(bookcast::http::MAX_HEAD + 1024)
+        "a".repeat(bookcast::front::http::MAX_HEAD + 1024)
     );
     let long_header = format!(
         "GET /api/v3/ping HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
-        "b".repeat(bookcast::http::MAX_HEAD + 1024)
+        "b".repeat(bookcast::front::http::MAX_HEAD + 1024)
     );
     // Small, but more header fields than the server keeps room for.
     let many_headers = format!(

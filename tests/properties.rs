@@ -1,11 +1,11 @@
 //! Property tests: the parsers that take peer or user input never panic on anything, and
 //! round-trip what they should (stream names, control replies, feed files).
 
-use bookcast::control::{self, Subscriptions};
-use bookcast::engine::Change;
-use bookcast::feed::Feed;
-use bookcast::stats::kline::KlineInterval;
-use bookcast::stream::{self, Speed, StreamKind, Topic};
+use bookcast::derive::stats::kline::KlineInterval;
+use bookcast::market::feed::Feed;
+use bookcast::protocol::control::Change;
+use bookcast::protocol::control::{self, Subscriptions};
+use bookcast::protocol::stream::{self, Speed, StreamKind, Topic};
 use proptest::prelude::*;
 
 fn feed() -> Feed {
@@ -137,7 +137,7 @@ proptest! {
             let lot = format!("{:.*}", *lot_exp as usize, 10f64.powi(-(*lot_exp as i32)));
             let tick_e8 = 10u64.pow(8 - tick_exp);
             let start = (*start_ticks).max(4 * *depth as u64);
-            let start_price = bookcast::decimal::format_e8(start * tick_e8);
+            let start_price = bookcast::protocol::decimal::format_e8(start * tick_e8);
             text.push_str(&format!(
                 "[[symbol]]\nsymbol = \"{base}{quote}\"\nbase_asset = \"{base}\"\nquote_asset = \"{quote}\"\ntick_size = \"{tick}\"\nlot_size = \"{lot}\"\nstart_price = \"{start_price}\"\ndepth = {depth}\nrate = {rate}\nseed = {}\n\n",
                 *seed as i64 & i64::MAX

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use bookcast::config::Config;
-use bookcast::feed::Feed;
+use bookcast::market::feed::Feed;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -41,9 +41,14 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(bookcast::server::run(listener, config, feed, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(bookcast::front::server::run(
+            listener,
+            config,
+            feed,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         TestServer {
             addr,
             stop: Some(stop),

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use bookcast::config::Config;
-use bookcast::feed::Feed;
+use bookcast::market::feed::Feed;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -31,9 +31,14 @@ pub async fn start_server(config: Config) -> Server {
         ..config
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(bookcast::server::run(listener, config, feed, async move {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(bookcast::front::server::run(
+        listener,
+        config,
+        feed,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Server { addr, stop, task }
 }
 

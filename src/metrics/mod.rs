@@ -4,7 +4,9 @@
 //! add: no label formatting or registry lookup per message. Labels are low-cardinality
 //! constants (stream kind, close code, path), never per connection.
 
-use crate::live_stats::LiveStats;
+pub mod live_stats;
+
+use live_stats::LiveStats;
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Gauge, Histogram, Unit,
@@ -17,7 +19,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 ///
 /// Must run before any handle below is created: a handle made before a recorder exists is a
-/// no-op forever. [`crate::server::run`] calls it first thing.
+/// no-op forever. [`crate::front::server::run`] calls it first thing.
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
@@ -224,7 +226,7 @@ pub struct EngineMetrics {
 }
 
 impl EngineMetrics {
-    pub fn new(feed: &crate::feed::Feed) -> Self {
+    pub fn new(feed: &crate::market::feed::Feed) -> Self {
         EngineMetrics {
             updates: feed
                 .symbols
@@ -341,7 +343,7 @@ pub fn rejected(reason: &'static str) {
 }
 
 /// A WebSocket connection refused with 4001 after the upgrade; `reason` is
-/// [`crate::auth::Refusal::label`] ("missing" or "invalid").
+/// [`crate::front::auth::Refusal::label`] ("missing" or "invalid").
 pub fn auth_failed(reason: &'static str) {
     counter!("bookcast_auth_failures_total", "reason" => reason).increment(1);
 }

@@ -4,8 +4,8 @@
 //! payloads carry in `"stream"`. Names round-trip exactly, so `depth5` and `depth5@1000ms`
 //! (same data on Binance) stay two subscriptions with their own names.
 
-use crate::feed::Feed;
-use crate::stats::kline::KlineInterval;
+use crate::derive::stats::kline::KlineInterval;
+use crate::market::feed::Feed;
 use std::fmt::{self, Write};
 
 /// Index of a symbol in the feed.
@@ -74,7 +74,7 @@ pub enum Topic {
     /// `!miniTicker@arr`: every symbol's mini ticker in one array.
     AllMiniTickers,
     /// `!stats@1s`: the server's own health once a second (bookcast's addition, for
-    /// `/dashboard`; see [`crate::live_stats`]).
+    /// `/dashboard`; see [`crate::metrics::live_stats`]).
     ServerStats,
 }
 

@@ -8,7 +8,7 @@
 //! token came close. Hashing first also makes every comparison the same length, which a plain
 //! constant-time comparison of strings of different lengths would leak.
 
-use crate::http::Head;
+use crate::front::http::Head;
 use ring::digest::{digest, SHA256};
 use std::path::Path;
 use subtle::{Choice, ConstantTimeEq};

@@ -6,8 +6,8 @@
 //! complete the upgrade and close at once. The connection is never attached to the hub, so
 //! not one event reaches it; it gets the 101, the close frame, and `close_timeout` to answer.
 
-use crate::server::Context;
-use crate::transport::Transport;
+use crate::front::context::Context;
+use crate::front::transport::Transport;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -34,8 +34,8 @@ pub async fn after_upgrade<S: Transport>(
     );
     let config = WebSocketConfig::default()
         .read_buffer_size(512)
-        .max_message_size(Some(crate::session::MAX_INCOMING))
-        .max_frame_size(Some(crate::session::MAX_INCOMING));
+        .max_message_size(Some(crate::front::session::MAX_INCOMING))
+        .max_frame_size(Some(crate::front::session::MAX_INCOMING));
     let close = async {
         stream.write_all(response.as_bytes()).await?;
         let mut ws =

@@ -8,7 +8,7 @@
 pub mod kline;
 pub mod rolling;
 
-use crate::decimal::SCALE;
+use crate::protocol::decimal::SCALE;
 
 /// One trade as the statistics see it.
 #[derive(Clone, Copy, Debug)]

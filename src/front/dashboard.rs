@@ -3,17 +3,17 @@
 //! Everything the page needs is compiled into the binary (the page, its script and style, and
 //! uPlot, vendored from npm with its MIT licence in `vendor/uplot/`), so it works offline and
 //! behind any proxy: no CDN. The page opens one combined WebSocket back to this server for
-//! `!stats@1s` (see [`crate::live_stats`]) and the chosen symbol's `@depth10@100ms` and
+//! `!stats@1s` (see [`crate::metrics::live_stats`]) and the chosen symbol's `@depth10@100ms` and
 //! `@trade`, so it exercises the same fan-out path as any other subscriber.
 
-use crate::http::Response;
+use crate::front::http::Response;
 
 const PAGE: &str = include_str!("dashboard/index.html");
 const APP_JS: &str = include_str!("dashboard/app.js");
 const APP_CSS: &str = include_str!("dashboard/app.css");
-const UPLOT_JS: &str = include_str!("../vendor/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../vendor/uplot/uPlot.min.css");
-const UPLOT_LICENSE: &str = include_str!("../vendor/uplot/LICENSE");
+const UPLOT_JS: &str = include_str!("../../vendor/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../vendor/uplot/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../../vendor/uplot/LICENSE");
 
 /// Scripts and styles only from this server (the page's own script connects only back here;
 /// `connect-src` also names `ws:`/`wss:` because older browsers don't let `'self'` cover

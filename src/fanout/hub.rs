@@ -10,12 +10,12 @@
 //! rendering becomes one finished WebSocket frame shared by refcount with every subscriber of
 //! that variant. Nothing is rendered for a topic nobody listens to.
 
-use crate::feed::Feed;
-use crate::frame;
-use crate::json::TimeUnit;
+use crate::fanout::outbox::{Outbox, Push};
+use crate::market::feed::Feed;
 use crate::metrics::HubMetrics;
-use crate::outbox::{Outbox, Push};
-use crate::stream::Topic;
+use crate::protocol::frame;
+use crate::protocol::json::TimeUnit;
+use crate::protocol::stream::Topic;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -274,8 +274,8 @@ fn build_frame(combined_prefix: Option<&[u8]>, payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{QueueBound, Queued};
-    use crate::stream::{Speed, StreamKind};
+    use crate::fanout::outbox::{QueueBound, Queued};
+    use crate::protocol::stream::{Speed, StreamKind};
     use std::collections::VecDeque;
     use std::task::{Context, Poll, Waker};
 

@@ -7,8 +7,8 @@
 //! the price of not keeping every trade.
 
 use super::{signed_id, Notional, TradePrint};
-use crate::decimal::SCALE;
-use crate::json::{
+use crate::protocol::decimal::SCALE;
+use crate::protocol::json::{
     push_e8_str, push_event_head, push_i64, push_signed_e8_str, push_time, push_u64, TimeUnit,
 };
 

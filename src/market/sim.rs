@@ -12,8 +12,8 @@
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
-use crate::book::{OrderBook, Side, MAX_LEVEL_LOTS};
-use crate::feed::SymbolSpec;
+use crate::market::book::{OrderBook, Side, MAX_LEVEL_LOTS};
+use crate::market::feed::SymbolSpec;
 
 /// One execution against a resting level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ impl MarketSim {
     /// Builds the initial book (about `depth` levels per side around the start price, thickest
     /// at the touch) from `spec.seed`. Its update id is 1.
     ///
-    /// Expects a spec validated by [`crate::feed::Feed`]; anything else is clamped into range
+    /// Expects a spec validated by [`crate::market::feed::Feed`]; anything else is clamped into range
     /// rather than trusted, so this never panics.
     pub fn new(spec: &SymbolSpec) -> Self {
         let mut sim = MarketSim {

@@ -4,12 +4,12 @@
 //! never per subscriber. Books and trades are in integer ticks and lots; prices and quantities
 //! are converted to 8-decimal strings here, so one price is always the same string.
 
-use crate::book::{OrderBook, Side};
-use crate::feed::SymbolSpec;
-use crate::json::{
+use crate::market::book::{OrderBook, Side};
+use crate::market::feed::SymbolSpec;
+use crate::market::sim::{Step, Trade};
+use crate::protocol::json::{
     self, push_e8_str, push_event_head, push_maker_tail, push_time, push_u64, TimeUnit,
 };
-use crate::sim::{Step, Trade};
 
 /// A price in ticks as e8 units.
 #[inline]

@@ -6,49 +6,24 @@
 //! clone of a drop-guard sender, so when the receiver sees all of them gone, every client has
 //! been closed; the wait is bounded by `shutdown_timeout`.
 
-use crate::admission::{AttemptLimiter, IpConnections};
-use crate::auth::TokenSet;
 use crate::config::Config;
-use crate::engine::{self, EngineHandle};
-use crate::feed::Feed;
-use crate::http;
-use crate::live_stats::LiveStats;
+use crate::engine;
+use crate::front::admission::{AttemptLimiter, IpConnections};
+use crate::front::auth::TokenSet;
+use crate::front::context::Context;
+use crate::front::transport;
+use crate::front::{http, router};
+use crate::market::feed::Feed;
+use crate::metrics::live_stats::LiveStats;
 use crate::metrics::{self, SessionMetrics};
-use crate::transport;
-use metrics_exporter_prometheus::PrometheusHandle;
+
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-
-/// What every connection task shares.
-pub struct Context {
-    pub config: Config,
-    pub feed: Arc<Feed>,
-    pub engine: EngineHandle,
-    pub metrics: SessionMetrics,
-    pub prometheus: PrometheusHandle,
-    /// Per-IP connection-attempt limiter (SPEC.md: 300 per 5 minutes).
-    pub attempts: AttemptLimiter,
-    /// Open WebSocket connections per IP (`--max-connections-per-ip`).
-    pub ip_connections: Arc<IpConnections>,
-    /// The accepted tokens when `--auth-tokens` is set.
-    pub tokens: Option<TokenSet>,
-    /// Flips to true once, when shutdown begins.
-    pub shutdown: watch::Receiver<bool>,
-    next_conn: AtomicU64,
-    /// Held by every connection task; see the module docs.
-    _done: mpsc::Sender<()>,
-}
-
-impl Context {
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-}
 
 /// Serves `listener` until `shutdown` resolves, then closes every client and returns.
 pub async fn run(
@@ -129,13 +104,13 @@ pub async fn run(
                         tune(&stream, &ctx.config);
                         match tls.clone() {
                             None => {
-                                tokio::spawn(http::serve(stream, peer.ip(), ctx, permit));
+                                tokio::spawn(router::serve(stream, peer.ip(), ctx, permit));
                             }
                             Some(acceptor) => {
                                 tokio::spawn(async move {
                                     let handshake = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
                                     match handshake.await {
-                                        Ok(Ok(stream)) => http::serve(stream, peer.ip(), ctx, permit).await,
+                                        Ok(Ok(stream)) => router::serve(stream, peer.ip(), ctx, permit).await,
                                         _ => metrics::rejected("tls_handshake"),
                                     }
                                 });

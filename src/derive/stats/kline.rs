@@ -10,7 +10,9 @@
 use std::collections::VecDeque;
 
 use super::{signed_id, Notional, TradePrint};
-use crate::json::{push_e8_str, push_event_head, push_i64, push_time, push_u64, TimeUnit};
+use crate::protocol::json::{
+    push_e8_str, push_event_head, push_i64, push_time, push_u64, TimeUnit,
+};
 
 /// Closed klines kept for the caller; past this the oldest are dropped (and counted) so a caller
 /// that stops draining cannot grow memory.
@@ -312,7 +314,7 @@ impl KlineBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decimal::SCALE as E8;
+    use crate::protocol::decimal::SCALE as E8;
 
     const SEC: u64 = 1_000_000;
     const MIN: u64 = 60 * SEC;

@@ -10,11 +10,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::book::MAX_LEVEL_LOTS;
-use crate::decimal::{format_e8, parse_e8};
+use crate::market::book::MAX_LEVEL_LOTS;
+use crate::protocol::decimal::{format_e8, parse_e8};
 
 /// The feed used when none is given on the command line; compiled in so the binary is self-contained.
-pub const DEFAULT_FEED_TOML: &str = include_str!("../feeds/default.toml");
+pub const DEFAULT_FEED_TOML: &str = include_str!("../../feeds/default.toml");
 
 /// Fewest and most price levels a book may keep per side.
 pub const DEPTH_RANGE: std::ops::RangeInclusive<usize> = 10..=5000;
@@ -336,7 +336,7 @@ seed = 1
 
     #[test]
     fn small_feed_is_valid() {
-        let feed = Feed::parse(include_str!("../feeds/small.toml")).unwrap();
+        let feed = Feed::parse(include_str!("../../feeds/small.toml")).unwrap();
         let rates: Vec<_> = feed
             .symbols
             .iter()

@@ -5,7 +5,7 @@
 //! payloads whose shape is fixed. Only bookcast's own strings (symbols, stream names, fixed
 //! field names) are written unescaped; anything a peer sent goes through [`push_escaped_str`].
 
-use crate::decimal::push_e8;
+use crate::protocol::decimal::push_e8;
 
 /// The unit of the time fields (`E`, `T`, kline `t`/`T`) a connection asked for with `timeUnit`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -4,12 +4,12 @@
 //! `/api/v3/depth` asks the engine thread for the snapshot, so it is rendered between two
 //! engine steps and its `lastUpdateId` is exactly the `u` of the last published diff.
 
-use crate::decimal::format_e8;
 use crate::engine::Command;
-use crate::feed::SymbolSpec;
-use crate::http::{Head, Response};
-use crate::server::Context;
-use crate::stream::SymbolId;
+use crate::front::context::Context;
+use crate::front::http::{Head, Response};
+use crate::market::feed::SymbolSpec;
+use crate::protocol::decimal::format_e8;
+use crate::protocol::stream::SymbolId;
 use tokio::sync::oneshot;
 
 /// Largest `limit` for `/api/v3/depth`; larger values are truncated to it, as Binance does.
@@ -48,7 +48,7 @@ async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
             response.content_type = "text/plain; version=0.0.4";
             ("/metrics", response)
         }
-        path => crate::dashboard::route(path)
+        path => crate::front::dashboard::route(path)
             .unwrap_or_else(|| ("other", Response::error(404, -1000, "Unknown path."))),
     }
 }

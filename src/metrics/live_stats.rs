@@ -6,7 +6,7 @@
 //! histogram of publish-to-socket times. Once a second the engine thread, the only reader,
 //! diffs them against the previous second in a [`StatsWindow`] and publishes the result.
 
-use crate::json::{push_time, push_u64, TimeUnit};
+use crate::protocol::json::{push_time, push_u64, TimeUnit};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 

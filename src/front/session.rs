@@ -11,14 +11,15 @@
 //! future, one small read buffer, no channel between the halves.
 
 use crate::config::Config;
-use crate::control::{self, Subscriptions};
 use crate::engine::Command;
-use crate::frame;
-use crate::http::{self, Upgrade};
-use crate::json::{push_time, TimeUnit};
-use crate::outbox::{Closing, Outbox, QueueBound, Queued};
-use crate::server::Context;
-use crate::transport::Transport;
+use crate::fanout::outbox::{Closing, Outbox, QueueBound, Queued};
+use crate::front::context::Context;
+use crate::front::http;
+use crate::front::transport::Transport;
+use crate::front::upgrade::Upgrade;
+use crate::protocol::control::{self, Subscriptions};
+use crate::protocol::frame;
+use crate::protocol::json::{push_time, TimeUnit};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
@@ -126,7 +127,7 @@ pub async fn upgrade<S: Transport>(
     key: String,
     upgrade: Upgrade,
     ctx: Arc<Context>,
-    permit: crate::admission::Slots,
+    permit: crate::front::admission::Slots,
 ) {
     let conn = ctx.next_conn_id();
     // The echo route queues whole echoed messages (up to 16 MiB each), not market data.

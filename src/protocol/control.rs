@@ -6,12 +6,20 @@
 //! Binance's documented ones; error codes are SPEC.md's: 0 unknown property, 1 invalid value
 //! type, 2 invalid request, 3 invalid JSON.
 
-use crate::engine::Change;
-use crate::feed::Feed;
-use crate::json::push_escaped_str;
-use crate::stream::{self, StreamNameError, Topic};
+use crate::market::feed::Feed;
+use crate::protocol::json::push_escaped_str;
+use crate::protocol::stream::{self, StreamNameError, Topic};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
+
+/// A change a control message makes to a connection's subscriptions.
+#[derive(Debug)]
+pub enum Change {
+    None,
+    Subscribe(Vec<Topic>),
+    Unsubscribe(Vec<Topic>),
+    SetCombined(bool),
+}
 
 /// Longest string `id` Binance accepts (a UUID is 36).
 const MAX_ID_LEN: usize = 36;

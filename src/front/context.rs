@@ -1,0 +1,39 @@
+//! What every connection task shares: configuration, the engine's handle, metrics, admission
+//! state, and the shutdown signal.
+
+use super::admission::{AttemptLimiter, IpConnections};
+use super::auth::TokenSet;
+use crate::config::Config;
+use crate::engine::EngineHandle;
+use crate::market::feed::Feed;
+use crate::metrics::SessionMetrics;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// What every connection task shares.
+pub struct Context {
+    pub config: Config,
+    pub feed: Arc<Feed>,
+    pub engine: EngineHandle,
+    pub metrics: SessionMetrics,
+    pub prometheus: PrometheusHandle,
+    /// Per-IP connection-attempt limiter (SPEC.md: 300 per 5 minutes).
+    pub attempts: AttemptLimiter,
+    /// Open WebSocket connections per IP (`--max-connections-per-ip`).
+    pub ip_connections: Arc<IpConnections>,
+    /// The accepted tokens when `--auth-tokens` is set.
+    pub tokens: Option<TokenSet>,
+    /// Flips to true once, when shutdown begins.
+    pub shutdown: watch::Receiver<bool>,
+    pub(crate) next_conn: AtomicU64,
+    /// Held by every connection task; see the module docs.
+    pub(crate) _done: mpsc::Sender<()>,
+}
+
+impl Context {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}

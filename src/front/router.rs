@@ -1,0 +1,147 @@
+//! Every accepted connection starts here: REST requests (keep-alive) until one upgrades to a
+//! WebSocket, which is admitted (attempt limit, origin, per-IP cap, token) and handed to a
+//! [`super::session`], or refused with the documented status or close code.
+
+use super::context::Context;
+use super::http::{read_head, write_response, ReadHead, Response};
+use super::rest;
+use super::transport::Transport;
+use super::upgrade::{check_handshake, is_websocket_path, parse_upgrade};
+use bytes::Buf;
+use bytes::BytesMut;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+/// Serves one accepted connection (TCP or TLS): REST requests (keep-alive) until it upgrades or
+/// ends.
+/// `permit` is the connection's slot under `--max-connections`; it lives as long as the
+/// connection, in whichever task ends up owning it.
+pub async fn serve<S: Transport>(
+    mut stream: S,
+    peer: IpAddr,
+    ctx: Arc<Context>,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut deadline = Instant::now() + ctx.config.handshake_timeout;
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let (head, consumed) = match read_head(&mut stream, &mut buf, deadline, &mut shutdown).await
+        {
+            ReadHead::Head(head, consumed) => (head, consumed),
+            ReadHead::Closed => return,
+            ReadHead::TimedOut => {
+                crate::metrics::rejected("handshake_timeout");
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(408, -1000, "Request head not received in time."),
+                    true,
+                )
+                .await;
+                return;
+            }
+            ReadHead::TooLarge => {
+                crate::metrics::rejected("head_too_large");
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(431, -1000, "Request head too large."),
+                    true,
+                )
+                .await;
+                return;
+            }
+            ReadHead::Malformed => {
+                crate::metrics::rejected("malformed_request");
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(400, -1000, "Malformed HTTP request."),
+                    true,
+                )
+                .await;
+                return;
+            }
+        };
+        buf.advance(consumed);
+        if is_websocket_path(&head.path) && (head.upgrade_websocket || head.ws_key.is_some()) {
+            if !ctx.attempts.admit(peer) {
+                crate::metrics::rejected("ip_attempt_limit");
+                let msg = format!(
+                    "Too many connection attempts from this address: at most {} per {}.",
+                    ctx.config.max_connection_attempts_per_ip,
+                    humantime::format_duration(ctx.config.connection_attempt_window)
+                );
+                let _ = write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
+                return;
+            }
+            let key = match check_handshake(&head) {
+                Ok(key) => key,
+                Err(response) => {
+                    crate::metrics::rejected("bad_handshake");
+                    let _ = write_response(&mut stream, &response, true).await;
+                    return;
+                }
+            };
+            if !crate::front::admission::origin_allowed(
+                &ctx.config.allowed_origins,
+                head.origin.as_deref(),
+                head.host.as_deref(),
+            ) {
+                crate::metrics::rejected("origin_not_allowed");
+                let response = Response::error(403, -1002, "Origin not allowed.");
+                let _ = write_response(&mut stream, &response, true).await;
+                return;
+            }
+            let upgrade = match parse_upgrade(&head, &ctx) {
+                Ok(upgrade) => upgrade,
+                Err(response) => {
+                    crate::metrics::rejected("bad_stream_path");
+                    let _ = write_response(&mut stream, &response, true).await;
+                    return;
+                }
+            };
+            let Ok(ip_slot) = ctx.ip_connections.acquire(peer) else {
+                crate::metrics::rejected("ip_connection_cap");
+                let msg = format!(
+                    "Too many open connections from this address: at most {}.",
+                    ctx.config.max_connections_per_ip
+                );
+                let _ = write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
+                return;
+            };
+            let slots = crate::front::admission::Slots::new(permit, ip_slot);
+            // Checked after the upgrade is known to be valid, answered after it completes
+            // (SPEC.md: close 4001), and before anything is attached to the hub.
+            if let Err(refusal) = crate::front::auth::check(ctx.tokens.as_ref(), &head) {
+                drop(head);
+                crate::metrics::auth_failed(refusal.label());
+                let (leftover, reason) = (buf.to_vec(), refusal.reason());
+                crate::front::refuse::after_upgrade(stream, leftover, &key, 4001, reason, &ctx)
+                    .await;
+                return;
+            }
+            // Nothing of the request may stay alive for the connection's lifetime.
+            drop(head);
+            crate::front::session::upgrade(stream, buf.to_vec(), key, upgrade, ctx, slots).await;
+            return;
+        }
+        let close = head.connection_close || head.http10 || head.content_length > 0;
+        let response = if is_websocket_path(&head.path) {
+            crate::metrics::rejected("not_websocket");
+            let mut response = Response::error(
+                426,
+                -1000,
+                "This path serves WebSocket only: send an Upgrade: websocket request.",
+            );
+            response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+            response
+        } else {
+            rest::handle(&head, &ctx).await
+        };
+        if write_response(&mut stream, &response, close).await.is_err() || close {
+            return;
+        }
+        deadline = Instant::now() + ctx.config.handshake_timeout;
+    }
+}

@@ -1,0 +1,166 @@
+//! Validating a WebSocket upgrade request: the RFC 6455 handshake headers, and which streams,
+//! payload shape and time unit the path asks for.
+
+use super::context::Context;
+use super::http::{Head, Response};
+use crate::protocol::json::TimeUnit;
+use crate::protocol::stream::{self, Topic};
+
+/// What a WebSocket path asks for.
+pub struct Upgrade {
+    /// The `/echo` conformance route (only with `--test-echo-route`).
+    pub echo: bool,
+    pub combined: bool,
+    pub unit: TimeUnit,
+    pub topics: Vec<Topic>,
+}
+
+/// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
+///
+/// Like Binance, names in the URL that are not streams are ignored rather than refused (ccxt
+/// connects to `/ws/<n>` with a number and subscribes afterwards); the count limit holds.
+pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
+    if head.path == "/echo" && ctx.config.test_echo_route {
+        return Ok(Upgrade {
+            echo: true,
+            combined: false,
+            unit: TimeUnit::Millisecond,
+            topics: Vec::new(),
+        });
+    }
+    let (combined, names): (bool, Vec<String>) =
+        if head.path == "/stream" || head.path == "/stream/" {
+            let streams = head.param("streams").unwrap_or_default();
+            (
+                true,
+                streams
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )
+        } else if head.path == "/ws" || head.path.starts_with("/ws/") {
+            let rest = head.path.strip_prefix("/ws").unwrap_or_default();
+            let decoded: Vec<String> = rest
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    form_urlencoded::parse(format!("x={s}").as_bytes())
+                        .map(|(_, v)| v.into_owned())
+                        .next()
+                        .unwrap_or_default()
+                })
+                .collect();
+            (false, decoded)
+        } else {
+            return Err(Response::error(
+                404,
+                -1000,
+                "Unknown WebSocket path; use /ws, /ws/<stream> or /stream?streams=<a>/<b>.",
+            ));
+        };
+    let unit = match head.param("timeUnit") {
+        None => TimeUnit::Millisecond,
+        Some(value) => TimeUnit::parse(&value).ok_or_else(|| {
+            Response::error(
+                400,
+                -1100,
+                "Invalid timeUnit; use MILLISECOND or MICROSECOND.",
+            )
+        })?,
+    };
+    if names.len() > ctx.config.max_streams {
+        let msg = format!(
+            "Too many streams: at most {} per connection.",
+            ctx.config.max_streams
+        );
+        return Err(Response::error(400, -1101, &msg));
+    }
+    let mut topics: Vec<Topic> = Vec::with_capacity(names.len());
+    for name in &names {
+        if let Ok(topic) = stream::parse(name, &ctx.feed) {
+            if !topics.contains(&topic) {
+                topics.push(topic);
+            }
+        }
+    }
+    Ok(Upgrade {
+        echo: false,
+        combined,
+        unit,
+        topics,
+    })
+}
+
+/// Checks the RFC 6455 handshake headers; `Err` is the response to refuse with.
+pub(crate) fn check_handshake(head: &Head) -> Result<String, Response> {
+    if head.method != "GET" {
+        return Err(Response::error(
+            405,
+            -1000,
+            "WebSocket upgrades must use GET.",
+        ));
+    }
+    if !head.upgrade_websocket || !head.connection_upgrade {
+        let mut response = Response::error(
+            426,
+            -1000,
+            "This path serves WebSocket only: send an Upgrade: websocket request.",
+        );
+        response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+        return Err(response);
+    }
+    if head.ws_version.as_deref() != Some("13") {
+        let mut response = Response::error(
+            426,
+            -1000,
+            "Unsupported Sec-WebSocket-Version; this server speaks 13.",
+        );
+        response.extra_headers = "Sec-WebSocket-Version: 13\r\n";
+        return Err(response);
+    }
+    let key = head.ws_key.clone().unwrap_or_default();
+    let valid_key = key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !valid_key {
+        return Err(Response::error(
+            400,
+            -1000,
+            "Missing or invalid Sec-WebSocket-Key.",
+        ));
+    }
+    Ok(key)
+}
+
+pub(crate) fn is_websocket_path(path: &str) -> bool {
+    path == "/ws"
+        || path.starts_with("/ws/")
+        || path == "/stream"
+        || path == "/stream/"
+        || path == "/echo"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::front::http::parse_head;
+
+    #[test]
+    fn parses_a_websocket_upgrade_head() {
+        let raw = b"GET /stream?streams=btcusdt@depth/ethusdt@trade&timeUnit=MICROSECOND HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nrest";
+        let Ok(Some((head, consumed))) = parse_head(raw) else {
+            panic!("a complete head parses");
+        };
+        assert_eq!(&raw[consumed..], b"rest");
+        assert!(head.upgrade_websocket && head.connection_upgrade);
+        assert_eq!(head.path, "/stream");
+        assert_eq!(
+            head.param("streams").as_deref(),
+            Some("btcusdt@depth/ethusdt@trade")
+        );
+        assert_eq!(check_handshake(&head).unwrap(), "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+}
