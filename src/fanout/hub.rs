@@ -104,7 +104,7 @@ impl Hub {
             connection.topics.push(topic);
             let feed = &self.feed;
             let entry = self.topics.entry(topic).or_insert_with(|| TopicEntry {
-                combined_prefix: format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed))
+                combined_prefix: format!("{{\"stream\":\"{}\",\"data\":", topic.name(&**feed))
                     .into_bytes()
                     .into_boxed_slice(),
                 subscribers: Default::default(),

@@ -545,7 +545,7 @@ impl Session {
                 let outcome = control::handle(
                     &mut bytes,
                     &mut self.subscriptions,
-                    &self.ctx.feed,
+                    &*self.ctx.feed,
                     config.max_streams,
                 );
                 self.ctx.metrics.control_message(outcome.method);

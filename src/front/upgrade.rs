@@ -78,7 +78,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     }
     let mut topics: Vec<Topic> = Vec::with_capacity(names.len());
     for name in &names {
-        if let Ok(topic) = stream::parse(name, &ctx.feed) {
+        if let Ok(topic) = stream::parse(name, &*ctx.feed) {
             if !topics.contains(&topic) {
                 topics.push(topic);
             }

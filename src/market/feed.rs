@@ -4,6 +4,7 @@
 //! and the field. Prices and sizes are decimal strings (never TOML floats) and are converted once
 //! to integer e8 units and ticks, the only forms the rest of the server uses.
 
+use crate::protocol::stream::{SymbolId, SymbolTable};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
@@ -100,6 +101,18 @@ impl Feed {
     /// is only used when a stream is subscribed, not per update.
     pub fn index_of(&self, symbol_upper: &str) -> Option<usize> {
         self.symbols.iter().position(|s| s.symbol == symbol_upper)
+    }
+}
+
+impl SymbolTable for Feed {
+    fn index_of(&self, symbol_upper: &str) -> Option<usize> {
+        Feed::index_of(self, symbol_upper)
+    }
+
+    fn lower_name(&self, symbol: SymbolId) -> String {
+        self.symbols
+            .get(usize::from(symbol))
+            .map_or_else(String::new, SymbolSpec::lower)
     }
 }
 

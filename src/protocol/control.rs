@@ -6,9 +6,8 @@
 //! Binance's documented ones; error codes are SPEC.md's: 0 unknown property, 1 invalid value
 //! type, 2 invalid request, 3 invalid JSON.
 
-use crate::market::feed::Feed;
 use crate::protocol::json::push_escaped_str;
-use crate::protocol::stream::{self, StreamNameError, Topic};
+use crate::protocol::stream::{self, StreamNameError, SymbolTable, Topic};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
@@ -124,7 +123,7 @@ fn nesting_depth(text: &[u8]) -> usize {
 pub fn handle(
     text: &mut [u8],
     state: &mut Subscriptions,
-    feed: &Feed,
+    feed: &(impl SymbolTable + ?Sized),
     max_streams: usize,
 ) -> Outcome {
     let mut method = "invalid";
@@ -135,7 +134,7 @@ pub fn handle(
 fn handle_request(
     text: &mut [u8],
     state: &mut Subscriptions,
-    feed: &Feed,
+    feed: &(impl SymbolTable + ?Sized),
     max_streams: usize,
     label: &mut &'static str,
 ) -> Outcome {
@@ -275,6 +274,7 @@ fn handle_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::market::feed::Feed;
 
     fn run(state: &mut Subscriptions, text: &str) -> (String, Option<u8>) {
         let feed = Feed::embedded_default();

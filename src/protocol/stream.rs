@@ -4,12 +4,19 @@
 //! payloads carry in `"stream"`. Names round-trip exactly, so `depth5` and `depth5@1000ms`
 //! (same data on Binance) stay two subscriptions with their own names.
 
-use crate::derive::stats::kline::KlineInterval;
-use crate::market::feed::Feed;
 use std::fmt::{self, Write};
 
 /// Index of a symbol in the feed.
 pub type SymbolId = u16;
+
+/// The symbols stream names can name: the feed, as the protocol sees it. A trait so the
+/// vocabulary does not depend on where market data comes from.
+pub trait SymbolTable {
+    /// Index of an upper-case symbol such as `BTCUSDT`.
+    fn index_of(&self, symbol_upper: &str) -> Option<usize>;
+    /// The symbol as stream names spell it (`btcusdt`).
+    fn lower_name(&self, symbol: SymbolId) -> String;
+}
 
 /// Update speed of diff and partial depth streams, as written in the name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,20 +102,20 @@ impl Topic {
     }
 
     /// The stream name, as clients write it (lower-case symbol).
-    pub fn name(self, feed: &Feed) -> String {
+    pub fn name(self, symbols: &(impl SymbolTable + ?Sized)) -> String {
         let mut out = String::new();
-        self.write_name(feed, &mut out)
+        self.write_name(symbols, &mut out)
             .expect("writing to a String cannot fail");
         out
     }
 
-    fn write_name(self, feed: &Feed, out: &mut String) -> fmt::Result {
+    fn write_name(self, symbols: &(impl SymbolTable + ?Sized), out: &mut String) -> fmt::Result {
         let (symbol, kind) = match self {
             Topic::AllMiniTickers => return out.write_str("!miniTicker@arr"),
             Topic::ServerStats => return out.write_str(SERVER_STATS),
             Topic::Symbol { symbol, kind } => (symbol, kind),
         };
-        out.write_str(&feed.symbols[usize::from(symbol)].lower())?;
+        out.write_str(&symbols.lower_name(symbol))?;
         match kind {
             StreamKind::Diff(speed) => write!(out, "@depth{}", speed.suffix()),
             StreamKind::Partial { levels, speed } => {
@@ -121,6 +128,70 @@ impl Topic {
             StreamKind::MiniTicker => out.write_str("@miniTicker"),
             StreamKind::Ticker => out.write_str("@ticker"),
         }
+    }
+}
+
+/// The kline intervals bookcast serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KlineInterval {
+    S1,
+    M1,
+    M5,
+    M15,
+    H1,
+}
+
+impl KlineInterval {
+    pub const ALL: [KlineInterval; 5] = [
+        KlineInterval::S1,
+        KlineInterval::M1,
+        KlineInterval::M5,
+        KlineInterval::M15,
+        KlineInterval::H1,
+    ];
+
+    /// The name used in stream names and the payload's `i` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KlineInterval::S1 => "1s",
+            KlineInterval::M1 => "1m",
+            KlineInterval::M5 => "5m",
+            KlineInterval::M15 => "15m",
+            KlineInterval::H1 => "1h",
+        }
+    }
+
+    /// Parses a stream-name interval such as `"15m"`; case-sensitive like Binance (`"1M"` is a
+    /// month there, not a minute).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|interval| interval.as_str() == text)
+    }
+
+    /// The interval length in microseconds.
+    pub fn micros(self) -> u64 {
+        const SEC: u64 = 1_000_000;
+        match self {
+            KlineInterval::S1 => SEC,
+            KlineInterval::M1 => 60 * SEC,
+            KlineInterval::M5 => 5 * 60 * SEC,
+            KlineInterval::M15 => 15 * 60 * SEC,
+            KlineInterval::H1 => 60 * 60 * SEC,
+        }
+    }
+
+    /// How often Binance pushes the open kline: every 1000 ms for 1s klines, 2000 ms otherwise.
+    pub fn push_period_us(self) -> u64 {
+        match self {
+            KlineInterval::S1 => 1_000_000,
+            _ => 2_000_000,
+        }
+    }
+
+    /// Start of the interval containing `time_us`.
+    pub(crate) fn align(self, time_us: u64) -> u64 {
+        time_us - time_us % self.micros()
     }
 }
 
@@ -141,7 +212,7 @@ const MAX_NAME_LEN: usize = 64;
 
 /// Parses a stream name. The symbol part is matched case-insensitively; the rest exactly,
 /// as Binance spells it (`aggTrade`, `bookTicker`, `miniTicker`).
-pub fn parse(name: &str, feed: &Feed) -> Result<Topic, StreamNameError> {
+pub fn parse(name: &str, symbols: &(impl SymbolTable + ?Sized)) -> Result<Topic, StreamNameError> {
     if name.len() > MAX_NAME_LEN || !name.is_ascii() {
         return Err(StreamNameError::Malformed);
     }
@@ -156,7 +227,7 @@ pub fn parse(name: &str, feed: &Feed) -> Result<Topic, StreamNameError> {
     if symbol.is_empty() || !symbol.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(StreamNameError::Malformed);
     }
-    let index = feed
+    let index = symbols
         .index_of(&symbol.to_ascii_uppercase())
         .ok_or(StreamNameError::UnknownSymbol)?;
     let symbol = SymbolId::try_from(index).map_err(|_| StreamNameError::UnknownSymbol)?;
@@ -207,6 +278,7 @@ fn parse_kind(rest: &str) -> Option<StreamKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::market::feed::Feed;
 
     #[test]
     fn names_round_trip() {

@@ -13,74 +13,11 @@ use super::{signed_id, Notional, TradePrint};
 use crate::protocol::json::{
     push_e8_str, push_event_head, push_i64, push_time, push_u64, TimeUnit,
 };
+pub use crate::protocol::stream::KlineInterval;
 
 /// Closed klines kept for the caller; past this the oldest are dropped (and counted) so a caller
 /// that stops draining cannot grow memory.
 const MAX_CLOSED: usize = 16;
-
-/// The kline intervals bookcast serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KlineInterval {
-    S1,
-    M1,
-    M5,
-    M15,
-    H1,
-}
-
-impl KlineInterval {
-    pub const ALL: [KlineInterval; 5] = [
-        KlineInterval::S1,
-        KlineInterval::M1,
-        KlineInterval::M5,
-        KlineInterval::M15,
-        KlineInterval::H1,
-    ];
-
-    /// The name used in stream names and the payload's `i` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KlineInterval::S1 => "1s",
-            KlineInterval::M1 => "1m",
-            KlineInterval::M5 => "5m",
-            KlineInterval::M15 => "15m",
-            KlineInterval::H1 => "1h",
-        }
-    }
-
-    /// Parses a stream-name interval such as `"15m"`; case-sensitive like Binance (`"1M"` is a
-    /// month there, not a minute).
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|interval| interval.as_str() == text)
-    }
-
-    /// The interval length in microseconds.
-    pub fn micros(self) -> u64 {
-        const SEC: u64 = 1_000_000;
-        match self {
-            KlineInterval::S1 => SEC,
-            KlineInterval::M1 => 60 * SEC,
-            KlineInterval::M5 => 5 * 60 * SEC,
-            KlineInterval::M15 => 15 * 60 * SEC,
-            KlineInterval::H1 => 60 * 60 * SEC,
-        }
-    }
-
-    /// How often Binance pushes the open kline: every 1000 ms for 1s klines, 2000 ms otherwise.
-    pub fn push_period_us(self) -> u64 {
-        match self {
-            KlineInterval::S1 => 1_000_000,
-            _ => 2_000_000,
-        }
-    }
-
-    /// Start of the interval containing `time_us`.
-    fn align(self, time_us: u64) -> u64 {
-        time_us - time_us % self.micros()
-    }
-}
 
 /// One kline, open or closed.
 ///
