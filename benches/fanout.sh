@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Macro fan-out benchmark: bookcast against its own naive baseline and two relay peers
-# (Node.js + ws, Go + gorilla/websocket), each loaded by bookcast-load over loopback with
-# N clients on '<sym>@depth'.
+# Macro fan-out benchmark: bookcast against its own naive baseline and three relay peers
+# (Node.js + ws, Go + gorilla/websocket, Bun.serve), each loaded by bookcast-load over loopback
+# with N clients on '<sym>@depth'.
 #
-#   benches/fanout.sh                     # SCALES="1000 5000", DURATION=10s, all four servers
+#   benches/fanout.sh                     # SCALES="1000 5000", DURATION=10s, all five servers
 #   SCALES="1000" DURATION=10s benches/fanout.sh
 #   SERVERS="bookcast go" benches/fanout.sh
+#   SERVERS="bookcast bun" benches/fanout.sh
 #   benches/fanout.sh --smoke             # (or SMOKE=1) 200 clients, 3 s, bookcast + SMOKE_PEER
 #                                         # (node); fails unless 0 gaps and the report's keys exist
 #
@@ -14,10 +15,12 @@
 #
 # The peers relay: one upstream bookcast (started once, on PORT_BASE) generates the feed; each
 # peer subscribes to every symbol's diffs there through one combined connection and fans the raw
-# payloads out. bookcast and bookcast-naive generate the feed themselves. Measured per run: the
-# server process's CPU seconds (utime+stime from /proc/PID/stat, over the bookcast-load run) and
-# memory (VmRSS once the server is ready, VmHWM after the run). Loopback only; every wait is
-# bounded; every process started here is stopped on exit.
+# payloads out. bookcast and bookcast-naive generate the feed themselves. The node and bun peers
+# come from npm ci with their lockfiles (bun: the npm package's Linux binary, run directly, so
+# the measured process is bun itself, not npm's shim). Measured per run: the server process's
+# CPU seconds (utime+stime of all its threads from /proc/PID/stat, over the bookcast-load run)
+# and memory (VmRSS once the server is ready, VmHWM after the run). Loopback only; every wait
+# is bounded; every process started here is stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +32,7 @@ SMOKE=${SMOKE:-0}
 for a in "$@"; do
   case "$a" in
     --smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -n 's/^# \{0,1\}//p'; exit 0 ;;
     *) echo "fanout.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -40,7 +43,7 @@ if [[ "$SMOKE" == 1 ]]; then
 fi
 SCALES=${SCALES:-1000 5000}
 DURATION=${DURATION:-10s}
-SERVERS=${SERVERS:-bookcast bookcast-naive node go}
+SERVERS=${SERVERS:-bookcast bookcast-naive node go bun}
 REPEAT=${REPEAT:-1}
 [[ "$SMOKE" == 1 ]] && REPEAT=1
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "fanout.sh: bad REPEAT '$REPEAT'" >&2; exit 2; }
@@ -52,10 +55,11 @@ log() { printf '[fanout] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 for s in $SERVERS; do
-  case "$s" in bookcast|bookcast-naive|node|go) ;; *) die "unknown server '$s'" ;; esac
+  case "$s" in bookcast|bookcast-naive|node|go|bun) ;; *) die "unknown server '$s'" ;; esac
 done
 for n in $SCALES; do [[ "$n" =~ ^[0-9]+$ ]] || die "bad scale '$n'"; done
 wants() { [[ " $SERVERS " == *" $1 "* ]]; }
+relay() { [[ "$1" == node || "$1" == go || "$1" == bun ]]; } # peers fed by the upstream bookcast
 
 # DURATION as whole seconds, for the watchdog around bookcast-load.
 duration_s() {
@@ -140,6 +144,40 @@ install_go() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang golang-github-gorilla-websocket-dev >/dev/null
 }
 
+# The bun executable npm ci put in benches/peers/bun: bun's postinstall moves the platform
+# package's binary (@oven/bun-linux-x64, or -baseline on CPUs without AVX2) over the
+# bin/bun.exe placeholder that node_modules/.bin/bun links to; without the postinstall
+# (--ignore-scripts) it is still in the platform package. Only a native binary that runs
+# qualifies, never a wrapper script, so the PID measured is bun's own.
+bun_bin() {
+  local c
+  for c in "$PEERS/bun/node_modules/bun/bin/bun.exe" "$PEERS"/bun/node_modules/@oven/bun-linux-x64*/bin/bun; do
+    [[ -f "$c" && -x "$c" ]] || continue
+    c=$(readlink -f "$c")
+    [[ "$(head -c 4 "$c")" == $'\177ELF' ]] || continue
+    "$c" --version >/dev/null 2>&1 || continue
+    echo "$c"
+    return 0
+  done
+  return 1
+}
+
+# npm ci in benches/peers/bun unless node_modules already holds a working bun installed from
+# this very package.json + package-lock.json (bun's tarball is ~40 MB; node_modules ~100 MB).
+install_bun() {
+  local dir="$PEERS/bun" stamp
+  command -v npm >/dev/null || die "the bun peer needs npm (and node, for bun's postinstall)"
+  stamp=$(cat "$dir/package.json" "$dir/package-lock.json" | cksum)
+  if [[ -f "$dir/node_modules/.bookcast-stamp" && "$(<"$dir/node_modules/.bookcast-stamp")" == "$stamp" ]] \
+    && bun_bin >/dev/null; then
+    return 0
+  fi
+  log "npm ci (benches/peers/bun)"
+  (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null)
+  bun_bin >/dev/null || die "npm ci in benches/peers/bun left no runnable bun binary"
+  echo "$stamp" >"$dir/node_modules/.bookcast-stamp"
+}
+
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "cargo build --release --workspace"
   (cd "$ROOT" && cargo build --release --workspace --quiet)
@@ -151,11 +189,19 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   if wants go; then
     install_go
     log "go build (benches/peers/go, GOPATH mode against Debian's gorilla/websocket)"
-    (cd "$PEERS/go" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOPROXY=off \
+    (cd "$PEERS/go" && GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS='' GOPROXY=off \
       go build -o peer-go main.go)
+  fi
+  if wants bun; then
+    install_bun
   fi
 fi
 [[ -x "$BIN/bookcast" && -x "$BIN/bookcast-load" ]] || die "$BIN/bookcast{,-load} missing"
+BUN_BIN=""
+if wants bun; then
+  BUN_BIN=$(bun_bin) || die "no runnable bun in benches/peers/bun/node_modules (run without SKIP_BUILD=1)"
+  log "bun $("$BUN_BIN" --version) ($BUN_BIN)"
+fi
 
 mkdir -p "$OUT/runs"
 rm -f "$OUT"/runs/*
@@ -193,10 +239,19 @@ start_server() {
       "$PEERS/go/peer-go" -listen "127.0.0.1:$port" \
         -upstream "127.0.0.1:$UPSTREAM_PORT" >"$logf" 2>&1 &
       ;;
+    bun)
+      start_upstream
+      # No .env files or auto-install from wherever this runs: the peer needs neither.
+      "$BUN_BIN" --no-env-file --no-install "$PEERS/bun/server.js" --listen "127.0.0.1:$port" \
+        --upstream "127.0.0.1:$UPSTREAM_PORT" >"$logf" 2>&1 &
+      ;;
   esac
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   wait_ready "$SERVER_PID" "$port" || die "$name did not start (see $logf)"
+  if [[ "$name" == bun && "$(readlink "/proc/$SERVER_PID/exe")" != "$BUN_BIN" ]]; then
+    die "the bun PID $SERVER_PID is not $BUN_BIN; its CPU and memory would be another process's"
+  fi
 }
 
 port_of() {
@@ -205,6 +260,7 @@ port_of() {
     bookcast-naive) echo $((PORT_BASE + 2)) ;;
     node) echo $((PORT_BASE + 3)) ;;
     go) echo $((PORT_BASE + 4)) ;;
+    bun) echo $((PORT_BASE + 5)) ;;
   esac
 }
 
@@ -237,7 +293,7 @@ for n in $SCALES; do
     rss1=$(mem_kib "$SERVER_PID" VmRSS)
     up1=0
     [[ -n "$UPSTREAM_PID" ]] && up1=$(cpu_ticks "$UPSTREAM_PID")
-    [[ "$name" == node || "$name" == go ]] || up1=$up0
+    relay "$name" || up1=$up0
     stop "$SERVER_PID"
     [[ $rc == 0 && -s "$run.json" ]] || die "bookcast-load failed for $name/$n (exit $rc, see $run.load.txt)"
     cat >"$run.meta.json" <<EOF
