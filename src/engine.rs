@@ -1,27 +1,33 @@
-//! The engine thread: steps every symbol's book on its own clock, derives every stream's events
-//! from the steps, and publishes them through the [`Hub`], which it alone owns.
+//! The engine thread: steps every symbol's simulation on its own clock, hands each step to the
+//! derivation stage, and publishes through the [`Hub`], which it alone owns.
+//!
+//! The engine keeps the simulations and their clocks, the 100 ms and 1000 ms timers, the
+//! command loop and the hub. Everything published is derived from the steps by
+//! [`crate::derive`]: per step, `step_symbol` calls `MarketSim::step` and hands the step to
+//! [`Streams::on_step`]; the timers call [`Streams::every_100ms`] and
+//! [`Streams::every_1000ms`]. The stage publishes through the hub's [`Publisher`] impl at the
+//! end of this file. It starts from a copy of each simulation's initial book
+//! ([`SymbolStreams::from_snapshot`]) and never reads a simulation again, so a gateway that
+//! receives the same steps can derive the same bytes. Only `!stats@1s` is published here,
+//! because it describes this server rather than the market.
 //!
 //! Commands from connections (subscribe, unsubscribe, replies, snapshots) arrive on one bounded
 //! channel and are applied between steps, so a subscription's reply is queued after the
 //! subscription is live and a depth snapshot is taken exactly at the last published update id:
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
 
-use crate::derive::payload;
-use crate::derive::stats::kline::{KlineBuilder, KlineInterval};
-use crate::derive::stats::rolling::{self, Rolling24h, TickerStats};
-use crate::derive::stats::TradePrint;
+use crate::derive::{Publisher, Streams, SymbolStreams};
 use crate::fanout::hub::{ConnId, Hub};
 use crate::fanout::outbox::Outbox;
-use crate::market::feed::{Feed, SymbolSpec};
+use crate::market::feed::Feed;
 use crate::market::sim::{MarketSim, Step};
 use crate::metrics::live_stats::{self, LiveStats, StatsWindow};
 use crate::metrics::EngineMetrics;
 use crate::protocol::control::Change;
 use crate::protocol::json::TimeUnit;
-use crate::protocol::stream::{Speed, StreamKind, SymbolId, Topic};
+use crate::protocol::stream::{SymbolId, Topic};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,8 +37,6 @@ use tokio::sync::oneshot;
 pub const COMMAND_CAPACITY: usize = 65_536;
 /// Commands applied per loop turn at most, so a storm of subscriptions cannot stall the books.
 const COMMANDS_PER_TURN: usize = 4_096;
-const DAY_US: u64 = 86_400_000_000;
-const MINUTE_US: u64 = 60_000_000;
 
 pub enum Command {
     /// A new connection and the streams named in its URL; `ready` fires once they are live.
@@ -89,78 +93,11 @@ pub fn spawn(
     Ok((EngineHandle { tx }, thread))
 }
 
-/// Depth changes merged over a 100 ms or 1000 ms window.
-#[derive(Default)]
-struct DiffWindow {
-    first_update_id: u64,
-    last_update_id: u64,
-    bids: HashMap<u64, u64>,
-    asks: HashMap<u64, u64>,
-}
-
-impl DiffWindow {
-    fn add(&mut self, step: &Step) {
-        if self.first_update_id == 0 {
-            self.first_update_id = step.update_id;
-        }
-        self.last_update_id = step.update_id;
-        self.bids.extend(step.bids.iter().copied());
-        self.asks.extend(step.asks.iter().copied());
-    }
-
-    /// Moves the window's levels into `out` sorted best-first and resets it.
-    fn drain_into(&mut self, out: &mut Step) {
-        out.update_id = self.last_update_id;
-        out.bids.clear();
-        out.asks.clear();
-        out.trades.clear();
-        out.bids.extend(self.bids.drain());
-        out.asks.extend(self.asks.drain());
-        out.bids
-            .sort_unstable_by_key(|level| std::cmp::Reverse(level.0));
-        out.asks.sort_unstable_by_key(|level| level.0);
-        self.first_update_id = 0;
-    }
-}
-
-/// Everything the engine keeps for one symbol.
-struct SymbolState {
-    id: SymbolId,
-    spec: SymbolSpec,
+/// One symbol's simulation and its clock.
+struct SimSymbol {
     sim: MarketSim,
-    step: Step,
     period: Duration,
     next_step: Instant,
-    window_100ms: DiffWindow,
-    window_1000ms: DiffWindow,
-    rolling: Rolling24h,
-    klines: Vec<KlineBuilder>,
-    last_book_ticker: Option<((u64, u64), (u64, u64))>,
-    next_agg_id: u64,
-}
-
-impl SymbolState {
-    fn price(&self, tick: u64) -> u64 {
-        tick * self.spec.tick_e8
-    }
-
-    fn qty(&self, lots: u64) -> u64 {
-        lots * self.spec.lot_e8
-    }
-
-    fn topic(&self, kind: StreamKind) -> Topic {
-        Topic::Symbol {
-            symbol: self.id,
-            kind,
-        }
-    }
-
-    fn best(&self) -> ((u64, u64), (u64, u64)) {
-        let book = self.sim.book();
-        let convert =
-            |level: Option<(u64, u64)>| level.map_or((0, 0), |(t, l)| (self.price(t), self.qty(l)));
-        (convert(book.best_bid()), convert(book.best_ask()))
-    }
 }
 
 /// When a symbol first steps, as an offset into its period: symbol `index` of `count` starts
@@ -180,12 +117,13 @@ fn first_step_offset(index: usize, count: usize, period: Duration) -> Duration {
 }
 
 struct Engine {
-    symbols: Vec<SymbolState>,
+    sims: Vec<SimSymbol>,
+    /// The derivation stage: every step is handed to it, and it publishes through `hub`.
+    streams: Streams,
     hub: Hub,
     metrics: EngineMetrics,
-    scratch: Step,
-    /// 1000 ms ticks since start, to push non-1s klines every other second as Binance does.
-    seconds: u64,
+    /// The step being handed from a simulation to the derivation stage, reused.
+    step: Step,
     live: Arc<LiveStats>,
     stats_window: StatsWindow,
     /// Engine updates since start, all symbols (the per-symbol Prometheus counters can't be
@@ -197,41 +135,35 @@ impl Engine {
     fn new(feed: Arc<Feed>, naive_fanout: bool, live: Arc<LiveStats>) -> Self {
         let now = Instant::now();
         let now_us = crate::clock::wall_us();
-        let symbols = feed
-            .symbols
-            .iter()
-            .enumerate()
-            .map(|(index, spec)| {
-                let sim = MarketSim::new(spec);
-                let reference = spec.start_price_ticks * spec.tick_e8;
-                let period = Duration::from_secs(1) / spec.rate_hz.max(1);
-                SymbolState {
-                    id: index as SymbolId,
-                    spec: spec.clone(),
-                    sim,
-                    step: Step::default(),
-                    period,
-                    next_step: now + first_step_offset(index, feed.symbols.len(), period),
-                    window_100ms: DiffWindow::default(),
-                    window_1000ms: DiffWindow::default(),
-                    rolling: Rolling24h::new(DAY_US, MINUTE_US, now_us, reference),
-                    klines: KlineInterval::ALL
-                        .iter()
-                        .map(|&i| KlineBuilder::new(i, now_us, reference))
-                        .collect(),
-                    last_book_ticker: None,
-                    next_agg_id: 1,
-                }
-            })
-            .collect();
+        let count = feed.symbols.len();
+        let mut sims = Vec::with_capacity(count);
+        let mut symbols = Vec::with_capacity(count);
+        for (index, spec) in feed.symbols.iter().enumerate() {
+            let sim = MarketSim::new(spec);
+            // The derivation stage starts from the simulation's freshly built book, exactly as
+            // a gateway starts from the engine's snapshot.
+            symbols.push(SymbolStreams::from_snapshot(
+                index as SymbolId,
+                spec.clone(),
+                sim.book().clone(),
+                sim.last_update_id(),
+                now_us,
+            ));
+            let period = Duration::from_secs(1) / spec.rate_hz.max(1);
+            sims.push(SimSymbol {
+                sim,
+                period,
+                next_step: now + first_step_offset(index, count, period),
+            });
+        }
         let metrics = EngineMetrics::new(&feed);
         let hub = Hub::new(feed, naive_fanout);
         Engine {
-            symbols,
+            sims,
+            streams: Streams::new(symbols),
             hub,
             metrics,
-            scratch: Step::default(),
-            seconds: 0,
+            step: Step::default(),
             live,
             stats_window: StatsWindow::new(now),
             updates_total: 0,
@@ -252,8 +184,8 @@ impl Engine {
             }
             let now = Instant::now();
             let now_us = crate::clock::wall_us();
-            for index in 0..self.symbols.len() {
-                let state = &mut self.symbols[index];
+            for index in 0..self.sims.len() {
+                let state = &mut self.sims[index];
                 if state.next_step <= now {
                     state.next_step += state.period;
                     if state.next_step + Duration::from_secs(1) < now {
@@ -278,7 +210,7 @@ impl Engine {
                 self.every_1000ms(now_us);
             }
             let next_step = self
-                .symbols
+                .sims
                 .iter()
                 .map(|s| s.next_step)
                 .min()
@@ -333,185 +265,30 @@ impl Engine {
     }
 
     fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {
-        let state = &self.symbols[usize::from(symbol)];
-        let mut out = Vec::with_capacity(64 + limit * 48);
-        payload::write_partial(
-            &mut out,
-            &state.spec,
-            state.sim.book(),
-            state.sim.last_update_id(),
-            limit,
-        );
-        Bytes::from(out)
+        self.streams.snapshot(symbol, limit)
     }
 
+    /// Steps one symbol's simulation and hands the step to the derivation stage.
     fn step_symbol(&mut self, index: usize, now_us: u64) {
         let started = std::time::Instant::now();
-        let state = &mut self.symbols[index];
-        state.sim.step(&mut state.step);
+        self.sims[index].sim.step(&mut self.step);
         self.metrics.updated(index);
         self.updates_total += 1;
-        state.window_100ms.add(&state.step);
-        state.window_1000ms.add(&state.step);
-        let state = &self.symbols[index];
-        self.hub.publish(
-            state.topic(StreamKind::Diff(Speed::Unspecified)),
-            |out, unit| {
-                payload::write_diff(
-                    out,
-                    &state.spec,
-                    &state.step,
-                    state.step.update_id,
-                    now_us,
-                    unit,
-                )
-            },
-        );
-        self.publish_trades(index, now_us);
-        let state = &mut self.symbols[index];
-        let best = state.best();
-        if state.last_book_ticker != Some(best) {
-            state.last_book_ticker = Some(best);
-            let state = &self.symbols[index];
-            self.hub
-                .publish(state.topic(StreamKind::BookTicker), |out, _| {
-                    payload::write_book_ticker(out, &state.spec.symbol, state.step.update_id, best)
-                });
-        }
+        self.streams
+            .on_step(index as SymbolId, &self.step, now_us, &mut self.hub);
         self.metrics
             .step_seconds
             .record(started.elapsed().as_secs_f64());
     }
 
-    /// Records the step's trades in the statistics and publishes `trade` and `aggTrade`.
-    fn publish_trades(&mut self, index: usize, now_us: u64) {
-        let state = &mut self.symbols[index];
-        if state.step.trades.is_empty() {
-            return;
-        }
-        for trade in &state.step.trades {
-            let print = TradePrint {
-                id: trade.id,
-                price_e8: trade.price_tick * state.spec.tick_e8,
-                qty_e8: trade.qty_lots * state.spec.lot_e8,
-                time_us: now_us,
-                buyer_is_maker: trade.buyer_is_maker,
-            };
-            state.rolling.record(&print);
-            for kline in &mut state.klines {
-                kline.record(&print);
-            }
-        }
-        let state = &self.symbols[index];
-        let trade_topic = state.topic(StreamKind::Trade);
-        if self.hub.wants(&trade_topic) {
-            for trade in &state.step.trades {
-                self.hub.publish(trade_topic, |out, unit| {
-                    payload::write_trade(out, &state.spec, trade, now_us, unit)
-                });
-            }
-        }
-        // aggTrade: consecutive fills at one price by one aggressor are one aggregate.
-        let trades = &state.step.trades;
-        let mut agg_id = state.next_agg_id;
-        let agg_topic = state.topic(StreamKind::AggTrade);
-        let mut start = 0;
-        while start < trades.len() {
-            let mut end = start + 1;
-            while end < trades.len()
-                && trades[end].price_tick == trades[start].price_tick
-                && trades[end].buyer_is_maker == trades[start].buyer_is_maker
-            {
-                end += 1;
-            }
-            let group = &trades[start..end];
-            self.hub.publish(agg_topic, |out, unit| {
-                payload::write_agg_trade(out, &state.spec, agg_id, group, now_us, unit)
-            });
-            agg_id += 1;
-            start = end;
-        }
-        self.symbols[index].next_agg_id = agg_id;
-    }
-
     fn every_100ms(&mut self, now_us: u64) {
-        for index in 0..self.symbols.len() {
-            self.flush_window(index, Speed::Ms100, now_us);
-            for levels in [5u8, 10, 20] {
-                self.publish_partial(index, levels, Speed::Ms100);
-            }
-        }
+        self.streams.every_100ms(now_us, &mut self.hub);
     }
 
     fn every_1000ms(&mut self, now_us: u64) {
-        self.seconds += 1;
-        for index in 0..self.symbols.len() {
-            self.flush_window(index, Speed::Ms1000, now_us);
-            for levels in [5u8, 10, 20] {
-                self.publish_partial(index, levels, Speed::Unspecified);
-                self.publish_partial(index, levels, Speed::Ms1000);
-            }
-            self.publish_klines(index, now_us);
-        }
-        self.publish_tickers(now_us);
+        self.streams.every_1000ms(now_us, &mut self.hub);
         self.publish_server_stats(now_us);
         self.hub.sweep();
-    }
-
-    fn flush_window(&mut self, index: usize, speed: Speed, now_us: u64) {
-        let state = &mut self.symbols[index];
-        let window = match speed {
-            Speed::Ms100 => &mut state.window_100ms,
-            _ => &mut state.window_1000ms,
-        };
-        if window.first_update_id == 0 {
-            return;
-        }
-        let first = window.first_update_id;
-        window.drain_into(&mut self.scratch);
-        let state = &self.symbols[index];
-        let merged = &self.scratch;
-        self.hub
-            .publish(state.topic(StreamKind::Diff(speed)), |out, unit| {
-                payload::write_diff(out, &state.spec, merged, first, now_us, unit)
-            });
-    }
-
-    fn publish_partial(&mut self, index: usize, levels: u8, speed: Speed) {
-        let state = &self.symbols[index];
-        self.hub.publish(
-            state.topic(StreamKind::Partial { levels, speed }),
-            |out, _| {
-                payload::write_partial(
-                    out,
-                    &state.spec,
-                    state.sim.book(),
-                    state.sim.last_update_id(),
-                    usize::from(levels),
-                )
-            },
-        );
-    }
-
-    fn publish_klines(&mut self, index: usize, now_us: u64) {
-        let seconds = self.seconds;
-        let state = &mut self.symbols[index];
-        for slot in 0..state.klines.len() {
-            let interval = KlineInterval::ALL[slot];
-            let topic = state.topic(StreamKind::Kline(interval));
-            let symbol = state.spec.symbol.as_str();
-            state.klines[slot].roll(now_us);
-            while let Some(closed) = state.klines[slot].pop_closed() {
-                self.hub
-                    .publish(topic, |out, unit| closed.write(out, symbol, now_us, unit));
-            }
-            let period_s = (interval.push_period_us() / 1_000_000).max(1);
-            if seconds % period_s == 0 {
-                let kline = &state.klines[slot];
-                self.hub
-                    .publish(topic, |out, unit| kline.write(out, symbol, now_us, unit));
-            }
-        }
     }
 
     /// `!stats@1s`. The window is sampled every second even with nobody listening, so a first
@@ -527,50 +304,15 @@ impl Engine {
             live_stats::write_stats(out, &sample, now_us, unit)
         });
     }
+}
 
-    fn publish_tickers(&mut self, now_us: u64) {
-        let all = Topic::AllMiniTickers;
-        let want_all = self.hub.wants(&all);
-        let mut every: Vec<(usize, TickerStats)> = Vec::new();
-        for index in 0..self.symbols.len() {
-            let state = &self.symbols[index];
-            let ticker = state.topic(StreamKind::Ticker);
-            let mini = state.topic(StreamKind::MiniTicker);
-            if !(want_all || self.hub.wants(&ticker) || self.hub.wants(&mini)) {
-                continue;
-            }
-            let stats = self.symbols[index].rolling.stats(now_us);
-            let state = &self.symbols[index];
-            let symbol = state.spec.symbol.as_str();
-            let (bid, ask) = state.best();
-            self.hub.publish(ticker, |out, unit| {
-                rolling::write_ticker(out, symbol, &stats, bid, ask, now_us, unit)
-            });
-            self.hub.publish(mini, |out, unit| {
-                rolling::write_mini_ticker(out, symbol, &stats, now_us, unit)
-            });
-            if want_all {
-                every.push((index, stats));
-            }
-        }
-        if want_all {
-            let symbols = &self.symbols;
-            self.hub.publish(all, |out, unit| {
-                out.push(b'[');
-                for (n, (index, stats)) in every.iter().enumerate() {
-                    if n > 0 {
-                        out.push(b',');
-                    }
-                    rolling::write_mini_ticker(
-                        out,
-                        &symbols[*index].spec.symbol,
-                        stats,
-                        now_us,
-                        unit,
-                    );
-                }
-                out.push(b']');
-            });
-        }
+/// The engine's side of the seam: derived events go to the fan-out hub.
+impl Publisher for Hub {
+    fn wants(&self, topic: &Topic) -> bool {
+        Hub::wants(self, topic)
+    }
+
+    fn publish(&mut self, topic: Topic, render: &mut dyn FnMut(&mut Vec<u8>, TimeUnit)) {
+        Hub::publish(self, topic, render);
     }
 }

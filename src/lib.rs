@@ -4,10 +4,11 @@
 //!
 //! - [`market`]: where market data comes from: the feed file, the synthetic market and its L2
 //!   book on integer ticks.
-//! - [`mod@derive`]: what is derived from the engine's steps: klines, rolling tickers, and the
-//!   rendering of every payload.
-//! - [`engine`]: the engine thread: steps every symbol, derives each stream's events, and
-//!   sequences connection commands between steps.
+//! - [`mod@derive`]: the derivation stage. Every stream's events are derived here from the
+//!   engine's steps alone: a book per symbol, the diff windows, klines, rolling tickers, and the
+//!   rendering of every payload. Events leave through the [`derive::Publisher`] seam.
+//! - [`engine`]: the engine thread. It steps every symbol's simulation, hands each step to the
+//!   derivation stage, and sequences connection commands between steps.
 //! - [`fanout`]: handing each event, serialized once into a finished WebSocket frame, to every
 //!   subscriber's bounded outbox; slow consumers are evicted with 4008.
 //! - [`front`]: the network: accept, HTTP and REST, WebSocket sessions, admission, auth and the

@@ -1,0 +1,191 @@
+//! The derivation stage for a whole feed: every symbol's [`SymbolStreams`], the timer ticks they
+//! share, and the one stream that spans symbols, `!miniTicker@arr`.
+
+use super::stats::rolling::{self, TickerStats};
+use super::symbol::SymbolStreams;
+use super::Publisher;
+use crate::market::sim::Step;
+use crate::protocol::stream::{SymbolId, Topic};
+use bytes::Bytes;
+
+/// Every symbol's derivation state, in feed order.
+pub struct Streams {
+    symbols: Vec<SymbolStreams>,
+    /// 1000 ms ticks since start, to push non-1s klines every other second as Binance does.
+    seconds: u64,
+}
+
+impl Streams {
+    /// The stage for `symbols`, each built with [`SymbolStreams::from_snapshot`]. They must be in
+    /// feed order: the symbol at index `i` has id `i`.
+    pub fn new(symbols: Vec<SymbolStreams>) -> Self {
+        debug_assert!(
+            symbols
+                .iter()
+                .enumerate()
+                .all(|(index, s)| usize::from(s.id()) == index),
+            "symbols out of feed order"
+        );
+        Streams {
+            symbols,
+            seconds: 0,
+        }
+    }
+
+    pub fn symbols(&self) -> &[SymbolStreams] {
+        &self.symbols
+    }
+
+    /// One symbol's state. Panics if `symbol` is not in the feed.
+    pub fn symbol(&self, symbol: SymbolId) -> &SymbolStreams {
+        &self.symbols[usize::from(symbol)]
+    }
+
+    /// Where a step enters the stage: see [`SymbolStreams::on_step`].
+    pub fn on_step<P: Publisher + ?Sized>(
+        &mut self,
+        symbol: SymbolId,
+        step: &Step,
+        now_us: u64,
+        out: &mut P,
+    ) {
+        self.symbols[usize::from(symbol)].on_step(step, now_us, out);
+    }
+
+    /// The 100 ms tick, every symbol in feed order: see [`SymbolStreams::every_100ms`].
+    pub fn every_100ms<P: Publisher + ?Sized>(&mut self, now_us: u64, out: &mut P) {
+        for symbol in &mut self.symbols {
+            symbol.every_100ms(now_us, out);
+        }
+    }
+
+    /// The 1000 ms tick: every symbol's windows, partial depth and klines
+    /// ([`SymbolStreams::every_1000ms`]), then every symbol's tickers, then `!miniTicker@arr`.
+    pub fn every_1000ms<P: Publisher + ?Sized>(&mut self, now_us: u64, out: &mut P) {
+        self.seconds += 1;
+        for symbol in &mut self.symbols {
+            symbol.every_1000ms(now_us, self.seconds, out);
+        }
+        let all = Topic::AllMiniTickers;
+        let want_all = out.wants(&all);
+        let mut every: Vec<(usize, TickerStats)> = Vec::new();
+        for (index, symbol) in self.symbols.iter_mut().enumerate() {
+            if let Some(stats) = symbol.publish_tickers(now_us, want_all, out) {
+                if want_all {
+                    every.push((index, stats));
+                }
+            }
+        }
+        if want_all {
+            let symbols = &self.symbols;
+            out.publish(all, &mut |buf, unit| {
+                buf.push(b'[');
+                for (n, (index, stats)) in every.iter().enumerate() {
+                    if n > 0 {
+                        buf.push(b',');
+                    }
+                    rolling::write_mini_ticker(
+                        buf,
+                        &symbols[*index].spec().symbol,
+                        stats,
+                        now_us,
+                        unit,
+                    );
+                }
+                buf.push(b']');
+            });
+        }
+    }
+
+    /// The `/api/v3/depth` body for `symbol` at its last applied update id. Panics if `symbol`
+    /// is not in the feed.
+    pub fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {
+        self.symbol(symbol).snapshot(limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derive::symbol::tests::{Recorder, T0};
+    use crate::market::feed::Feed;
+    use crate::market::sim::MarketSim;
+
+    /// Two stages fed the same steps and ticks publish the same bytes from the moment both
+    /// listen, whatever one of them wanted before: what a gateway derives does not depend on
+    /// which streams had subscribers. The run crosses minute boundaries, so klines close and
+    /// the rolling ticker fills buckets on both sides of the switch.
+    #[test]
+    fn later_events_do_not_depend_on_what_was_wanted_before() {
+        const SYMBOLS: usize = 3;
+        const TICKS_10MS: u64 = 15_000;
+        let feed = Feed::embedded_default();
+        // Half a minute in, so the first minute closes early in the run.
+        let start = T0 + 30_000_000;
+        let mut sims: Vec<MarketSim> = feed.symbols[..SYMBOLS].iter().map(MarketSim::new).collect();
+        let stage = |sims: &[MarketSim]| {
+            Streams::new(
+                sims.iter()
+                    .zip(&feed.symbols)
+                    .enumerate()
+                    .map(|(index, (sim, spec))| {
+                        SymbolStreams::from_snapshot(
+                            index as SymbolId,
+                            spec.clone(),
+                            sim.book().clone(),
+                            sim.last_update_id(),
+                            start,
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let (mut always, mut late) = (stage(&sims), stage(&sims));
+        let mut always_out = Recorder {
+            wants: true,
+            ..Recorder::default()
+        };
+        let mut late_out = Recorder::default();
+        let mut step = Step::default();
+        for tick in 1..=TICKS_10MS {
+            if tick == TICKS_10MS / 2 {
+                always_out.events.clear();
+                late_out.wants = true;
+            }
+            let now_us = start + tick * 10_000;
+            for (index, sim) in sims.iter_mut().enumerate() {
+                sim.step(&mut step);
+                always.on_step(index as SymbolId, &step, now_us, &mut always_out);
+                late.on_step(index as SymbolId, &step, now_us, &mut late_out);
+            }
+            if tick % 10 == 0 {
+                always.every_100ms(now_us, &mut always_out);
+                late.every_100ms(now_us, &mut late_out);
+            }
+            if tick % 100 == 0 {
+                always.every_1000ms(now_us, &mut always_out);
+                late.every_1000ms(now_us, &mut late_out);
+            }
+        }
+        assert!(always_out.events.len() > 20_000);
+        let seen = |wanted: &dyn Fn(&Topic, &[u8]) -> bool| {
+            always_out
+                .events
+                .iter()
+                .any(|(topic, ms, _)| wanted(topic, ms))
+        };
+        assert!(seen(&|topic, _| *topic == Topic::AllMiniTickers));
+        assert!(seen(&|_, ms| ms.starts_with(b"{\"e\":\"24hrTicker\"")));
+        assert!(seen(&|_, ms| ms.starts_with(b"{\"e\":\"kline\"")
+            && ms.windows(8).any(|w| w == b"\"x\":true")));
+        assert_eq!(always_out.events.len(), late_out.events.len());
+        for (n, (a, b)) in always_out.events.iter().zip(&late_out.events).enumerate() {
+            assert!(a == b, "event {n} differs: {a:?} vs {b:?}");
+        }
+        for (index, sim) in sims.iter().enumerate() {
+            let id = index as SymbolId;
+            assert_eq!(always.snapshot(id, 100), late.snapshot(id, 100));
+            assert!(always.symbol(id).book() == sim.book());
+        }
+    }
+}

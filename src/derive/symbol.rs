@@ -1,0 +1,480 @@
+//! Everything derived for one symbol: its own L2 book, the diff windows, trade statistics,
+//! the bookTicker change detector and the aggTrade id counter.
+//!
+//! A [`SymbolStreams`] starts from a book snapshot ([`SymbolStreams::from_snapshot`]) and from
+//! then on reads nothing but [`Step`]s: each step's changed levels are applied to its own book,
+//! so partial depth, bookTicker, tickers and REST snapshots never look at a simulation.
+
+use super::payload;
+use super::stats::kline::{KlineBuilder, KlineInterval};
+use super::stats::rolling::{self, Rolling24h, TickerStats};
+use super::stats::TradePrint;
+use super::window::DiffWindow;
+use super::Publisher;
+use crate::market::book::{OrderBook, Side};
+use crate::market::feed::SymbolSpec;
+use crate::market::sim::Step;
+use crate::protocol::stream::{Speed, StreamKind, SymbolId, Topic};
+use bytes::Bytes;
+
+/// The rolling ticker's window: 24 hours.
+const DAY_US: u64 = 86_400_000_000;
+/// The rolling ticker's bucket: one minute.
+const MINUTE_US: u64 = 60_000_000;
+/// Levels of the partial depth streams (`depth5`, `depth10`, `depth20`).
+const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
+
+/// Best bid and best ask as `((price_e8, qty_e8), (price_e8, qty_e8))`; `(0, 0)` for an empty side.
+pub type BestQuotes = ((u64, u64), (u64, u64));
+
+/// The derivation state of one symbol.
+pub struct SymbolStreams {
+    id: SymbolId,
+    spec: SymbolSpec,
+    /// The book as of `last_update_id`, kept by applying every step's levels.
+    book: OrderBook,
+    last_update_id: u64,
+    window_100ms: DiffWindow,
+    window_1000ms: DiffWindow,
+    /// A drained window, reused so flushing never allocates once warm.
+    merged: Step,
+    rolling: Rolling24h,
+    /// One builder per [`KlineInterval::ALL`], in that order.
+    klines: Vec<KlineBuilder>,
+    last_book_ticker: Option<BestQuotes>,
+    next_agg_id: u64,
+}
+
+impl SymbolStreams {
+    /// The entry point of the derivation stage for one symbol: starts deriving from `book`, the
+    /// symbol's book as of update `last_update_id`, at wall-clock time `start_us`.
+    ///
+    /// The all-in-one engine passes a copy of its simulation's freshly built book (update id 1);
+    /// a gateway passes the book it rebuilt from the engine's snapshot. Either way the stage
+    /// starts with no trades seen: aggTrade ids start at 1, and the rolling 24h ticker and the
+    /// klines start empty at `start_us`, priced at the spec's start price.
+    ///
+    /// Steps handed to [`on_step`](Self::on_step) must continue from `last_update_id` with no
+    /// gap: the first is numbered `last_update_id + 1`.
+    pub fn from_snapshot(
+        id: SymbolId,
+        spec: SymbolSpec,
+        book: OrderBook,
+        last_update_id: u64,
+        start_us: u64,
+    ) -> Self {
+        let reference = spec.start_price_ticks * spec.tick_e8;
+        SymbolStreams {
+            id,
+            book,
+            last_update_id,
+            window_100ms: DiffWindow::default(),
+            window_1000ms: DiffWindow::default(),
+            merged: Step::default(),
+            rolling: Rolling24h::new(DAY_US, MINUTE_US, start_us, reference),
+            klines: KlineInterval::ALL
+                .iter()
+                .map(|&interval| KlineBuilder::new(interval, start_us, reference))
+                .collect(),
+            last_book_ticker: None,
+            next_agg_id: 1,
+            spec,
+        }
+    }
+
+    /// The symbol's index in the feed, as topics name it.
+    pub fn id(&self) -> SymbolId {
+        self.id
+    }
+
+    pub fn spec(&self) -> &SymbolSpec {
+        &self.spec
+    }
+
+    /// The book as of [`last_update_id`](Self::last_update_id).
+    pub fn book(&self) -> &OrderBook {
+        &self.book
+    }
+
+    /// Update id of the last step applied (the snapshot's before any step).
+    pub fn last_update_id(&self) -> u64 {
+        self.last_update_id
+    }
+
+    /// Best bid and ask of the book in e8 units.
+    pub fn best(&self) -> BestQuotes {
+        let convert = |level: Option<(u64, u64)>| {
+            level.map_or((0, 0), |(tick, lots)| {
+                (
+                    payload::price(&self.spec, tick),
+                    payload::qty(&self.spec, lots),
+                )
+            })
+        };
+        (convert(self.book.best_bid()), convert(self.book.best_ask()))
+    }
+
+    /// The `/api/v3/depth` body: the best `limit` levels a side at the last applied update id.
+    pub fn snapshot(&self, limit: usize) -> Bytes {
+        let mut out = Vec::with_capacity(64 + limit * 48);
+        payload::write_partial(&mut out, &self.spec, &self.book, self.last_update_id, limit);
+        Bytes::from(out)
+    }
+
+    /// Where a step enters: applies it to the book and the windows, counts its trades in the
+    /// statistics, and publishes `<symbol>@depth`, `@trade`, `@aggTrade` and, if the touch
+    /// changed, `@bookTicker`. `now_us` is the event time the payloads carry.
+    pub fn on_step<P: Publisher + ?Sized>(&mut self, step: &Step, now_us: u64, out: &mut P) {
+        self.apply(step);
+        self.window_100ms.add(step);
+        self.window_1000ms.add(step);
+        let spec = &self.spec;
+        out.publish(
+            self.topic(StreamKind::Diff(Speed::Unspecified)),
+            &mut |buf, unit| payload::write_diff(buf, spec, step, step.update_id, now_us, unit),
+        );
+        self.on_trades(step, now_us, out);
+        let best = self.best();
+        if self.last_book_ticker != Some(best) {
+            self.last_book_ticker = Some(best);
+            let symbol = self.spec.symbol.as_str();
+            out.publish(self.topic(StreamKind::BookTicker), &mut |buf, _| {
+                payload::write_book_ticker(buf, symbol, step.update_id, best)
+            });
+        }
+    }
+
+    /// The 100 ms tick: flushes `@depth@100ms` and publishes `@depth<N>@100ms`.
+    pub fn every_100ms<P: Publisher + ?Sized>(&mut self, now_us: u64, out: &mut P) {
+        self.flush_window(Speed::Ms100, now_us, out);
+        for levels in PARTIAL_LEVELS {
+            self.publish_partial(levels, Speed::Ms100, out);
+        }
+    }
+
+    /// This symbol's part of the 1000 ms tick: flushes `@depth@1000ms`, publishes `@depth<N>`
+    /// and `@depth<N>@1000ms`, closes and pushes klines. `second` numbers the tick (1 for the
+    /// stage's first): klines with a push period of `p` seconds are pushed when `second % p == 0`.
+    ///
+    /// Tickers are not part of it: [`Streams`](super::Streams) publishes them after every
+    /// symbol's part, through [`publish_tickers`](Self::publish_tickers).
+    pub fn every_1000ms<P: Publisher + ?Sized>(&mut self, now_us: u64, second: u64, out: &mut P) {
+        self.flush_window(Speed::Ms1000, now_us, out);
+        for levels in PARTIAL_LEVELS {
+            self.publish_partial(levels, Speed::Unspecified, out);
+            self.publish_partial(levels, Speed::Ms1000, out);
+        }
+        self.publish_klines(now_us, second, out);
+    }
+
+    /// Publishes `@ticker` and `@miniTicker` for the 24h window ending at `now_us`, if anyone
+    /// wants either or `force` is set (the caller needs the statistics for `!miniTicker@arr`).
+    /// Returns the statistics when they were computed.
+    pub fn publish_tickers<P: Publisher + ?Sized>(
+        &mut self,
+        now_us: u64,
+        force: bool,
+        out: &mut P,
+    ) -> Option<TickerStats> {
+        let ticker = self.topic(StreamKind::Ticker);
+        let mini = self.topic(StreamKind::MiniTicker);
+        if !(force || out.wants(&ticker) || out.wants(&mini)) {
+            return None;
+        }
+        let stats = self.rolling.stats(now_us);
+        let symbol = self.spec.symbol.as_str();
+        let (bid, ask) = self.best();
+        out.publish(ticker, &mut |buf, unit| {
+            rolling::write_ticker(buf, symbol, &stats, bid, ask, now_us, unit)
+        });
+        out.publish(mini, &mut |buf, unit| {
+            rolling::write_mini_ticker(buf, symbol, &stats, now_us, unit)
+        });
+        Some(stats)
+    }
+
+    fn topic(&self, kind: StreamKind) -> Topic {
+        Topic::Symbol {
+            symbol: self.id,
+            kind,
+        }
+    }
+
+    /// Applies a step's changed levels (final lots, 0 = removed) to the book.
+    ///
+    /// Removals go first: the book then only ever holds levels the step's final book holds, so
+    /// it is never crossed in between, whatever order the sides arrive in.
+    fn apply(&mut self, step: &Step) {
+        debug_assert_eq!(
+            step.update_id,
+            self.last_update_id + 1,
+            "steps must arrive in update-id order without gaps"
+        );
+        for removals in [true, false] {
+            for (side, levels) in [(Side::Bid, &step.bids), (Side::Ask, &step.asks)] {
+                for &(tick, lots) in levels {
+                    if (lots == 0) == removals {
+                        self.book.set(side, tick, lots);
+                    }
+                }
+            }
+        }
+        self.last_update_id = step.update_id;
+    }
+
+    /// Records the step's trades in the statistics and publishes `trade` and `aggTrade`.
+    fn on_trades<P: Publisher + ?Sized>(&mut self, step: &Step, now_us: u64, out: &mut P) {
+        let trades = &step.trades;
+        if trades.is_empty() {
+            return;
+        }
+        for trade in trades {
+            let print = TradePrint {
+                id: trade.id,
+                price_e8: payload::price(&self.spec, trade.price_tick),
+                qty_e8: payload::qty(&self.spec, trade.qty_lots),
+                time_us: now_us,
+                buyer_is_maker: trade.buyer_is_maker,
+            };
+            self.rolling.record(&print);
+            for kline in &mut self.klines {
+                kline.record(&print);
+            }
+        }
+        let trade_topic = self.topic(StreamKind::Trade);
+        let agg_topic = self.topic(StreamKind::AggTrade);
+        let spec = &self.spec;
+        if out.wants(&trade_topic) {
+            for trade in trades {
+                out.publish(trade_topic, &mut |buf, unit| {
+                    payload::write_trade(buf, spec, trade, now_us, unit)
+                });
+            }
+        }
+        // aggTrade: consecutive fills at one price by one aggressor are one aggregate. Ids
+        // advance whether or not anyone listens.
+        let mut start = 0;
+        while start < trades.len() {
+            let mut end = start + 1;
+            while end < trades.len()
+                && trades[end].price_tick == trades[start].price_tick
+                && trades[end].buyer_is_maker == trades[start].buyer_is_maker
+            {
+                end += 1;
+            }
+            let group = &trades[start..end];
+            let agg_id = self.next_agg_id;
+            out.publish(agg_topic, &mut |buf, unit| {
+                payload::write_agg_trade(buf, spec, agg_id, group, now_us, unit)
+            });
+            self.next_agg_id += 1;
+            start = end;
+        }
+    }
+
+    fn flush_window<P: Publisher + ?Sized>(&mut self, speed: Speed, now_us: u64, out: &mut P) {
+        let window = match speed {
+            Speed::Ms100 => &mut self.window_100ms,
+            _ => &mut self.window_1000ms,
+        };
+        let Some(first) = window.drain_into(&mut self.merged) else {
+            return;
+        };
+        let (spec, merged) = (&self.spec, &self.merged);
+        out.publish(self.topic(StreamKind::Diff(speed)), &mut |buf, unit| {
+            payload::write_diff(buf, spec, merged, first, now_us, unit)
+        });
+    }
+
+    fn publish_partial<P: Publisher + ?Sized>(&self, levels: u8, speed: Speed, out: &mut P) {
+        out.publish(
+            self.topic(StreamKind::Partial { levels, speed }),
+            &mut |buf, _| {
+                payload::write_partial(
+                    buf,
+                    &self.spec,
+                    &self.book,
+                    self.last_update_id,
+                    usize::from(levels),
+                )
+            },
+        );
+    }
+
+    fn publish_klines<P: Publisher + ?Sized>(&mut self, now_us: u64, second: u64, out: &mut P) {
+        let symbol = self.spec.symbol.as_str();
+        for (&interval, kline) in KlineInterval::ALL.iter().zip(&mut self.klines) {
+            let topic = Topic::Symbol {
+                symbol: self.id,
+                kind: StreamKind::Kline(interval),
+            };
+            kline.roll(now_us);
+            while let Some(closed) = kline.pop_closed() {
+                out.publish(topic, &mut |buf, unit| {
+                    closed.write(buf, symbol, now_us, unit)
+                });
+            }
+            let period_s = (interval.push_period_us() / 1_000_000).max(1);
+            if second % period_s == 0 {
+                let kline = &*kline;
+                out.publish(topic, &mut |buf, unit| {
+                    kline.write(buf, symbol, now_us, unit)
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::market::feed::Feed;
+    use crate::market::sim::MarketSim;
+    use crate::protocol::json::TimeUnit;
+
+    /// 2026-01-01T00:00:00Z.
+    pub(crate) const T0: u64 = 1_767_225_600_000_000;
+
+    /// A publisher that, while `wants` is set, listens to every topic and keeps each event as
+    /// rendered in ms and in µs.
+    #[derive(Default)]
+    pub(crate) struct Recorder {
+        pub(crate) wants: bool,
+        pub(crate) events: Vec<(Topic, Vec<u8>, Vec<u8>)>,
+    }
+
+    impl Publisher for Recorder {
+        fn wants(&self, _: &Topic) -> bool {
+            self.wants
+        }
+
+        fn publish(&mut self, topic: Topic, render: &mut dyn FnMut(&mut Vec<u8>, TimeUnit)) {
+            if self.wants {
+                let (mut ms, mut us) = (Vec::new(), Vec::new());
+                render(&mut ms, TimeUnit::Millisecond);
+                render(&mut us, TimeUnit::Microsecond);
+                self.events.push((topic, ms, us));
+            }
+        }
+    }
+
+    /// The book a gateway would rebuild from a snapshot's levels.
+    fn rebuilt(book: &OrderBook) -> OrderBook {
+        let mut copy = OrderBook::new();
+        for side in [Side::Bid, Side::Ask] {
+            for (tick, lots) in book.top(side) {
+                copy.set(side, tick, lots);
+            }
+        }
+        copy
+    }
+
+    fn assert_same_levels(derived: &OrderBook, sim: &OrderBook, at: u64) {
+        for side in [Side::Bid, Side::Ask] {
+            assert_eq!(
+                derived.levels(side),
+                sim.levels(side),
+                "{side:?} level count at update {at}"
+            );
+            for (n, (d, s)) in derived.top(side).zip(sim.top(side)).enumerate() {
+                assert_eq!(d, s, "{side:?} level {n} at update {at}");
+            }
+            assert_eq!(derived.best(side), sim.best(side));
+        }
+    }
+
+    /// The derivation stage never reads the simulation's book: it rebuilds it from the initial
+    /// snapshot and each step's levels. After every step its book must equal the simulation's,
+    /// level by level, and so must the REST snapshot rendered from it.
+    #[test]
+    fn derived_book_follows_the_simulation_level_by_level() {
+        const STEPS: u64 = 20_000;
+        let feed = Feed::embedded_default();
+        for (index, spec) in feed.symbols.iter().enumerate().take(3) {
+            let mut sim = MarketSim::new(spec);
+            let mut streams = SymbolStreams::from_snapshot(
+                index as SymbolId,
+                spec.clone(),
+                rebuilt(sim.book()),
+                sim.last_update_id(),
+                T0,
+            );
+            assert_same_levels(streams.book(), sim.book(), sim.last_update_id());
+            let mut nobody = Recorder::default();
+            let mut step = Step::default();
+            for n in 0..STEPS {
+                sim.step(&mut step);
+                streams.on_step(&step, T0 + n * 10_000, &mut nobody);
+                assert_eq!(streams.last_update_id(), sim.last_update_id());
+                assert_eq!(streams.book().best_bid(), sim.book().best_bid());
+                assert_eq!(streams.book().best_ask(), sim.book().best_ask());
+                if n % 97 == 0 {
+                    assert_same_levels(streams.book(), sim.book(), step.update_id);
+                }
+            }
+            assert_same_levels(streams.book(), sim.book(), sim.last_update_id());
+            assert!(streams.book() == sim.book());
+            let mut expected = Vec::new();
+            payload::write_partial(&mut expected, spec, sim.book(), sim.last_update_id(), 5000);
+            assert_eq!(&streams.snapshot(5000)[..], &expected[..]);
+            assert!(nobody.events.is_empty());
+        }
+    }
+
+    /// Per step: the diff, each trade, each aggregate (ids counting up from 1 across steps) and,
+    /// only when the touch moved, the bookTicker, in that order.
+    #[test]
+    fn a_step_publishes_diff_trades_aggregates_then_book_ticker() {
+        let feed = Feed::embedded_default();
+        let spec = &feed.symbols[0];
+        let mut sim = MarketSim::new(spec);
+        let mut streams = SymbolStreams::from_snapshot(0, spec.clone(), sim.book().clone(), 1, T0);
+        let mut out = Recorder {
+            wants: true,
+            ..Recorder::default()
+        };
+        let mut step = Step::default();
+        let mut next_agg_id = 1;
+        let mut touch = None;
+        let (mut trade_steps, mut quiet_touches) = (0, 0);
+        for n in 0..5_000 {
+            out.events.clear();
+            sim.step(&mut step);
+            streams.on_step(&step, T0 + n * 10_000, &mut out);
+            let mut events = out.events.iter();
+            let (topic, ms, _) = events.next().expect("a diff per step");
+            assert_eq!(*topic, streams.topic(StreamKind::Diff(Speed::Unspecified)));
+            let u = format!("\"u\":{},", step.update_id);
+            assert!(ms.windows(u.len()).any(|w| w == u.as_bytes()));
+            for trade in &step.trades {
+                let (topic, ms, _) = events.next().expect("a trade event per trade");
+                assert_eq!(*topic, streams.topic(StreamKind::Trade));
+                let t = format!("\"t\":{},", trade.id);
+                assert!(ms.windows(t.len()).any(|w| w == t.as_bytes()));
+            }
+            trade_steps += usize::from(!step.trades.is_empty());
+            let mut rest: Vec<_> = events.collect();
+            let book_ticker = rest
+                .last()
+                .is_some_and(|(topic, _, _)| *topic == streams.topic(StreamKind::BookTicker));
+            if book_ticker {
+                rest.pop();
+            }
+            for (topic, ms, _) in rest {
+                assert_eq!(*topic, streams.topic(StreamKind::AggTrade));
+                let a = format!("\"a\":{next_agg_id},");
+                assert!(ms.windows(a.len()).any(|w| w == a.as_bytes()));
+                next_agg_id += 1;
+            }
+            let best = streams.best();
+            assert_eq!(
+                book_ticker,
+                touch != Some(best),
+                "bookTicker iff the touch moved"
+            );
+            quiet_touches += usize::from(!book_ticker);
+            touch = Some(best);
+        }
+        assert!(trade_steps > 100 && next_agg_id > 100 && quiet_touches > 100);
+    }
+}
