@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # Macro fan-out benchmark: bookcast against its own naive baseline and three relay peers
 # (Node.js + ws, Go + gorilla/websocket, Bun.serve), each loaded by bookcast-load over loopback
-# with N clients on '<sym>@depth'.
+# with N clients on '<sym>$STREAM' (STREAM=@depth unless set: one stream per client, the
+# symbols round-robin).
 #
 #   benches/fanout.sh                     # SCALES="1000 5000", DURATION=10s, all five servers
 #   SCALES="1000" DURATION=10s benches/fanout.sh
 #   SERVERS="bookcast go" benches/fanout.sh
 #   SERVERS="bookcast bun" benches/fanout.sh
-#   benches/fanout.sh --smoke             # (or SMOKE=1) 200 clients, 3 s, bookcast + SMOKE_PEER
-#                                         # (node); fails unless 0 gaps and the report's keys exist
+#   STREAM=@depth@1000ms benches/fanout.sh  # or @trade, @bookTicker, @depth20@100ms, ...
+#   benches/fanout.sh --smoke             # (or SMOKE=1) 200 clients, 3 s, @depth, bookcast +
+#                                         # SMOKE_PEER (node); fails unless 0 gaps and the
+#                                         # report's keys exist
 #
-# Environment: SCALES, DURATION, SERVERS, OUT (/tmp/bookcast-fanout), PORT_BASE (19600),
-# REPEAT (1: runs of each server/scale, each its own row), SMOKE_PEER (node), SKIP_BUILD=1.
+# Environment: SCALES, DURATION, SERVERS, STREAM (@depth: the stream name after the symbol,
+# matching ^@[A-Za-z0-9_@]+$), OUT (/tmp/bookcast-fanout), PORT_BASE (19600), REPEAT (1: runs
+# of each server/scale, each its own row), SMOKE_PEER (node), SKIP_BUILD=1.
 #
 # The peers relay: one upstream bookcast (started once, on PORT_BASE) generates the feed; each
-# peer subscribes to every symbol's diffs there through one combined connection and fans the raw
-# payloads out. bookcast and bookcast-naive generate the feed themselves. The node and bun peers
-# come from npm ci with their lockfiles (bun: the npm package's Linux binary, run directly, so
-# the measured process is bun itself, not npm's shim). Measured per run: the server process's
-# CPU seconds (utime+stime of all its threads from /proc/PID/stat, over the bookcast-load run)
-# and memory (VmRSS once the server is ready, VmHWM after the run). Loopback only; every wait
-# is bounded; every process started here is stopped on exit.
+# peer (given --stream STREAM) subscribes to every symbol's <sym>STREAM there through one
+# combined connection and fans the raw payloads out to clients at /ws/<sym>STREAM. bookcast and
+# bookcast-naive generate the feed themselves. The node and bun peers come from npm ci with
+# their lockfiles (bun: the npm package's Linux binary, run directly, so the measured process is
+# bun itself, not npm's shim). Measured per run: the server process's CPU seconds (utime+stime
+# of all its threads from /proc/PID/stat, over the bookcast-load run) and memory (VmRSS once
+# the server is ready, VmHWM after the run). Loopback only; every wait is bounded; every
+# process started here is stopped on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,10 +45,12 @@ if [[ "$SMOKE" == 1 ]]; then
   SCALES=200
   DURATION=3s
   SERVERS="bookcast ${SMOKE_PEER:-node}"
+  STREAM=@depth
 fi
 SCALES=${SCALES:-1000 5000}
 DURATION=${DURATION:-10s}
 SERVERS=${SERVERS:-bookcast bookcast-naive node go bun}
+STREAM=${STREAM:-@depth}
 REPEAT=${REPEAT:-1}
 [[ "$SMOKE" == 1 ]] && REPEAT=1
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "fanout.sh: bad REPEAT '$REPEAT'" >&2; exit 2; }
@@ -58,6 +65,9 @@ for s in $SERVERS; do
   case "$s" in bookcast|bookcast-naive|node|go|bun) ;; *) die "unknown server '$s'" ;; esac
 done
 for n in $SCALES; do [[ "$n" =~ ^[0-9]+$ ]] || die "bad scale '$n'"; done
+# The suffix after '<sym>' (the peers relay <sym>$STREAM for every symbol); the servers refuse
+# names they don't know, so a typo fails the first run.
+[[ "$STREAM" =~ ^@[A-Za-z0-9_@]+$ ]] || die "STREAM must match ^@[A-Za-z0-9_@]+\$, like @depth@1000ms (got '$STREAM')"
 wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 relay() { [[ "$1" == node || "$1" == go || "$1" == bun ]]; } # peers fed by the upstream bookcast
 
@@ -232,18 +242,18 @@ start_server() {
     node)
       start_upstream
       node "$PEERS/node/server.js" --listen "127.0.0.1:$port" \
-        --upstream "127.0.0.1:$UPSTREAM_PORT" >"$logf" 2>&1 &
+        --upstream "127.0.0.1:$UPSTREAM_PORT" --stream "$STREAM" >"$logf" 2>&1 &
       ;;
     go)
       start_upstream
       "$PEERS/go/peer-go" -listen "127.0.0.1:$port" \
-        -upstream "127.0.0.1:$UPSTREAM_PORT" >"$logf" 2>&1 &
+        -upstream "127.0.0.1:$UPSTREAM_PORT" -stream "$STREAM" >"$logf" 2>&1 &
       ;;
     bun)
       start_upstream
       # No .env files or auto-install from wherever this runs: the peer needs neither.
       "$BUN_BIN" --no-env-file --no-install "$PEERS/bun/server.js" --listen "127.0.0.1:$port" \
-        --upstream "127.0.0.1:$UPSTREAM_PORT" >"$logf" 2>&1 &
+        --upstream "127.0.0.1:$UPSTREAM_PORT" --stream "$STREAM" >"$logf" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -270,7 +280,7 @@ for n in $SCALES; do
   for name in $SERVERS; do
     port=$(port_of "$name")
     run="$OUT/runs/$name-$n-$rep"
-    log "$name, $n clients, $DURATION (run $rep of $REPEAT)"
+    log "$name, $n clients on <sym>$STREAM, $DURATION (run $rep of $REPEAT)"
     start_server "$name" "$port" "$run.server.log"
     sleep 1 # let start-up allocations settle before the baseline
     rss0=$(mem_kib "$SERVER_PID" VmRSS)
@@ -281,7 +291,7 @@ for n in $SCALES; do
     limit=$((DUR_S + n / 500 + 60))
     set +e
     timeout --kill-after=5 "$limit" "$BIN/bookcast-load" --url "ws://127.0.0.1:$port" \
-      --clients "$n" --streams '<sym>@depth' --duration "$DURATION" \
+      --clients "$n" --streams "<sym>$STREAM" --duration "$DURATION" \
       --per-source-address 2500 --json "$run.json" >"$run.load.txt" 2>&1
     rc=$?
     set -e
@@ -308,8 +318,8 @@ done
 [[ -n "$UPSTREAM_PID" ]] && stop "$UPSTREAM_PID"
 
 # ---------------------------------------------------------------- summary
-OUT="$OUT" SERVERS="$SERVERS" SCALES="$SCALES" DURATION="$DURATION" SMOKE="$SMOKE" REPEAT="$REPEAT" \
-  python3 - <<'PY'
+OUT="$OUT" SERVERS="$SERVERS" SCALES="$SCALES" DURATION="$DURATION" STREAM="$STREAM" SMOKE="$SMOKE" \
+  REPEAT="$REPEAT" python3 - <<'PY'
 import json, os, sys
 
 out = os.environ["OUT"]
@@ -369,12 +379,15 @@ lines = ["  ".join(c[i].rjust(widths[i]) if i else c[i].ljust(widths[i]) for i i
 lines.insert(1, "  ".join("-" * w for w in widths))
 md = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
 md += ["| " + " | ".join(str(r[k]) for k, _ in cols) + " |" for r in rows]
-result = {"duration": os.environ["DURATION"], "rows": rows, "problems": problems}
+stream = os.environ["STREAM"]
+result = {"stream": stream, "streams": f"<sym>{stream}", "duration": os.environ["DURATION"],
+          "rows": rows, "problems": problems}
 json.dump(result, open(f"{out}/results.json", "w"), indent=2)
+title = f"bookcast fan-out, `<sym>{stream}`, {os.environ['DURATION']} per run"
 open(f"{out}/results.md", "w").write(
-    f"bookcast fan-out, `<sym>@depth`, {os.environ['DURATION']} per run "
-    "(CPU and RSS: the server process; upstream CPU: the relays' feed, not counted in theirs)\n\n"
-    + "\n".join(md) + "\n")
+    f"{title} (CPU and RSS: the server process; upstream CPU: the relays' feed, not counted in "
+    "theirs)\n\n" + "\n".join(md) + "\n")
+print(title.replace("`", "") + "\n")
 print("\n".join(lines))
 print(f"\n(written to {out}/results.json and {out}/results.md)")
 if problems:

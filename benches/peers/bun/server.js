@@ -1,11 +1,13 @@
 'use strict';
 // The Bun (Bun.serve, uWebSockets inside) peer for benches/fanout.sh.
 //
-// It relays bookcast's <sym>@depth streams like the Node peer: one upstream connection (Bun's
-// built-in WebSocket client) to a bookcast instance carries every symbol's diffs as combined
-// messages; the raw `data` payload of each is sliced out of the text (not parsed) and handed to
-// server.publish(stream, payload), which uWebSockets' topic tree writes as one text frame to
-// every client that ws.subscribe()d to that stream, in order, corked per socket.
+// It relays one bookcast stream per symbol, <sym><suffix> (--stream, default @depth; e.g.
+// @depth@1000ms or @trade), like the Node peer: one upstream connection (Bun's built-in
+// WebSocket client) to a bookcast instance carries every symbol's <sym><suffix> as combined
+// messages, and clients connect at /ws/<sym><suffix>. The raw `data` payload of each message
+// is sliced out of the text (not parsed) and handed to server.publish(stream, payload), which
+// uWebSockets' topic tree writes as one text frame to every client that ws.subscribe()d to that
+// stream, in order, corked per socket.
 //
 // Options, chosen to match bookcast and the other peers:
 // - perMessageDeflate: false: nobody compresses.
@@ -20,11 +22,12 @@
 // string, the slice shares its characters, and publish() writes text frames from strings (a
 // Buffer would go out as a binary frame).
 //
-// Run: bun server.js --listen 127.0.0.1:9605 --upstream 127.0.0.1:9600
+// Run: bun server.js --listen 127.0.0.1:9605 --upstream 127.0.0.1:9600 [--stream @depth]
 
 const MAX_BUFFERED = 256 * 1024; // bookcast's default queue bound
 const IDLE_TIMEOUT_S = 60;
 const MAX_PAYLOAD = 4096;
+const SUFFIX = /^@[A-Za-z0-9_@]+$/; // what fanout.sh accepts as STREAM
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(name);
@@ -36,15 +39,25 @@ function split(hostPort) {
   return { host: hostPort.slice(0, i), port: Number(hostPort.slice(i + 1)) };
 }
 
+// A client's stream name as the upstream spells it in "stream": bookcast matches the symbol
+// case-insensitively and the rest exactly (aggTrade, bookTicker), and names the symbol in
+// lower case.
+function canonical(name) {
+  const at = name.indexOf('@');
+  return at < 0 ? name.toLowerCase() : name.slice(0, at).toLowerCase() + name.slice(at);
+}
+
 async function main() {
   const listen = split(arg('--listen', '127.0.0.1:9605'));
   const upstream = arg('--upstream', '127.0.0.1:9443');
+  const suffix = arg('--stream', '@depth');
+  if (!SUFFIX.test(suffix)) throw new Error(`--stream must match ${SUFFIX.source} (got '${suffix}')`);
 
   const res = await fetch(`http://${upstream}/api/v3/exchangeInfo`);
   if (res.status !== 200) throw new Error(`http://${upstream}/api/v3/exchangeInfo: status ${res.status}`);
   const info = new Uint8Array(await res.arrayBuffer());
   const symbols = JSON.parse(new TextDecoder().decode(info)).symbols.map((s) => s.symbol.toLowerCase());
-  const topics = new Set(symbols.map((s) => `${s}@depth`));
+  const topics = new Set(symbols.map((s) => `${s}${suffix}`));
 
   const streams = [...topics].join('/');
   const up = new WebSocket(`ws://${upstream}/stream?streams=${streams}&timeUnit=MICROSECOND`);
@@ -84,7 +97,7 @@ async function main() {
         }
         // /ws/<stream>[/<stream>...]; the query (timeUnit=MICROSECOND) is accepted and ignored.
         if (!path.startsWith('/ws/')) return new Response(null, { status: 404 });
-        const subs = path.slice(4).split('/').map((s) => s.toLowerCase());
+        const subs = path.slice(4).split('/').map(canonical);
         if (subs.some((t) => !topics.has(t))) return new Response(null, { status: 400 });
         if (srv.upgrade(req, { data: subs })) return undefined;
         return new Response(null, { status: 404 }); // not an upgrade request (as Node answers)
@@ -103,7 +116,9 @@ async function main() {
         publishToSelf: false,
       },
     });
-    console.error(`peer-bun: ${topics.size} streams from ${upstream}, listening on ${listen.host}:${server.port}`);
+    console.error(
+      `peer-bun: ${topics.size} <sym>${suffix} streams from ${upstream}, listening on ${listen.host}:${server.port}`,
+    );
   };
   process.on('SIGTERM', () => process.exit(0));
   process.on('SIGINT', () => process.exit(0));

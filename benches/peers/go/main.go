@@ -1,17 +1,18 @@
 // Command peer-go is the Go (gorilla/websocket) peer for benches/fanout.sh.
 //
-// It relays bookcast's <sym>@depth streams: one upstream connection to a bookcast instance
-// carries every symbol's diffs as combined messages; the raw `data` payload of each is sliced
-// out (not re-serialized), wrapped once in a websocket.PreparedMessage (the frame is built once
-// and shared), and queued to every client subscribed to that symbol. Each client has its own
-// writer goroutine behind a bounded channel; a client whose channel is full is a slow consumer
-// and is closed with 4008, as bookcast does.
+// It relays one bookcast stream per symbol, <sym><suffix> (-stream, default @depth; e.g.
+// @depth@1000ms or @trade): one upstream connection to a bookcast instance carries every
+// symbol's <sym><suffix> as combined messages, and clients connect at /ws/<sym><suffix>. The
+// raw `data` payload of each message is sliced out (not re-serialized), wrapped once in a
+// websocket.PreparedMessage (the frame is built once and shared), and queued to every client
+// subscribed to that stream. Each client has its own writer goroutine behind a bounded channel;
+// a client whose channel is full is a slow consumer and is closed with 4008, as bookcast does.
 //
 // Build offline against Debian's golang-github-gorilla-websocket-dev:
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go build -o peer-go main.go
 //
-// Run: peer-go -listen 127.0.0.1:9601 -upstream 127.0.0.1:9600
+// Run: peer-go -listen 127.0.0.1:9601 -upstream 127.0.0.1:9600 [-stream @depth]
 package main
 
 import (
@@ -22,6 +23,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,8 +64,9 @@ type topic struct {
 	clients map[*client]struct{}
 }
 
-// hub maps stream names (btcusdt@depth) to subscribers. The map itself is fixed at start-up;
-// only each topic's subscriber set changes, under the topic's own lock.
+// hub maps stream names, as the upstream spells them (btcusdt@depth), to subscribers. The map
+// itself is fixed at start-up; only each topic's subscriber set changes, under the topic's own
+// lock.
 type hub map[string]*topic
 
 func (h hub) publish(stream string, payload []byte) {
@@ -97,7 +100,7 @@ func (h hub) serveWS(w http.ResponseWriter, r *http.Request) {
 	// upstream already sends microseconds.
 	var topics []*topic
 	for _, s := range strings.Split(strings.TrimPrefix(r.URL.Path, "/ws/"), "/") {
-		t := h[strings.ToLower(s)]
+		t := h[canonical(s)]
 		if t == nil {
 			http.Error(w, fmt.Sprintf("unknown stream %q", s), http.StatusBadRequest)
 			return
@@ -121,6 +124,16 @@ func (h hub) serveWS(w http.ResponseWriter, r *http.Request) {
 		delete(t.clients, c)
 		t.mu.Unlock()
 	}
+}
+
+// canonical is a client's stream name as the upstream spells it in "stream": bookcast matches
+// the symbol case-insensitively and the rest exactly (aggTrade, bookTicker), and names the
+// symbol in lower case.
+func canonical(name string) string {
+	if at := strings.IndexByte(name, '@'); at >= 0 {
+		return strings.ToLower(name[:at]) + name[at:]
+	}
+	return strings.ToLower(name)
 }
 
 // readPump handles control frames (the close handshake, pongs) until the connection ends.
@@ -163,6 +176,9 @@ func (c *client) writePump() {
 	}
 }
 
+// suffixPattern is what fanout.sh accepts as STREAM.
+var suffixPattern = regexp.MustCompile(`^@[A-Za-z0-9_@]+$`)
+
 var (
 	streamPrefix = []byte(`{"stream":"`)
 	dataPrefix   = []byte(`","data":`)
@@ -191,7 +207,11 @@ func relay(h hub, conn *websocket.Conn) {
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9601", "address to serve on")
 	upstream := flag.String("upstream", "127.0.0.1:9443", "bookcast instance to relay from")
+	suffix := flag.String("stream", "@depth", "stream name after the symbol: relays <sym><suffix> for every symbol")
 	flag.Parse()
+	if !suffixPattern.MatchString(*suffix) {
+		log.Fatalf("-stream must match %s (got %q)", suffixPattern, *suffix)
+	}
 
 	resp, err := http.Get("http://" + *upstream + "/api/v3/exchangeInfo")
 	if err != nil {
@@ -211,7 +231,7 @@ func main() {
 	h := hub{}
 	var streams []string
 	for _, s := range parsed.Symbols {
-		name := strings.ToLower(s.Symbol) + "@depth"
+		name := strings.ToLower(s.Symbol) + *suffix
 		h[name] = &topic{clients: map[*client]struct{}{}}
 		streams = append(streams, name)
 	}
@@ -231,6 +251,6 @@ func main() {
 		w.Header().Set("Content-Length", strconv.Itoa(len(info)))
 		w.Write(info)
 	})
-	log.Printf("peer-go: %d streams from %s, listening on %s", len(streams), *upstream, *listen)
+	log.Printf("peer-go: %d <sym>%s streams from %s, listening on %s", len(streams), *suffix, *upstream, *listen)
 	log.Fatal(http.ListenAndServe(*listen, mux))
 }

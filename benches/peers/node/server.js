@@ -1,16 +1,18 @@
 'use strict';
 // The Node.js (ws) peer for benches/fanout.sh.
 //
-// It relays bookcast's <sym>@depth streams: one upstream connection to a bookcast instance
-// carries every symbol's diffs as combined messages; the raw `data` payload of each is sliced
-// out as a Buffer view (not parsed, not copied) and sent with ws.send() to every client
-// subscribed to that symbol. For a server (unmasked) Buffer, ws writes a 2-4 byte header and
-// the shared payload Buffer with one corked write, so the payload is never copied per client.
-// Building the frame once with WebSocket.Sender.frame() would need the private ws._socket to
-// write it, so this uses only the public API. A client whose bufferedAmount passes the bound is
-// a slow consumer and is terminated.
+// It relays one bookcast stream per symbol, <sym><suffix> (--stream, default @depth; e.g.
+// @depth@1000ms or @trade): one upstream connection to a bookcast instance carries every
+// symbol's <sym><suffix> as combined messages, and clients connect at /ws/<sym><suffix>. The
+// raw `data` payload of each message is sliced out as a Buffer view (not parsed, not copied)
+// and sent with ws.send() to every client subscribed to that stream. For a server (unmasked)
+// Buffer, ws writes a 2-4 byte header and the shared payload Buffer with one corked write, so
+// the payload is never copied per client. Building the frame once with
+// WebSocket.Sender.frame() would need the private ws._socket to write it, so this uses only the
+// public API. A client whose bufferedAmount passes the bound is a slow consumer and is
+// terminated.
 //
-// Run: node server.js --listen 127.0.0.1:9602 --upstream 127.0.0.1:9600
+// Run: node server.js --listen 127.0.0.1:9602 --upstream 127.0.0.1:9600 [--stream @depth]
 
 const http = require('http');
 const WebSocket = require('ws');
@@ -18,6 +20,7 @@ const WebSocket = require('ws');
 const MAX_BUFFERED = 256 * 1024; // bookcast's default queue bound
 const PING_INTERVAL_MS = 20_000;
 const SEND_OPTS = { binary: false }; // a text frame from a Buffer
+const SUFFIX = /^@[A-Za-z0-9_@]+$/; // what fanout.sh accepts as STREAM
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(name);
@@ -27,6 +30,14 @@ function arg(name, fallback) {
 function split(hostPort) {
   const i = hostPort.lastIndexOf(':');
   return { host: hostPort.slice(0, i), port: Number(hostPort.slice(i + 1)) };
+}
+
+// A client's stream name as the upstream spells it in "stream": bookcast matches the symbol
+// case-insensitively and the rest exactly (aggTrade, bookTicker), and names the symbol in
+// lower case.
+function canonical(name) {
+  const at = name.indexOf('@');
+  return at < 0 ? name.toLowerCase() : name.slice(0, at).toLowerCase() + name.slice(at);
 }
 
 function fetchBody(url) {
@@ -52,11 +63,13 @@ function reject(socket, status, text) {
 async function main() {
   const listen = split(arg('--listen', '127.0.0.1:9602'));
   const upstream = arg('--upstream', '127.0.0.1:9443');
+  const suffix = arg('--stream', '@depth');
+  if (!SUFFIX.test(suffix)) throw new Error(`--stream must match ${SUFFIX.source} (got '${suffix}')`);
 
   const info = await fetchBody(`http://${upstream}/api/v3/exchangeInfo`);
   const symbols = JSON.parse(info).symbols.map((s) => s.symbol.toLowerCase());
   /** stream name -> Set of subscribed client sockets */
-  const topics = new Map(symbols.map((s) => [`${s}@depth`, new Set()]));
+  const topics = new Map(symbols.map((s) => [`${s}${suffix}`, new Set()]));
   const clients = new Set();
 
   const server = http.createServer((req, res) => {
@@ -80,7 +93,7 @@ async function main() {
     // /ws/<stream>[/<stream>...]; the query (timeUnit=MICROSECOND) is accepted and ignored.
     const path = req.url.split('?')[0];
     if (!path.startsWith('/ws/')) return reject(socket, 404, 'Not Found');
-    const subs = path.slice(4).split('/').map((s) => topics.get(s.toLowerCase()));
+    const subs = path.slice(4).split('/').map((s) => topics.get(canonical(s)));
     if (subs.some((t) => t === undefined)) return reject(socket, 400, 'Bad Request');
     wss.handleUpgrade(req, socket, head, (ws) => {
       clients.add(ws);
@@ -133,7 +146,9 @@ async function main() {
     // while the loop is busy fanning out, and the kernel drops their SYNs. Go asks for
     // net.core.somaxconn (4096 here), tokio for 1024.
     server.listen({ port: listen.port, host: listen.host, backlog: 4096 }, () => {
-      console.error(`peer-node: ${topics.size} streams from ${upstream}, listening on ${listen.host}:${listen.port}`);
+      console.error(
+        `peer-node: ${topics.size} <sym>${suffix} streams from ${upstream}, listening on ${listen.host}:${listen.port}`,
+      );
     });
   });
   process.on('SIGTERM', () => process.exit(0));
