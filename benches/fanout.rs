@@ -1,16 +1,18 @@
-//! `Hub::publish` of one real depthUpdate to 1..10,000 subscribers, serialize-once vs naive, and
-//! the cost of recording one metric.
+//! One real depthUpdate published to 1..10,000 subscribers, serialize-once vs naive, and the
+//! cost of recording one metric.
 //!
 //! This is the server's central claim: with serialize-once, a publish renders and frames the
-//! event once and then costs only one enqueue (outbox mutex + refcount bump) per subscriber, so
-//! time per publish grows with subscribers only by that enqueue; naive mode (`Hub::new(_, true)`)
-//! renders and frames per subscriber. Criterion's elements/s throughput is subscribers served
-//! per second, i.e. the inverse of the per-subscriber cost at that size.
+//! event once, sends it once to the shard, and then costs only one enqueue (outbox mutex +
+//! refcount bump) per subscriber, so time per publish grows with subscribers only by that
+//! enqueue; naive mode (`Hub::new(_, true, ..)`) renders and frames per subscriber. Criterion's
+//! elements/s throughput is subscribers served per second, i.e. the inverse of the
+//! per-subscriber cost at that size.
 //!
-//! Only `publish` is timed: after every publish each outbox is drained outside the timed part,
-//! so queues never grow and frames are dropped untimed (writers free them in the server). The
-//! drain takes frames while they are queued, so no waker is registered and a publish never pays
-//! for waking a writer (in the server a push wakes an idle writer's tokio task).
+//! Timed: `Hub::publish` (engine thread) plus the shard's side, `ShardTable::apply` and
+//! `ShardTable::flush`, on this one thread. The outboxes have no socket, so the flush only
+//! clears each outbox's pass mark (in the server it writes to the socket: that syscall is the
+//! kernel's, measured by `benches/fanout.sh`). After every publish each outbox is drained
+//! outside the timed part, so queues never grow and frames are dropped untimed.
 //!
 //! `metrics/*`: a counter increment and a histogram record on handles from the Prometheus
 //! recorder (`bookcast::metrics::install()`, called before any hub exists, as the server does)
@@ -19,10 +21,13 @@
 //! plus the `!stats@1s` bucket).
 
 use bookcast::derive::payload::write_diff;
-use bookcast::fanout::hub::{ConnId, Hub};
+use bookcast::fanout::hub::Hub;
 use bookcast::fanout::outbox::{Outbox, QueueBound};
+use bookcast::fanout::shard::{ConnId, ShardLink, ShardMsg, ShardTable};
 use bookcast::market::feed::Feed;
 use bookcast::market::sim::{MarketSim, Step};
+use bookcast::metrics::live_stats::LiveStats;
+use bookcast::metrics::{SessionMetrics, ShardMetrics};
 use bookcast::protocol::json::TimeUnit;
 use bookcast::protocol::stream::{Speed, StreamKind, Topic};
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
@@ -45,15 +50,47 @@ const TOPIC: Topic = Topic::Symbol {
     kind: StreamKind::Diff(Speed::Unspecified),
 };
 
-/// A hub with `n` raw-ms subscribers to the diff topic of symbol 0.
-fn hub_with(feed: &Arc<Feed>, naive: bool, n: usize) -> (Hub, Vec<Arc<Outbox>>) {
-    let mut hub = Hub::new(feed.clone(), naive);
+/// The engine's hub and one shard's table, driven by hand on this thread.
+struct Rig {
+    hub: Hub,
+    table: ShardTable,
+    rx: crossbeam_channel::Receiver<ShardMsg>,
+}
+
+impl Rig {
+    /// Delivers what the hub sent, as the shard's drain task does in one pass.
+    fn pump(&mut self) {
+        while let Ok(message) = self.rx.try_recv() {
+            self.table.apply(message);
+        }
+        self.table.flush();
+    }
+}
+
+/// A hub with `n` raw-ms subscribers to the diff topic of symbol 0, on one shard.
+fn hub_with(feed: &Arc<Feed>, naive: bool, n: usize) -> (Rig, Vec<Arc<Outbox>>) {
+    let metrics = ShardMetrics::new(SessionMetrics::new(Arc::new(LiveStats::default())));
+    let (link, rx) = ShardLink::detached();
+    let mut rig = Rig {
+        hub: Hub::new(feed.clone(), naive, vec![link], metrics.clone()),
+        table: ShardTable::new(metrics),
+        rx,
+    };
     let outboxes: Vec<Arc<Outbox>> = (0..n).map(|_| Arc::new(Outbox::new(BOUND))).collect();
     for (conn, outbox) in outboxes.iter().enumerate() {
-        hub.attach(conn as ConnId, outbox.clone(), false, TimeUnit::Millisecond);
-        hub.subscribe(conn as ConnId, &[TOPIC]);
+        let (ready, _) = tokio::sync::oneshot::channel();
+        rig.hub.attach(
+            conn as ConnId,
+            0,
+            outbox.clone(),
+            false,
+            TimeUnit::Millisecond,
+            &[TOPIC],
+            ready,
+        );
+        rig.pump();
     }
-    (hub, outboxes)
+    (rig, outboxes)
 }
 
 /// Takes every queued frame out of every outbox and drops it; returns how many there were.
@@ -63,8 +100,9 @@ fn drain(
 ) -> usize {
     let mut cx = Context::from_waker(Waker::noop());
     let mut frames = 0;
+    let mut offset = 0;
     for outbox in outboxes {
-        let _ = outbox.poll_next(&mut cx, batch, true);
+        let _ = outbox.poll_next(&mut cx, batch, &mut offset, true);
         frames += batch.len();
         batch.clear();
     }
@@ -97,12 +135,13 @@ fn publish(c: &mut Criterion) {
     for (naive, mode) in [(false, "serialize_once"), (true, "naive")] {
         let mut group = c.benchmark_group(format!("publish/{mode}"));
         for n in SUBSCRIBERS {
-            let (mut hub, outboxes) = hub_with(&feed, naive, n);
+            let (mut rig, outboxes) = hub_with(&feed, naive, n);
             let mut batch = VecDeque::new();
             let render = |out: &mut Vec<u8>, unit| {
                 write_diff(out, spec, &step, step.update_id, NOW_US, unit)
             };
-            hub.publish(TOPIC, render);
+            rig.hub.publish(TOPIC, render);
+            rig.pump();
             assert_eq!(drain(&outboxes, &mut batch), n, "one frame per subscriber");
             group.throughput(Throughput::Elements(n as u64));
             group.sample_size(if n >= 1_000 { 20 } else { 100 });
@@ -111,7 +150,8 @@ fn publish(c: &mut Criterion) {
                     let mut timed = Duration::ZERO;
                     for _ in 0..iters {
                         let start = Instant::now();
-                        hub.publish(TOPIC, render);
+                        rig.hub.publish(TOPIC, render);
+                        rig.pump();
                         timed += start.elapsed();
                         drain(&outboxes, &mut batch);
                     }

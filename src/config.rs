@@ -124,12 +124,24 @@ pub struct Config {
     #[arg(long)]
     pub naive_fanout: bool,
 
+    /// Write-path threads, each owning its connections (0: one per core).
+    #[arg(long, env = "BOOKCAST_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+
     /// On SIGTERM/Ctrl-C, how long to wait for clients to be closed before exiting anyway.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
 }
 
 impl Config {
+    /// Shards to start: `--shards`, or one per core.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     pub fn queue_bound(&self) -> QueueBound {
         QueueBound {
             max_bytes: self.queue_bytes,
@@ -164,6 +176,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             slow_close_timeout: Duration::from_secs(30),
             naive_fanout: false,
+            shards: 0,
             test_echo_route: false,
             shutdown_timeout: Duration::from_secs(10),
         }

@@ -17,17 +17,18 @@
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
 
 use crate::derive::{Publisher, Streams, SymbolStreams};
-use crate::fanout::hub::{ConnId, Hub};
+use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
+use crate::fanout::shard::{ConnId, ShardLink};
 use crate::market::feed::Feed;
 use crate::market::sim::{MarketSim, Step};
 use crate::metrics::live_stats::{self, LiveStats, StatsWindow};
-use crate::metrics::EngineMetrics;
+use crate::metrics::{EngineMetrics, ShardMetrics};
 use crate::protocol::control::Change;
 use crate::protocol::json::TimeUnit;
 use crate::protocol::stream::{SymbolId, Topic};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,9 +40,11 @@ pub const COMMAND_CAPACITY: usize = 65_536;
 const COMMANDS_PER_TURN: usize = 4_096;
 
 pub enum Command {
-    /// A new connection and the streams named in its URL; `ready` fires once they are live.
+    /// A new connection on `shard` and the streams named in its URL; `ready` fires once they
+    /// are live there.
     Attach {
         conn: ConnId,
+        shard: usize,
         outbox: Arc<Outbox>,
         combined: bool,
         unit: TimeUnit,
@@ -69,28 +72,39 @@ pub enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: Sender<Command>,
+    /// The engine thread, unparked after each send (see [`Engine::run`]).
+    engine: std::thread::Thread,
 }
 
 impl EngineHandle {
     /// Sends without waiting; `Err` means the engine is saturated or gone.
     pub fn try_send(&self, command: Command) -> Result<(), Command> {
-        self.tx.try_send(command).map_err(|e| e.into_inner())
+        self.tx.try_send(command).map_err(|e| e.into_inner())?;
+        self.engine.unpark();
+        Ok(())
     }
 }
 
 /// Starts the engine thread. It stops when every [`EngineHandle`] is dropped.
 /// `naive_fanout` makes the hub serialize per subscriber (see [`Hub::new`]).
-/// `live` is where connections count what `!stats@1s` reports.
+/// `live` is where connections count what `!stats@1s` reports; `shards` are the write path's
+/// threads, in order, and `shard_metrics` their counters.
 pub fn spawn(
     feed: Arc<Feed>,
     naive_fanout: bool,
     live: Arc<LiveStats>,
+    shards: Vec<ShardLink>,
+    shard_metrics: ShardMetrics,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
     let thread = std::thread::Builder::new()
         .name("bookcast-engine".into())
-        .spawn(move || Engine::new(feed, naive_fanout, live).run(rx))?;
-    Ok((EngineHandle { tx }, thread))
+        .spawn(move || {
+            let hub = Hub::new(feed.clone(), naive_fanout, shards, shard_metrics);
+            Engine::new(feed, hub, live).run(rx)
+        })?;
+    let engine = thread.thread().clone();
+    Ok((EngineHandle { tx, engine }, thread))
 }
 
 /// One symbol's simulation and its clock.
@@ -132,7 +146,7 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(feed: Arc<Feed>, naive_fanout: bool, live: Arc<LiveStats>) -> Self {
+    fn new(feed: Arc<Feed>, hub: Hub, live: Arc<LiveStats>) -> Self {
         let now = Instant::now();
         let now_us = crate::clock::wall_us();
         let count = feed.symbols.len();
@@ -157,7 +171,6 @@ impl Engine {
             });
         }
         let metrics = EngineMetrics::new(&feed);
-        let hub = Hub::new(feed, naive_fanout);
         Engine {
             sims,
             streams: Streams::new(symbols),
@@ -216,10 +229,17 @@ impl Engine {
                 .min()
                 .unwrap_or(next_100ms);
             let deadline = next_step.min(next_100ms).min(next_1000ms);
-            match rx.recv_deadline(deadline) {
-                Ok(command) => self.apply(command),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            // Everything this turn published is in the shards' channels: wake those parked.
+            self.hub.end_batch();
+            // Parked rather than blocked in `recv_deadline`: crossbeam spins and yields before
+            // it sleeps, which cost thousands of `sched_yield` calls a second at ~2,000 wakeups a
+            // second. Senders unpark the thread; a send between this check and the park leaves
+            // the unpark token set, so the park returns at once. Once every sender is gone,
+            // `try_recv` at the top of the loop sees it within one timer period (100 ms).
+            if rx.is_empty() {
+                if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                    std::thread::park_timeout(wait);
+                }
             }
         }
     }
@@ -228,31 +248,20 @@ impl Engine {
         match command {
             Command::Attach {
                 conn,
+                shard,
                 outbox,
                 combined,
                 unit,
                 topics,
                 ready,
-            } => {
-                self.hub.attach(conn, outbox, combined, unit);
-                self.hub.subscribe(conn, &topics);
-                let _ = ready.send(());
-            }
+            } => self
+                .hub
+                .attach(conn, shard, outbox, combined, unit, &topics, ready),
             Command::Control {
                 conn,
                 change,
                 reply,
-            } => {
-                match change {
-                    Change::None => {}
-                    Change::Subscribe(topics) => self.hub.subscribe(conn, &topics),
-                    Change::Unsubscribe(topics) => self.hub.unsubscribe(conn, &topics),
-                    Change::SetCombined(combined) => self.hub.set_combined(conn, combined),
-                }
-                if let Some(outbox) = self.hub.outbox(conn) {
-                    outbox.push_control(reply);
-                }
-            }
+            } => self.hub.control(conn, change, reply),
             Command::Detach { conn } => self.hub.detach(conn),
             Command::Snapshot {
                 symbol,

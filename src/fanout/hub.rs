@@ -1,120 +1,160 @@
-//! The fan-out hub: who listens to what, and handing each event to all of them.
+//! The fan-out hub, the engine's side of fan-out: who listens to what, on which shard, and
+//! rendering each event once for all of them.
 //!
 //! The hub has exactly one owner, the engine thread, which both changes subscriptions (applying
-//! commands between engine steps) and publishes. So the subscriber lists need no lock at all;
-//! the only synchronisation on the data path is each outbox's short mutex, and publishing never
-//! waits on a subscriber: a full outbox evicts its connection instead.
+//! commands between engine steps) and publishes, so its tables need no lock. It keeps, per
+//! topic, how many subscribers of each payload variant every shard has; the subscriber lists
+//! themselves live on the shards ([`super::shard::ShardTable`]), which mirror every change in
+//! the order the engine made it, through the same channel as the events.
 //!
 //! Serialize once: an event is rendered once per time unit its subscribers asked for (once in
 //! all for payloads without time fields), wrapped once more for combined subscribers, and each
-//! rendering becomes one finished WebSocket frame shared by refcount with every subscriber of
-//! that variant. Nothing is rendered for a topic nobody listens to.
+//! rendering becomes one finished WebSocket frame. The frame goes to each shard with a
+//! subscriber for it, once, and from there to every subscriber by refcount. Nothing is
+//! rendered for a topic nobody listens to, and nothing is sent to a shard that has no
+//! subscriber for it.
 
-use crate::fanout::outbox::{Outbox, Push};
+use super::outbox::Outbox;
+use super::shard::{variant, ConnId, Frames, ShardLink, ShardMsg, VARIANTS};
 use crate::market::feed::Feed;
-use crate::metrics::HubMetrics;
+use crate::metrics::{HubMetrics, ShardMetrics};
+use crate::protocol::control::Change;
 use crate::protocol::frame;
 use crate::protocol::json::TimeUnit;
 use crate::protocol::stream::Topic;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
-/// A connection's identity for the hub's lifetime.
-pub type ConnId = u64;
-
-/// The payload variants a topic may need: raw or combined, in ms or µs.
-const VARIANTS: usize = 4;
-
-fn variant(combined: bool, unit: TimeUnit) -> usize {
-    usize::from(combined) * 2 + usize::from(unit == TimeUnit::Microsecond)
-}
-
-struct Subscriber {
-    conn: ConnId,
-    outbox: Arc<Outbox>,
-}
-
-struct TopicEntry {
+struct Route {
     /// `{"stream":"<name>","data":`, the combined wrapper's prefix.
     combined_prefix: Box<[u8]>,
-    subscribers: [Vec<Subscriber>; VARIANTS],
+    /// Subscribers per shard, per variant.
+    counts: Vec<[u32; VARIANTS]>,
 }
 
-impl TopicEntry {
-    fn is_empty(&self) -> bool {
-        self.subscribers.iter().all(Vec::is_empty)
+impl Route {
+    fn total(&self, slot: usize) -> u32 {
+        self.counts.iter().map(|c| c[slot]).sum()
     }
 }
 
 struct Connection {
+    shard: usize,
+    /// Only to notice connections that ended without a detach (see [`Hub::sweep`]).
     outbox: Arc<Outbox>,
-    combined: bool,
-    unit: TimeUnit,
+    slot: usize,
     topics: Vec<Topic>,
 }
 
 pub struct Hub {
     feed: Arc<Feed>,
     naive: bool,
-    topics: HashMap<Topic, TopicEntry>,
+    shards: Vec<ShardLink>,
+    topics: HashMap<Topic, Route>,
     connections: HashMap<ConnId, Connection>,
     /// Reused payload buffers, one per time unit.
     scratch: [Vec<u8>; 2],
     metrics: HubMetrics,
+    /// The shards' counters, for the slow-consumer total.
+    shard_metrics: ShardMetrics,
 }
 
 impl Hub {
-    /// `naive`: render and frame every event once per subscriber, the way a straightforward
-    /// server does; a benchmark baseline that shows what serialize-once buys.
-    pub fn new(feed: Arc<Feed>, naive: bool) -> Self {
+    /// A hub publishing to `shards`. `naive`: render and frame every event once per
+    /// subscriber, the way a straightforward server does; a benchmark baseline that shows what
+    /// serialize-once buys.
+    pub fn new(
+        feed: Arc<Feed>,
+        naive: bool,
+        shards: Vec<ShardLink>,
+        shard_metrics: ShardMetrics,
+    ) -> Self {
         Hub {
             feed,
             naive,
+            shards,
             topics: HashMap::new(),
             connections: HashMap::new(),
             scratch: [Vec::with_capacity(4096), Vec::with_capacity(4096)],
             metrics: HubMetrics::new(),
+            shard_metrics,
         }
     }
 
-    /// Registers a connection with its payload format; it listens to nothing yet.
-    pub fn attach(&mut self, conn: ConnId, outbox: Arc<Outbox>, combined: bool, unit: TimeUnit) {
+    /// Subscribers evicted as slow consumers since the server started, every shard.
+    pub fn slow_consumers_total(&self) -> u64 {
+        self.shard_metrics.slow_consumers_total()
+    }
+
+    /// Registers a connection living on `shard` with its payload format and the streams named
+    /// in its URL; `ready` fires once those are live on the shard.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attach(
+        &mut self,
+        conn: ConnId,
+        shard: usize,
+        outbox: Arc<Outbox>,
+        combined: bool,
+        unit: TimeUnit,
+        topics: &[Topic],
+        ready: oneshot::Sender<()>,
+    ) {
+        if shard >= self.shards.len() {
+            return;
+        }
+        let slot = variant(combined, unit == TimeUnit::Microsecond);
         self.connections.insert(
             conn,
             Connection {
-                outbox,
-                combined,
-                unit,
+                shard,
+                outbox: outbox.clone(),
+                slot,
                 topics: Vec::new(),
             },
         );
+        let topics = self.add_interest(conn, topics);
+        self.shards[shard].send(ShardMsg::Attach {
+            conn,
+            outbox,
+            slot,
+            topics,
+            ready,
+        });
     }
 
     /// Adds topics to a connection (already subscribed ones are left as they are).
     pub fn subscribe(&mut self, conn: ConnId, topics: &[Topic]) {
+        let added = self.add_interest(conn, topics);
+        if let (false, Some(connection)) = (added.is_empty(), self.connections.get(&conn)) {
+            self.shards[connection.shard].send(ShardMsg::Subscribe {
+                conn,
+                topics: added,
+            });
+        }
+    }
+
+    /// Counts the connection in each topic it did not have yet; returns those topics.
+    fn add_interest(&mut self, conn: ConnId, topics: &[Topic]) -> Vec<Topic> {
         let Some(connection) = self.connections.get_mut(&conn) else {
-            return;
+            return Vec::new();
         };
-        let slot = variant(connection.combined, connection.unit);
+        let mut added = Vec::with_capacity(topics.len());
         for &topic in topics {
-            if connection.topics.contains(&topic) {
+            if connection.topics.contains(&topic) || added.contains(&topic) {
                 continue;
             }
-            connection.topics.push(topic);
-            let feed = &self.feed;
-            let entry = self.topics.entry(topic).or_insert_with(|| TopicEntry {
-                combined_prefix: format!("{{\"stream\":\"{}\",\"data\":", topic.name(&**feed))
-                    .into_bytes()
-                    .into_boxed_slice(),
-                subscribers: Default::default(),
-            });
-            entry.subscribers[slot].push(Subscriber {
-                conn,
-                outbox: connection.outbox.clone(),
-            });
+            added.push(topic);
+            let route = self
+                .topics
+                .entry(topic)
+                .or_insert_with(|| new_route(&self.feed, self.shards.len(), topic));
+            route.counts[connection.shard][connection.slot] += 1;
             self.metrics.subscribed(topic.label());
         }
+        connection.topics.extend_from_slice(&added);
+        added
     }
 
     /// Removes topics from a connection (unknown ones are ignored).
@@ -122,40 +162,66 @@ impl Hub {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
-        let slot = variant(connection.combined, connection.unit);
+        let mut removed = Vec::with_capacity(topics.len());
         for topic in topics {
             if let Some(at) = connection.topics.iter().position(|t| t == topic) {
                 connection.topics.swap_remove(at);
-                remove_subscriber(&mut self.topics, *topic, slot, conn);
+                remove_interest(&mut self.topics, *topic, connection.shard, connection.slot);
                 self.metrics.unsubscribed(topic.label());
+                removed.push(*topic);
             }
+        }
+        if !removed.is_empty() {
+            self.shards[connection.shard].send(ShardMsg::Unsubscribe {
+                conn,
+                topics: removed,
+            });
         }
     }
 
     /// Switches a connection between raw and combined payloads (`SET_PROPERTY combined`).
     pub fn set_combined(&mut self, conn: ConnId, combined: bool) {
-        let Some(connection) = self.connections.get(&conn) else {
+        let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
-        if connection.combined == combined {
+        let slot = variant(combined, connection.slot % 2 == 1);
+        if connection.slot == slot {
             return;
         }
-        let topics = connection.topics.clone();
-        self.unsubscribe(conn, &topics);
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.combined = combined;
+        for &topic in &connection.topics {
+            remove_interest(&mut self.topics, topic, connection.shard, connection.slot);
+            let route = self
+                .topics
+                .entry(topic)
+                .or_insert_with(|| new_route(&self.feed, self.shards.len(), topic));
+            route.counts[connection.shard][slot] += 1;
         }
-        self.subscribe(conn, &topics);
+        connection.slot = slot;
+        self.shards[connection.shard].send(ShardMsg::Reslot { conn, slot });
+    }
+
+    /// Applies a control message's change, then queues its reply behind everything already
+    /// sent to the connection, so the reply follows its effect.
+    pub fn control(&mut self, conn: ConnId, change: Change, reply: Bytes) {
+        match change {
+            Change::None => {}
+            Change::Subscribe(topics) => self.subscribe(conn, &topics),
+            Change::Unsubscribe(topics) => self.unsubscribe(conn, &topics),
+            Change::SetCombined(combined) => self.set_combined(conn, combined),
+        }
+        if let Some(connection) = self.connections.get(&conn) {
+            self.shards[connection.shard].send(ShardMsg::Reply { conn, frame: reply });
+        }
     }
 
     /// Forgets a connection and all its subscriptions.
     pub fn detach(&mut self, conn: ConnId) {
         if let Some(connection) = self.connections.remove(&conn) {
-            let slot = variant(connection.combined, connection.unit);
-            for topic in connection.topics {
-                remove_subscriber(&mut self.topics, topic, slot, conn);
+            for topic in &connection.topics {
+                remove_interest(&mut self.topics, *topic, connection.shard, connection.slot);
                 self.metrics.unsubscribed(topic.label());
             }
+            self.shards[connection.shard].send(ShardMsg::Detach { conn });
         }
     }
 
@@ -173,87 +239,113 @@ impl Hub {
         }
     }
 
-    /// The outbox of a connection, to queue a control reply behind its data.
-    pub fn outbox(&self, conn: ConnId) -> Option<&Arc<Outbox>> {
-        self.connections.get(&conn).map(|c| &c.outbox)
-    }
-
-    /// Subscribers evicted as slow consumers since the hub started.
-    pub fn slow_consumers_total(&self) -> u64 {
-        self.metrics.slow_consumers_total()
-    }
-
     /// Whether anyone listens to `topic`, so the engine can skip work nobody would see.
     pub fn wants(&self, topic: &Topic) -> bool {
         self.topics.contains_key(topic)
     }
 
+    /// Connections attached.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Renders `topic`'s event with `render(payload, unit)` once per needed time unit and
-    /// queues the shared frames on every subscriber.
+    /// sends the shared frames to every shard with a subscriber for them.
     pub fn publish(&mut self, topic: Topic, mut render: impl FnMut(&mut Vec<u8>, TimeUnit)) {
-        let Some(entry) = self.topics.get(&topic) else {
+        let Some(route) = self.topics.get(&topic) else {
             return;
         };
-        let time_dependent = topic.has_time_fields();
         let born_us = crate::clock::monotonic_us();
-        let mut rendered = [false; 2];
-        for (slot, subscribers) in entry.subscribers.iter().enumerate() {
-            if subscribers.is_empty() {
-                continue;
-            }
-            let combined = slot >= 2;
-            let unit = if slot % 2 == 1 && time_dependent {
+        let time_dependent = topic.has_time_fields();
+        let unit_of = |slot: usize| {
+            if slot % 2 == 1 && time_dependent {
                 TimeUnit::Microsecond
             } else {
                 TimeUnit::Millisecond
-            };
+            }
+        };
+        if self.naive {
+            for (link, counts) in self.shards.iter_mut().zip(&route.counts) {
+                if counts.iter().all(|&c| c == 0) {
+                    continue;
+                }
+                let mut each: Box<[Vec<Bytes>; VARIANTS]> = Box::default();
+                for (slot, frames) in each.iter_mut().enumerate() {
+                    let prefix = (slot >= 2).then_some(&route.combined_prefix[..]);
+                    for _ in 0..counts[slot] {
+                        let payload = &mut self.scratch[0];
+                        payload.clear();
+                        render(payload, unit_of(slot));
+                        frames.push(build_frame(prefix, payload));
+                    }
+                    self.metrics.serialized_many(u64::from(counts[slot]));
+                }
+                link.send(ShardMsg::Publish {
+                    topic,
+                    frames: Frames::PerSubscriber(each),
+                    born_us,
+                });
+            }
+            return;
+        }
+        let mut rendered = [false; 2];
+        let mut frames: [Option<Bytes>; VARIANTS] = Default::default();
+        for (slot, frame) in frames.iter_mut().enumerate() {
+            if route.total(slot) == 0 {
+                continue;
+            }
+            let unit = unit_of(slot);
             let unit_index = usize::from(unit == TimeUnit::Microsecond);
-            if !rendered[unit_index] && !self.naive {
+            if !rendered[unit_index] {
                 let payload = &mut self.scratch[unit_index];
                 payload.clear();
                 render(payload, unit);
                 rendered[unit_index] = true;
                 self.metrics.serialized();
             }
-            let prefix = combined.then_some(&entry.combined_prefix[..]);
-            let mut evicted = 0u64;
-            if self.naive {
-                for subscriber in subscribers {
-                    let payload = &mut self.scratch[unit_index];
-                    payload.clear();
-                    render(payload, unit);
-                    let frame = build_frame(prefix, payload);
-                    if subscriber.outbox.push_data(&frame, born_us) == Push::Overflowed {
-                        evicted += 1;
-                    }
-                }
-                self.metrics.serialized_many(subscribers.len() as u64);
-                self.metrics.enqueued(subscribers.len() as u64, evicted);
+            let prefix = (slot >= 2).then_some(&route.combined_prefix[..]);
+            *frame = Some(build_frame(prefix, &self.scratch[unit_index]));
+        }
+        for (link, counts) in self.shards.iter_mut().zip(&route.counts) {
+            if counts.iter().all(|&c| c == 0) {
                 continue;
             }
-            let frame = build_frame(prefix, &self.scratch[unit_index]);
-            for subscriber in subscribers {
-                if subscriber.outbox.push_data(&frame, born_us) == Push::Overflowed {
-                    evicted += 1;
+            let mut mine: [Option<Bytes>; VARIANTS] = Default::default();
+            for (slot, frame) in mine.iter_mut().enumerate() {
+                if counts[slot] > 0 {
+                    frame.clone_from(&frames[slot]);
                 }
             }
-            self.metrics.enqueued(subscribers.len() as u64, evicted);
+            link.send(ShardMsg::Publish {
+                topic,
+                frames: Frames::Shared(mine),
+                born_us,
+            });
+        }
+    }
+
+    /// The engine finished a batch of steps and commands: wake the shards it sent anything to.
+    pub fn end_batch(&mut self) {
+        for link in &mut self.shards {
+            link.end_batch();
         }
     }
 }
 
-fn remove_subscriber(
-    topics: &mut HashMap<Topic, TopicEntry>,
-    topic: Topic,
-    slot: usize,
-    conn: ConnId,
-) {
-    if let Some(entry) = topics.get_mut(&topic) {
-        let list = &mut entry.subscribers[slot];
-        if let Some(at) = list.iter().position(|s| s.conn == conn) {
-            list.swap_remove(at);
-        }
-        if entry.is_empty() {
+fn new_route(feed: &Feed, shards: usize, topic: Topic) -> Route {
+    Route {
+        combined_prefix: format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed))
+            .into_bytes()
+            .into_boxed_slice(),
+        counts: vec![[0; VARIANTS]; shards],
+    }
+}
+
+fn remove_interest(topics: &mut HashMap<Topic, Route>, topic: Topic, shard: usize, slot: usize) {
+    if let Some(route) = topics.get_mut(&topic) {
+        let count = &mut route.counts[shard][slot];
+        *count = count.saturating_sub(1);
+        if route.counts.iter().all(|c| c.iter().all(|&n| n == 0)) {
             topics.remove(&topic);
         }
     }
@@ -275,7 +367,10 @@ fn build_frame(combined_prefix: Option<&[u8]>, payload: &[u8]) -> Bytes {
 mod tests {
     use super::*;
     use crate::fanout::outbox::{QueueBound, Queued};
+    use crate::fanout::shard::ShardTable;
+    use crate::metrics::{live_stats::LiveStats, SessionMetrics, ShardMetrics};
     use crate::protocol::stream::{Speed, StreamKind};
+    use crossbeam_channel::Receiver;
     use std::collections::VecDeque;
     use std::task::{Context, Poll, Waker};
 
@@ -287,32 +382,88 @@ mod tests {
     fn drain(outbox: &Outbox) -> Vec<Queued> {
         let mut batch = VecDeque::new();
         let mut cx = Context::from_waker(Waker::noop());
-        match outbox.poll_next(&mut cx, &mut batch, true) {
+        let mut offset = 0;
+        match outbox.poll_next(&mut cx, &mut batch, &mut offset, true) {
             Poll::Ready(None) => batch.into_iter().collect(),
             _ => Vec::new(),
         }
     }
 
-    /// Publishes one event to `n` raw-ms subscribers, one combined-µs subscriber, and counts renders.
-    fn publish_to(naive: bool, n: usize) -> (usize, Vec<Vec<Queued>>) {
-        let mut hub = Hub::new(Arc::new(Feed::embedded_default()), naive);
-        let topic = Topic::Symbol {
+    /// A hub with `shards` shard tables driven by hand on this thread.
+    struct Rig {
+        hub: Hub,
+        tables: Vec<(ShardTable, Receiver<ShardMsg>)>,
+    }
+
+    impl Rig {
+        fn new(naive: bool, shards: usize) -> Self {
+            let metrics = ShardMetrics::new(SessionMetrics::new(Arc::new(LiveStats::default())));
+            let (links, tables): (Vec<_>, Vec<_>) = (0..shards)
+                .map(|_| {
+                    let (link, rx) = ShardLink::detached();
+                    (link, (ShardTable::new(metrics.clone()), rx))
+                })
+                .unzip();
+            Rig {
+                hub: Hub::new(Arc::new(Feed::embedded_default()), naive, links, metrics),
+                tables,
+            }
+        }
+
+        /// Delivers everything the hub sent, as the shards' drain tasks would.
+        fn pump(&mut self) {
+            for (table, rx) in &mut self.tables {
+                while let Ok(message) = rx.try_recv() {
+                    table.apply(message);
+                }
+                table.flush();
+            }
+        }
+
+        fn attach(
+            &mut self,
+            conn: ConnId,
+            shard: usize,
+            combined: bool,
+            unit: TimeUnit,
+        ) -> Arc<Outbox> {
+            let outbox = Arc::new(Outbox::new(BOUND));
+            let (ready, mut live) = oneshot::channel();
+            self.hub
+                .attach(conn, shard, outbox.clone(), combined, unit, &[], ready);
+            self.pump();
+            assert!(live.try_recv().is_ok(), "attached on the shard");
+            outbox
+        }
+    }
+
+    fn diff_topic() -> Topic {
+        Topic::Symbol {
             symbol: 0,
             kind: StreamKind::Diff(Speed::Unspecified),
-        };
-        let outboxes: Vec<Arc<Outbox>> = (0..=n).map(|_| Arc::new(Outbox::new(BOUND))).collect();
-        for (i, outbox) in outboxes.iter().enumerate() {
-            let combined = i == n;
-            let unit = if combined {
-                TimeUnit::Microsecond
-            } else {
-                TimeUnit::Millisecond
-            };
-            hub.attach(i as ConnId, outbox.clone(), combined, unit);
-            hub.subscribe(i as ConnId, &[topic]);
         }
+    }
+
+    /// Publishes one event to `n` raw-ms subscribers, one combined-µs subscriber, spread over
+    /// two shards, and counts renders.
+    fn publish_to(naive: bool, n: usize) -> (usize, Vec<Vec<Queued>>) {
+        let mut rig = Rig::new(naive, 2);
+        let topic = diff_topic();
+        let outboxes: Vec<Arc<Outbox>> = (0..=n)
+            .map(|i| {
+                let combined = i == n;
+                let unit = if combined {
+                    TimeUnit::Microsecond
+                } else {
+                    TimeUnit::Millisecond
+                };
+                let outbox = rig.attach(i as ConnId, i % 2, combined, unit);
+                rig.hub.subscribe(i as ConnId, &[topic]);
+                outbox
+            })
+            .collect();
         let mut renders = 0;
-        hub.publish(topic, |out, unit| {
+        rig.hub.publish(topic, |out, unit| {
             renders += 1;
             out.extend_from_slice(if unit == TimeUnit::Microsecond {
                 b"{\"E\":1000001}"
@@ -320,18 +471,22 @@ mod tests {
                 b"{\"E\":1000}"
             });
         });
+        rig.pump();
         (renders, outboxes.iter().map(|o| drain(o)).collect())
     }
 
     #[test]
-    fn one_rendering_and_one_frame_per_variant() {
+    fn one_rendering_and_one_frame_per_variant_across_shards() {
         let (renders, received) = publish_to(false, 3);
-        assert_eq!(renders, 2, "once per time unit, not per subscriber");
+        assert_eq!(
+            renders, 2,
+            "once per time unit, not per subscriber or shard"
+        );
         let raw: Vec<&Queued> = received[..3].iter().map(|r| &r[0]).collect();
         assert!(
             raw.iter()
                 .all(|q| q.frame.as_ptr() == raw[0].frame.as_ptr()),
-            "raw subscribers share one frame"
+            "raw subscribers on both shards share one frame"
         );
         assert_eq!(&raw[0].frame[..], b"\x81\x0a{\"E\":1000}");
         let combined = &received[3][0].frame;
@@ -345,26 +500,60 @@ mod tests {
     fn naive_mode_renders_per_subscriber_with_the_same_bytes() {
         let (renders, received) = publish_to(true, 3);
         assert_eq!(renders, 4);
-        assert_ne!(received[0][0].frame.as_ptr(), received[1][0].frame.as_ptr());
-        assert_eq!(received[0][0].frame, received[1][0].frame);
+        assert_ne!(received[0][0].frame.as_ptr(), received[2][0].frame.as_ptr());
+        assert_eq!(received[0][0].frame, received[2][0].frame);
     }
 
     #[test]
-    fn nothing_is_rendered_for_a_topic_without_subscribers() {
-        let mut hub = Hub::new(Arc::new(Feed::embedded_default()), false);
+    fn nothing_is_rendered_or_sent_without_subscribers() {
+        let mut rig = Rig::new(false, 2);
         let topic = Topic::Symbol {
             symbol: 1,
             kind: StreamKind::Trade,
         };
         let mut renders = 0;
-        hub.publish(topic, |_, _| renders += 1);
+        rig.hub.publish(topic, |_, _| renders += 1);
         assert_eq!(renders, 0);
-        let outbox = Arc::new(Outbox::new(BOUND));
-        hub.attach(7, outbox.clone(), false, TimeUnit::Millisecond);
-        hub.subscribe(7, &[topic]);
-        hub.detach(7);
-        hub.publish(topic, |_, _| renders += 1);
+        let outbox = rig.attach(7, 1, false, TimeUnit::Millisecond);
+        rig.hub.subscribe(7, &[topic]);
+        rig.hub
+            .publish(topic, |out, _| out.extend_from_slice(b"{}"));
+        assert!(rig.tables[0].1.is_empty(), "shard 0 has no subscriber");
+        rig.pump();
+        assert_eq!(drain(&outbox).len(), 1);
+        rig.hub.detach(7);
+        rig.hub.publish(topic, |_, _| renders += 1);
         assert_eq!(renders, 0, "detached subscribers are gone");
-        assert!(!hub.wants(&topic));
+        assert!(!rig.hub.wants(&topic));
+        rig.pump();
+        assert_eq!(rig.tables[1].0.connections(), 0, "the shard forgot it too");
+    }
+
+    #[test]
+    fn a_reply_follows_its_subscription_and_switching_to_combined_reroutes() {
+        let mut rig = Rig::new(false, 1);
+        let topic = diff_topic();
+        let outbox = rig.attach(1, 0, false, TimeUnit::Millisecond);
+        rig.hub.control(
+            1,
+            Change::Subscribe(vec![topic]),
+            Bytes::from_static(b"reply"),
+        );
+        rig.hub
+            .publish(topic, |out, _| out.extend_from_slice(b"{}"));
+        rig.pump();
+        let got = drain(&outbox);
+        assert_eq!(&got[0].frame[..], b"reply");
+        assert_eq!(&got[1].frame[..], b"\x81\x02{}");
+        rig.hub.set_combined(1, true);
+        rig.hub
+            .publish(topic, |out, _| out.extend_from_slice(b"{}"));
+        rig.pump();
+        let got = drain(&outbox);
+        assert!(
+            got[0].frame.ends_with(b"\"data\":{}}"),
+            "{:?}",
+            got[0].frame
+        );
     }
 }

@@ -1,17 +1,39 @@
-//! A connection's bounded send queue: the one place the hub and a writer meet.
+//! A connection's bounded send queue: the one place its shard and its session meet.
 //!
-//! The publisher (engine thread) pushes shared frames; the connection's writer drains everything
-//! queued in one swap and writes it with one vectored write. The bound is enforced on push, in
-//! bytes and in frames, counting frames taken by the writer until they reach the socket, so
-//! memory per connection never exceeds the bound plus one batch of control replies. Overflow
-//! never blocks the publisher: the outbox is emptied at once, marked with why, and the writer
-//! closes the connection with 4008. Other closes (shutdown, limits) let the queue drain first,
-//! within the writer's close timeout.
+//! Both live on the same shard thread (see [`super::shard`]), so the mutex is never contended;
+//! it is there because the two hold the outbox through an `Arc`.
+//!
+//! Two writers, never at once:
+//! - **Direct.** While the session is idle (waiting for data, holding no batch), the shard
+//!   writes what it queued in one pass straight to the socket with `try_write_vectored`
+//!   ([`Outbox::flush`]): no task is woken, and tokio's cached edge-triggered readiness costs
+//!   no `epoll_ctl`. This is the common case, one `send` per socket per pass.
+//! - **Session.** On `WouldBlock`, a partial write, TLS (bytes are encrypted per connection) or
+//!   a close, the rest is handed to the session's task, which takes the whole queue in one
+//!   swap, waits for the socket to drain and writes with vectored writes until the queue is
+//!   empty; then the direct path resumes.
+//!
+//! The bound is enforced on push, in bytes and in frames, counting frames taken by the session
+//! until they reach the socket, so memory per connection never exceeds the bound plus one batch
+//! of control replies. Overflow never blocks the publisher: the outbox is emptied at once,
+//! marked with why, and the session closes the connection with 4008. Other closes (shutdown,
+//! limits) let the queue drain first, within the session's close timeout.
 
+use crate::metrics::SessionMetrics;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use tokio::net::tcp::OwnedWriteHalf;
+
+/// Frames handed to one vectored write at most (well under IOV_MAX).
+pub const MAX_IOV: usize = 64;
+
+/// A queue emptied by a write keeps at most this many slots; a larger one (left by a backlog)
+/// is freed, so an idle connection holds no buffer it does not need.
+const KEEP_SLOTS: usize = 8;
 
 /// Room above the byte bound for control replies, so a reply is not what tips a connection
 /// over; one LIST_SUBSCRIPTIONS reply for 1024 streams is about 30 KiB.
@@ -48,7 +70,9 @@ pub enum Closing {
 /// What the publisher learns from a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
-    Queued,
+    /// Queued; `flush`: the first frame since the last [`Outbox::flush`], so the publisher
+    /// must call it once its pass is over.
+    Queued { flush: bool },
     /// This push overflowed the bound: the connection is now closing as a slow consumer.
     Overflowed,
     /// The connection was already closing; the frame was dropped.
@@ -58,6 +82,8 @@ pub enum Push {
 #[derive(Default)]
 struct State {
     frames: VecDeque<Queued>,
+    /// Bytes of the front frame already written by a direct write.
+    offset: usize,
     /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: usize,
     /// Frames queued plus frames taken and not yet written.
@@ -66,7 +92,13 @@ struct State {
     /// The writer's waker while it waits: for data and closing, or (while it is busy writing a
     /// batch) for closing only. Taken by whoever wakes it, so a busy writer costs pushes nothing.
     waker: Option<Waker>,
+    /// The session holds no batch and waits for data: the shard may write directly.
     wants_data: bool,
+    /// Pushed to since the last flush (the publisher has it on its list).
+    dirty: bool,
+    /// The plain-TCP socket's write half, shared with the session, for direct writes; `None`
+    /// for TLS and once the session has ended.
+    direct: Option<Arc<OwnedWriteHalf>>,
 }
 
 pub struct Outbox {
@@ -96,8 +128,15 @@ impl Outbox {
                 queued_frames: state.count,
                 bound: self.bound,
             });
-            // Free the backlog now: a slow consumer must not hold memory while it is closed.
+            // Free the backlog now: a slow consumer must not hold memory while it is closed. A
+            // frame already partly on the wire stays, or the close frame would land inside it.
+            let started = if state.offset > 0 {
+                state.frames.pop_front()
+            } else {
+                None
+            };
             let dropped = std::mem::take(&mut state.frames);
+            state.frames.extend(started);
             state.bytes -= dropped.iter().map(|q| q.frame.len()).sum::<usize>();
             state.count -= dropped.len();
             let waker = state.waker.take();
@@ -112,8 +151,77 @@ impl Outbox {
             frame: frame.clone(),
             born_us,
         });
-        Self::wake_if_waiting(state);
-        Push::Queued
+        let flush = !state.dirty;
+        state.dirty = true;
+        Push::Queued { flush }
+    }
+
+    /// Lets the shard write to this plain-TCP socket directly (see the module docs).
+    pub fn set_direct(&self, socket: Arc<OwnedWriteHalf>) {
+        self.state.lock().direct = Some(socket);
+    }
+
+    /// Drops the shard's reference to the socket, so it closes with the session.
+    pub fn release_direct(&self) {
+        let socket = self.state.lock().direct.take();
+        drop(socket);
+    }
+
+    /// Writes what was queued since the last flush, once the publisher's pass is over: directly
+    /// to the socket while the session is idle; otherwise (backlog, TLS, closing) by waking
+    /// the session if it waits. Records what reached the socket in `metrics`.
+    pub fn flush(&self, metrics: &SessionMetrics) {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        state.dirty = false;
+        if state.frames.is_empty() {
+            return;
+        }
+        let socket = match &state.direct {
+            Some(socket) if state.wants_data && state.closing.is_none() => socket,
+            _ => {
+                Self::wake_if_waiting(guard);
+                return;
+            }
+        };
+        metrics.queue_depth_bytes.record(state.bytes as f64);
+        loop {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let count = fill_slices(&mut slices, &state.frames, state.offset);
+                if count == 1 {
+                    socket.try_write(&slices[0])
+                } else {
+                    socket.try_write_vectored(&slices[..count])
+                }
+            };
+            let n = match written {
+                Ok(n) if n > 0 => n,
+                // WouldBlock, or an error the session meets on its own next write.
+                _ => break,
+            };
+            let now_us = crate::clock::monotonic_us();
+            let (frames, bytes) = advance(&mut state.frames, &mut state.offset, n, |done| {
+                if done.born_us != 0 {
+                    metrics.publish_to_socket_us(now_us.saturating_sub(done.born_us));
+                }
+            });
+            metrics.wrote(frames, n);
+            state.bytes -= bytes;
+            state.count -= frames;
+            if state.frames.is_empty() {
+                if state.frames.capacity() > KEEP_SLOTS {
+                    state.frames = VecDeque::new();
+                }
+                return;
+            }
+        }
+        // A backlog: the session takes over until the socket drains.
+        metrics.write_handoffs.increment(1);
+        state.wants_data = false;
+        let waker = state.waker.take();
+        drop(guard);
+        wake(waker);
     }
 
     /// Queues a reply or control frame. These are few (each answers one rate-limited client
@@ -176,22 +284,27 @@ impl Outbox {
         self.state.lock().closing.clone()
     }
 
-    /// The writer's one way in. With `want_data`, moves every queued frame into `batch` (which
-    /// must be empty) in one lock hold; once the outbox is closing and everything queued has
-    /// been handed out, returns why, so the writer sends its close frame last. Without
-    /// `want_data` (the writer is busy with a batch) it only reports a closing, so an eviction
-    /// or shutdown starts the close deadline even while a write is blocked. Otherwise it
-    /// registers the waker: pushes wake it only when it wants data, closes always.
+    /// The session's one way in. With `want_data`, moves every queued frame into `batch` (which
+    /// must be empty) in one lock hold, with `offset`, the bytes of its first frame already
+    /// written directly; once the outbox is closing and everything queued has been handed
+    /// out, returns why, so the session sends its close frame last. Without `want_data` (the
+    /// session is busy with a batch) it only reports a closing, so an eviction or shutdown
+    /// starts the close deadline even while a write is blocked. Otherwise it registers the
+    /// waker: a flush it cannot finish and control frames wake it when it wants data, closes
+    /// always.
     pub fn poll_next(
         &self,
         cx: &mut Context<'_>,
         batch: &mut VecDeque<Queued>,
+        offset: &mut usize,
         want_data: bool,
     ) -> Poll<Option<Closing>> {
         let mut state = self.state.lock();
         if want_data && !state.frames.is_empty() {
             debug_assert!(batch.is_empty());
             std::mem::swap(&mut state.frames, batch);
+            *offset = std::mem::take(&mut state.offset);
+            state.wants_data = false;
             return Poll::Ready(None);
         }
         if let Some(closing) = &state.closing {
@@ -222,6 +335,46 @@ impl Outbox {
     }
 }
 
+/// Points `slices` at the queued frames, the first from `offset`; returns how many.
+pub(crate) fn fill_slices<'a>(
+    slices: &mut [IoSlice<'a>; MAX_IOV],
+    frames: &'a VecDeque<Queued>,
+    offset: usize,
+) -> usize {
+    let mut count = 0;
+    for (slot, queued) in slices.iter_mut().zip(frames.iter()) {
+        let frame = &queued.frame[..];
+        *slot = IoSlice::new(if count == 0 { &frame[offset..] } else { frame });
+        count += 1;
+    }
+    count
+}
+
+/// Drops fully written frames from `pending`, calling `done` for each; returns how many frames
+/// and their total bytes.
+pub(crate) fn advance(
+    pending: &mut VecDeque<Queued>,
+    offset: &mut usize,
+    mut written: usize,
+    mut done: impl FnMut(&Queued),
+) -> (usize, usize) {
+    let (mut frames, mut bytes) = (0, 0);
+    while let Some(front) = pending.front() {
+        let remaining = front.frame.len() - *offset;
+        if written < remaining {
+            *offset += written;
+            break;
+        }
+        written -= remaining;
+        frames += 1;
+        bytes += front.frame.len();
+        done(front);
+        *offset = 0;
+        pending.pop_front();
+    }
+    (frames, bytes)
+}
+
 fn wake(waker: Option<Waker>) {
     if let Some(waker) = waker {
         waker.wake();
@@ -239,7 +392,8 @@ mod tests {
     /// `poll_next` wanting data, outside a task.
     fn take(outbox: &Outbox, batch: &mut VecDeque<Queued>) -> Option<Closing> {
         let mut cx = Context::from_waker(Waker::noop());
-        match outbox.poll_next(&mut cx, batch, true) {
+        let mut offset = 0;
+        match outbox.poll_next(&mut cx, batch, &mut offset, true) {
             Poll::Ready(closing) => closing,
             Poll::Pending => None,
         }
@@ -251,7 +405,10 @@ mod tests {
             max_bytes: 100,
             max_frames: 10,
         });
-        assert_eq!(outbox.push_data(&frame(60), 1), Push::Queued);
+        assert!(matches!(
+            outbox.push_data(&frame(60), 1),
+            Push::Queued { .. }
+        ));
         assert_eq!(outbox.push_data(&frame(60), 1), Push::Overflowed);
         assert_eq!(outbox.push_data(&frame(1), 1), Push::Closed);
         let mut batch = VecDeque::new();
@@ -272,7 +429,10 @@ mod tests {
             max_bytes: 100,
             max_frames: 10,
         });
-        assert_eq!(outbox.push_data(&frame(60), 1), Push::Queued);
+        assert!(matches!(
+            outbox.push_data(&frame(60), 1),
+            Push::Queued { .. }
+        ));
         let mut batch = VecDeque::new();
         assert_eq!(take(&outbox, &mut batch), None);
         assert_eq!(batch.len(), 1);
@@ -290,12 +450,36 @@ mod tests {
         take(&outbox, &mut batch);
         outbox.written(1, 10);
         assert_eq!(outbox.queued_bytes(), 0);
-        assert_eq!(outbox.push_data(&frame(10), 1), Push::Queued);
-        assert_eq!(outbox.push_data(&frame(10), 1), Push::Queued);
+        assert!(matches!(
+            outbox.push_data(&frame(10), 1),
+            Push::Queued { .. }
+        ));
+        assert!(matches!(
+            outbox.push_data(&frame(10), 1),
+            Push::Queued { .. }
+        ));
         assert_eq!(
             outbox.push_data(&frame(10), 1),
             Push::Overflowed,
             "frame bound"
         );
+    }
+
+    #[test]
+    fn advance_handles_partial_frames() {
+        let queued = |b: &'static [u8]| Queued {
+            frame: Bytes::from_static(b),
+            born_us: 7,
+        };
+        let mut pending: VecDeque<Queued> = [queued(b"abcd"), queued(b"ef")].into();
+        let mut offset = 0;
+        let mut done = 0;
+        assert_eq!(advance(&mut pending, &mut offset, 3, |_| done += 1), (0, 0));
+        assert_eq!(offset, 3);
+        assert_eq!(advance(&mut pending, &mut offset, 2, |_| done += 1), (1, 4));
+        assert_eq!((pending.len(), offset), (1, 1));
+        assert_eq!(advance(&mut pending, &mut offset, 1, |_| done += 1), (1, 2));
+        assert!(pending.is_empty());
+        assert_eq!(done, 2);
     }
 }

@@ -7,6 +7,7 @@ use super::http::{read_head, write_response, ReadHead, Response};
 use super::rest;
 use super::transport::Transport;
 use super::upgrade::{check_handshake, is_websocket_path, parse_upgrade};
+use crate::fanout::shard::Placement;
 use bytes::Buf;
 use bytes::BytesMut;
 use std::net::IpAddr;
@@ -23,6 +24,7 @@ pub async fn serve<S: Transport>(
     peer: IpAddr,
     ctx: Arc<Context>,
     permit: OwnedSemaphorePermit,
+    placement: Placement,
 ) {
     let mut buf = BytesMut::with_capacity(1024);
     let mut deadline = Instant::now() + ctx.config.handshake_timeout;
@@ -123,7 +125,16 @@ pub async fn serve<S: Transport>(
             }
             // Nothing of the request may stay alive for the connection's lifetime.
             drop(head);
-            crate::front::session::upgrade(stream, buf.to_vec(), key, upgrade, ctx, slots).await;
+            crate::front::session::upgrade(
+                stream,
+                buf.to_vec(),
+                key,
+                upgrade,
+                ctx,
+                slots,
+                placement,
+            )
+            .await;
             return;
         }
         let close = head.connection_close || head.http10 || head.content_length > 0;

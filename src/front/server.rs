@@ -1,6 +1,10 @@
 //! The server: `run(listener, config, feed, shutdown)` is what the binary and every test drive
 //! (mini-redis' shape). It owns the accept loop, the connection cap, and graceful shutdown.
 //!
+//! The accept loop runs on the caller's runtime and hands each connection, as a std socket, to
+//! the least loaded [shard](crate::fanout::shard), where it is registered with that shard's
+//! reactor and lives out its life: REST, upgrade, session and every write.
+//!
 //! Shutdown: the `shutdown` future resolving flips a watch channel every session listens to;
 //! each queues `serverShutdown` and a 1001 close behind its data. Every connection task holds a
 //! clone of a drop-guard sender, so when the receiver sees all of them gone, every client has
@@ -8,6 +12,7 @@
 
 use crate::config::Config;
 use crate::engine;
+use crate::fanout::shard::{Placement, Shards};
 use crate::front::admission::{AttemptLimiter, IpConnections};
 use crate::front::auth::TokenSet;
 use crate::front::context::Context;
@@ -15,7 +20,7 @@ use crate::front::transport;
 use crate::front::{http, router};
 use crate::market::feed::Feed;
 use crate::metrics::live_stats::LiveStats;
-use crate::metrics::{self, SessionMetrics};
+use crate::metrics::{self, SessionMetrics, ShardMetrics};
 
 use std::future::Future;
 use std::io;
@@ -62,7 +67,16 @@ pub async fn run(
     };
     let feed = Arc::new(feed);
     let live = Arc::new(LiveStats::default());
-    let (engine, engine_thread) = engine::spawn(feed.clone(), config.naive_fanout, live.clone())?;
+    let session_metrics = SessionMetrics::new(live.clone());
+    let shard_metrics = ShardMetrics::new(session_metrics.clone());
+    let (shards, links) = Shards::start(config.shard_count(), &shard_metrics)?;
+    let (engine, engine_thread) = engine::spawn(
+        feed.clone(),
+        config.naive_fanout,
+        live,
+        links,
+        shard_metrics,
+    )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shutdown_timeout = config.shutdown_timeout;
@@ -70,7 +84,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         feed,
         engine,
-        metrics: SessionMetrics::new(live),
+        metrics: session_metrics,
         prometheus,
         attempts: AttemptLimiter::new(
             config.max_connection_attempts_per_ip,
@@ -102,20 +116,22 @@ pub async fn run(
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         tune(&stream, &ctx.config);
-                        match tls.clone() {
-                            None => {
-                                tokio::spawn(router::serve(stream, peer.ip(), ctx, permit));
-                            }
-                            Some(acceptor) => {
-                                tokio::spawn(async move {
+                        // Deregistered here, registered again with the shard's reactor.
+                        let Ok(stream) = stream.into_std() else { continue };
+                        let tls = tls.clone();
+                        shards.least_loaded().spawn(move |placement: Placement| async move {
+                            let Ok(stream) = TcpStream::from_std(stream) else { return };
+                            match tls {
+                                None => router::serve(stream, peer.ip(), ctx, permit, placement).await,
+                                Some(acceptor) => {
                                     let handshake = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
                                     match handshake.await {
-                                        Ok(Ok(stream)) => router::serve(stream, peer.ip(), ctx, permit).await,
+                                        Ok(Ok(stream)) => router::serve(stream, peer.ip(), ctx, permit, placement).await,
                                         _ => metrics::rejected("tls_handshake"),
                                     }
-                                });
+                                }
                             }
-                        }
+                        });
                     }
                     Err(_) => {
                         metrics::rejected("connection_cap");

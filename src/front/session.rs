@@ -12,7 +12,8 @@
 
 use crate::config::Config;
 use crate::engine::Command;
-use crate::fanout::outbox::{Closing, Outbox, QueueBound, Queued};
+use crate::fanout::outbox::{self, Closing, Outbox, QueueBound, Queued, MAX_IOV};
+use crate::fanout::shard::Placement;
 use crate::front::context::Context;
 use crate::front::http;
 use crate::front::transport::Transport;
@@ -42,8 +43,6 @@ pub const MAX_INCOMING: usize = 4 * 1024;
 /// Tungstenite's read buffer: eagerly allocated per connection, so sized for control messages
 /// (it grows for the rare larger frame); its 128 KiB default would cost 1.3 GB at 10k clients.
 const READ_BUFFER: usize = 512;
-/// Frames handed to one `writev` at most (well under IOV_MAX).
-const MAX_IOV: usize = 64;
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
 
@@ -108,6 +107,7 @@ impl Drop for Attached {
         // Closing the outbox stops the hub queueing to it at once; the detach command frees the
         // subscriptions promptly, and the hub's periodic sweep catches it if the queue is full.
         self.outbox.close(CLOSE_ABNORMAL, "connection ended", None);
+        self.outbox.release_direct();
         let _ = self
             .ctx
             .engine
@@ -128,6 +128,7 @@ pub async fn upgrade<S: Transport>(
     upgrade: Upgrade,
     ctx: Arc<Context>,
     permit: crate::front::admission::Slots,
+    placement: Placement,
 ) {
     let conn = ctx.next_conn_id();
     // The echo route queues whole echoed messages (up to 16 MiB each), not market data.
@@ -145,7 +146,8 @@ pub async fn upgrade<S: Transport>(
         outbox: outbox.clone(),
         ctx: ctx.clone(),
     };
-    let Some(stream) = handshake(stream, conn, &outbox, &key, &upgrade, &ctx).await else {
+    let shard = placement.shard;
+    let Some(stream) = handshake(stream, conn, shard, &outbox, &key, &upgrade, &ctx).await else {
         return;
     };
     ctx.metrics.opened();
@@ -166,6 +168,7 @@ pub async fn upgrade<S: Transport>(
         ctx.metrics.closed(code);
         drop(guard);
         drop(permit);
+        drop(placement);
     });
 }
 
@@ -174,6 +177,7 @@ pub async fn upgrade<S: Transport>(
 async fn handshake<S: Transport>(
     mut stream: S,
     conn: u64,
+    shard: usize,
     outbox: &Arc<Outbox>,
     key: &str,
     upgrade: &Upgrade,
@@ -182,6 +186,7 @@ async fn handshake<S: Transport>(
     let (ready, attached) = oneshot::channel();
     let attach = Command::Attach {
         conn,
+        shard,
         outbox: outbox.clone(),
         combined: upgrade.combined,
         unit: upgrade.unit,
@@ -277,6 +282,9 @@ impl Session {
     /// Runs the connection to its end and returns the close code to record.
     async fn run<S: Transport>(mut self, stream: S, leftover: Vec<u8>) -> u16 {
         let (read, mut write) = stream.split();
+        if let Some(socket) = S::direct(&write) {
+            self.outbox.set_direct(socket);
+        }
         let read_side = ReadSide {
             read,
             outbox: self.outbox.clone(),
@@ -320,6 +328,8 @@ impl Session {
 
         // Filled by the outbox branch while `pending` may be borrowed by the write branch.
         let mut batch: VecDeque<Queued> = VecDeque::new();
+        // Bytes of the batch's first frame the shard already wrote directly.
+        let mut batch_offset = 0usize;
         loop {
             let silent_until = last_heard + config.pong_timeout;
             let timer = match &close {
@@ -352,7 +362,7 @@ impl Session {
                         Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                         Ok(n) => {
                             let now_us = crate::clock::monotonic_us();
-                            let (frames, bytes) = advance(&mut pending, &mut offset, n, |done| {
+                            let (frames, bytes) = outbox::advance(&mut pending, &mut offset, n, |done| {
                                 if done.born_us != 0 {
                                     metrics.publish_to_socket_us(now_us.saturating_sub(done.born_us));
                                 }
@@ -365,12 +375,13 @@ impl Session {
                 }
                 // Armed while a batch is being written too (for closing only), so an eviction or
                 // shutdown starts the close deadline even when the socket is backed up.
-                event = poll_fn(|cx| self.outbox.poll_next(cx, &mut batch, pending.is_empty())),
+                event = poll_fn(|cx| self.outbox.poll_next(cx, &mut batch, &mut batch_offset, pending.is_empty())),
                     if close.as_ref().is_none_or(|c| pending.is_empty() && !c.write_shut) =>
                 {
                     match event {
                         None => {
                             std::mem::swap(&mut pending, &mut batch);
+                            offset = batch_offset;
                             let queued: usize = pending.iter().map(|q| q.frame.len()).sum();
                             metrics.queue_depth_bytes.record(queued as f64);
                             Next::Continue
@@ -614,63 +625,10 @@ fn poll_write_batch<W: AsyncWrite + Unpin>(
     cx: &mut TaskContext<'_>,
 ) -> Poll<io::Result<usize>> {
     let mut slices = [IoSlice::new(&[]); MAX_IOV];
-    let mut count = 0;
-    for (slot, queued) in slices.iter_mut().zip(pending.iter()) {
-        let frame = &queued.frame[..];
-        *slot = IoSlice::new(if count == 0 { &frame[offset..] } else { frame });
-        count += 1;
-    }
+    let count = outbox::fill_slices(&mut slices, pending, offset);
     if count == 1 {
         // The common case at moderate load: `send` skips writev's file-position locking.
         return Pin::new(write).poll_write(cx, &slices[0]);
     }
     Pin::new(write).poll_write_vectored(cx, &slices[..count])
-}
-
-/// Drops fully written frames from `pending`, calling `done` for each; returns how many frames
-/// and their total bytes.
-fn advance(
-    pending: &mut VecDeque<Queued>,
-    offset: &mut usize,
-    mut written: usize,
-    mut done: impl FnMut(&Queued),
-) -> (usize, usize) {
-    let (mut frames, mut bytes) = (0, 0);
-    while let Some(front) = pending.front() {
-        let remaining = front.frame.len() - *offset;
-        if written < remaining {
-            *offset += written;
-            break;
-        }
-        written -= remaining;
-        frames += 1;
-        bytes += front.frame.len();
-        done(front);
-        *offset = 0;
-        pending.pop_front();
-    }
-    (frames, bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn advance_handles_partial_frames() {
-        let queued = |b: &'static [u8]| Queued {
-            frame: Bytes::from_static(b),
-            born_us: 7,
-        };
-        let mut pending: VecDeque<Queued> = [queued(b"abcd"), queued(b"ef")].into();
-        let mut offset = 0;
-        let mut done = 0;
-        assert_eq!(advance(&mut pending, &mut offset, 3, |_| done += 1), (0, 0));
-        assert_eq!(offset, 3);
-        assert_eq!(advance(&mut pending, &mut offset, 2, |_| done += 1), (1, 4));
-        assert_eq!((pending.len(), offset), (1, 1));
-        assert_eq!(advance(&mut pending, &mut offset, 1, |_| done += 1), (1, 2));
-        assert!(pending.is_empty());
-        assert_eq!(done, 2);
-    }
 }

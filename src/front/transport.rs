@@ -1,11 +1,15 @@
 //! The byte streams a connection can run over: plain TCP, or TLS over TCP (`--tls-cert`).
 //!
 //! Sessions are generic over [`Transport`] so the plain path keeps tokio's owned TCP halves
-//! (no lock between reader and writer) while TLS goes through `tokio::io::split`.
+//! (no lock between reader and writer), with the write half shared with the connection's
+//! shard for direct writes, while TLS goes through `tokio::io::split` and only its session
+//! writes (its bytes are encrypted per connection anyway).
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -20,14 +24,75 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Read: AsyncRead + Unpin + Send + 'static;
     type Write: AsyncWrite + Unpin + Send + 'static;
     fn split(self) -> (Self::Read, Self::Write);
+    /// The socket the shard may write to directly, if this transport allows it.
+    fn direct(write: &Self::Write) -> Option<Arc<OwnedWriteHalf>>;
 }
 
 impl Transport for TcpStream {
     type Read = OwnedReadHalf;
-    type Write = OwnedWriteHalf;
+    type Write = SharedWrite;
 
-    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
-        self.into_split()
+    fn split(self) -> (OwnedReadHalf, SharedWrite) {
+        let (read, write) = self.into_split();
+        (read, SharedWrite(Arc::new(write)))
+    }
+
+    fn direct(write: &SharedWrite) -> Option<Arc<OwnedWriteHalf>> {
+        Some(write.0.clone())
+    }
+}
+
+/// A TCP write half shared by the session and its shard (both on one thread, never writing at
+/// once: see [`crate::fanout::outbox`]). Writes go through tokio's readiness and `try_write`,
+/// which take `&self`; the socket's write side shuts down when the last holder drops it.
+pub struct SharedWrite(Arc<OwnedWriteHalf>);
+
+impl SharedWrite {
+    fn tcp(&self) -> &TcpStream {
+        AsRef::<TcpStream>::as_ref(&*self.0)
+    }
+}
+
+impl AsyncWrite for SharedWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp().poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp().poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = socket2::SockRef::from(self.tcp());
+        Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -37,6 +102,10 @@ impl Transport for TlsStream<TcpStream> {
 
     fn split(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
+    }
+
+    fn direct(_: &Self::Write) -> Option<Arc<OwnedWriteHalf>> {
+        None
     }
 }
 

@@ -12,6 +12,7 @@ use metrics::{
     Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -139,7 +140,11 @@ fn describe() {
     );
     describe_counter!(
         "bookcast_write_syscalls_total",
-        "Vectored socket writes made by subscriber writers."
+        "Socket writes of frames, direct from a shard or by a session's task."
+    );
+    describe_counter!(
+        "bookcast_write_handoffs_total",
+        "Direct writes from a shard that met a full socket and handed the rest to the connection's task."
     );
     describe_counter!(
         "bookcast_slow_consumer_disconnects_total",
@@ -166,19 +171,12 @@ fn describe() {
 /// The hub's handles (engine thread).
 pub struct HubMetrics {
     serialized: Counter,
-    enqueued: Counter,
-    slow_consumers: Counter,
-    /// The same count, readable by the engine for `!stats@1s` (single owner: a plain integer).
-    slow_consumers_total: u64,
 }
 
 impl HubMetrics {
     pub fn new() -> Self {
         HubMetrics {
             serialized: counter!("bookcast_events_serialized_total"),
-            enqueued: counter!("bookcast_frames_enqueued_total"),
-            slow_consumers: counter!("bookcast_slow_consumer_disconnects_total"),
-            slow_consumers_total: 0,
         }
     }
 
@@ -190,25 +188,49 @@ impl HubMetrics {
         self.serialized.increment(count);
     }
 
-    pub fn enqueued(&mut self, frames: u64, evicted: u64) {
-        self.enqueued.increment(frames - evicted);
-        if evicted > 0 {
-            self.slow_consumers.increment(evicted);
-            self.slow_consumers_total += evicted;
-        }
-    }
-
-    /// Subscribers evicted as slow consumers since the hub started.
-    pub fn slow_consumers_total(&self) -> u64 {
-        self.slow_consumers_total
-    }
-
     pub fn subscribed(&self, kind: &'static str) {
         gauge!("bookcast_subscriptions", "kind" => kind).increment(1.0);
     }
 
     pub fn unsubscribed(&self, kind: &'static str) {
         gauge!("bookcast_subscriptions", "kind" => kind).decrement(1.0);
+    }
+}
+
+/// A shard's handles: what it queues, evicts and writes. Cloned into every shard.
+#[derive(Clone)]
+pub struct ShardMetrics {
+    pub session: SessionMetrics,
+    enqueued: Counter,
+    slow_consumers: Counter,
+    /// The same count, readable by the engine for `!stats@1s`.
+    slow_consumers_total: Arc<AtomicU64>,
+}
+
+impl ShardMetrics {
+    pub fn new(session: SessionMetrics) -> Self {
+        ShardMetrics {
+            session,
+            enqueued: counter!("bookcast_frames_enqueued_total"),
+            slow_consumers: counter!("bookcast_slow_consumer_disconnects_total"),
+            slow_consumers_total: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// One pass over an event's subscribers: `queued` frames queued, `evicted` subscribers
+    /// evicted as slow consumers.
+    pub fn enqueued(&self, queued: u64, evicted: u64) {
+        self.enqueued.increment(queued);
+        if evicted > 0 {
+            self.slow_consumers.increment(evicted);
+            self.slow_consumers_total
+                .fetch_add(evicted, Ordering::Relaxed);
+        }
+    }
+
+    /// Subscribers evicted as slow consumers since the server started, every shard.
+    pub fn slow_consumers_total(&self) -> u64 {
+        self.slow_consumers_total.load(Ordering::Relaxed)
     }
 }
 
@@ -255,6 +277,8 @@ pub struct SessionMetrics {
     pub frames_delivered: Counter,
     pub bytes_delivered: Counter,
     pub write_syscalls: Counter,
+    /// Direct writes that could not finish and handed the rest to the session's task.
+    pub write_handoffs: Counter,
     pub open: Gauge,
     pub accepted: Counter,
     pub publish_to_socket: Histogram,
@@ -269,6 +293,7 @@ impl SessionMetrics {
             frames_delivered: counter!("bookcast_frames_delivered_total"),
             bytes_delivered: counter!("bookcast_bytes_delivered_total"),
             write_syscalls: counter!("bookcast_write_syscalls_total"),
+            write_handoffs: counter!("bookcast_write_handoffs_total"),
             open: gauge!("bookcast_connections_open"),
             accepted: counter!("bookcast_connections_accepted_total"),
             publish_to_socket: histogram!("bookcast_publish_to_socket_seconds"),

@@ -1,0 +1,490 @@
+//! Shards: the threads that own the connections and write to their sockets.
+//!
+//! Each shard is one thread running a tokio `current_thread` runtime. A connection is handed to
+//! one shard when it is accepted and stays there: its HTTP requests, WebSocket session, timers
+//! and every write to its socket run on that thread, so nothing about a connection crosses
+//! threads after the accept.
+//!
+//! The engine (one thread) reaches a shard only through its bounded channel ([`ShardLink`]):
+//! subscription changes, replies, and each published event as finished frames, once per shard
+//! that has a subscriber for it. A shard's drain task applies the messages in order (so a
+//! subscription is live exactly from the point the engine sequenced it) and, per event, queues
+//! the shared frame on each subscriber's [`Outbox`]; at the end of the pass it flushes every
+//! outbox it touched: one direct `send` per socket per pass, no task woken (uWebSockets'
+//! publish-then-drain, `TopicTree.h`). Only a socket that cannot take everything
+//! hands its backlog to its session's task.
+//!
+//! The engine wakes a shard at most once per engine batch, and only if the shard is parked:
+//! a busy shard sees new messages on its next pass without any wakeup.
+
+use super::outbox::{Outbox, Push};
+use crate::metrics::ShardMetrics;
+use crate::protocol::stream::Topic;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::{oneshot, Notify};
+
+/// A connection's identity for the server's lifetime.
+pub type ConnId = u64;
+
+/// The payload variants a topic may need: raw or combined, in ms or µs.
+pub const VARIANTS: usize = 4;
+
+/// Which of the [`VARIANTS`] a connection receives.
+pub fn variant(combined: bool, microseconds: bool) -> usize {
+    usize::from(combined) * 2 + usize::from(microseconds)
+}
+
+/// Messages a shard's channel holds; when one is full the engine waits for that shard (no
+/// message is ever dropped, so healthy subscribers never see a gap). At 29 symbols updating up
+/// to 100 times a second this is over a second of backlog.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// Messages applied per pass at most, so sessions (reads, timers) on the shard get their turn.
+const MESSAGES_PER_PASS: usize = 1024;
+
+/// What the engine tells a shard.
+pub enum ShardMsg {
+    /// A new connection receiving `slot`'s variant, with the streams named in its URL; `ready`
+    /// fires once they are live on the shard.
+    Attach {
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        slot: usize,
+        topics: Vec<Topic>,
+        ready: oneshot::Sender<()>,
+    },
+    Subscribe {
+        conn: ConnId,
+        topics: Vec<Topic>,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        topics: Vec<Topic>,
+    },
+    /// The connection now receives another variant (`SET_PROPERTY combined`).
+    Reslot {
+        conn: ConnId,
+        slot: usize,
+    },
+    /// A control reply, queued behind everything sent to the connection before it.
+    Reply {
+        conn: ConnId,
+        frame: Bytes,
+    },
+    Detach {
+        conn: ConnId,
+    },
+    /// One event for every subscriber of `topic` on this shard.
+    Publish {
+        topic: Topic,
+        frames: Frames,
+        /// [`crate::clock::monotonic_us`] at publish, for publish-to-socket latency.
+        born_us: u64,
+    },
+}
+
+/// An event's frames for one shard.
+pub enum Frames {
+    /// One finished frame per variant this shard needs, shared by all its subscribers.
+    Shared([Option<Bytes>; VARIANTS]),
+    /// `--naive-fanout`: a frame rendered for each subscriber, in subscriber order.
+    PerSubscriber(Box<[Vec<Bytes>; VARIANTS]>),
+}
+
+/// Parking state shared by a shard and the engine.
+#[derive(Default)]
+struct Wake {
+    /// The drain task found nothing to do and waits on `notify`.
+    parked: AtomicBool,
+    notify: Notify,
+}
+
+/// The engine's end of one shard's channel.
+pub struct ShardLink {
+    /// `None` once dropped, so the shard sees the channel disconnected before its last wake.
+    tx: Option<Sender<ShardMsg>>,
+    wake: Arc<Wake>,
+    /// Something was sent since the last [`ShardLink::end_batch`].
+    sent: bool,
+}
+
+impl ShardLink {
+    /// Queues a message for the shard. Waits if the shard is a whole channel behind, after
+    /// making sure it is awake.
+    pub fn send(&mut self, message: ShardMsg) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(message) {
+            Ok(()) => self.sent = true,
+            Err(TrySendError::Full(message)) => {
+                self.wake();
+                if tx.send(message).is_ok() {
+                    self.sent = true;
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// The engine finished a batch: wake the shard if it was sent anything and is parked.
+    pub fn end_batch(&mut self) {
+        if std::mem::take(&mut self.sent) {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        // Pairs with the fence in `drain`: either the shard sees the message before parking,
+        // or this sees it parked.
+        fence(Ordering::SeqCst);
+        if self.wake.parked.load(Ordering::Relaxed)
+            && self.wake.parked.swap(false, Ordering::SeqCst)
+        {
+            self.wake.notify.notify_one();
+        }
+    }
+
+    /// A link to no thread, for tests and benchmarks that drive a [`ShardTable`] by hand.
+    pub fn detached() -> (ShardLink, Receiver<ShardMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+        let link = ShardLink {
+            tx: Some(tx),
+            wake: Arc::new(Wake::default()),
+            sent: false,
+        };
+        (link, rx)
+    }
+}
+
+impl Drop for ShardLink {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.wake.notify.notify_one();
+    }
+}
+
+/// The front's end of a shard: where its connections are spawned.
+pub struct Shard {
+    pub index: usize,
+    runtime: tokio::runtime::Handle,
+    /// Connections living on this shard, to place new ones on the least loaded.
+    load: Arc<AtomicUsize>,
+}
+
+impl Shard {
+    /// Runs a connection on this shard's thread. The connection keeps its [`Placement`] for as
+    /// long as it lives, in whichever task ends up owning it.
+    pub fn spawn<F, Fut>(&self, connection: F)
+    where
+        F: FnOnce(Placement) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let placement = Placement {
+            shard: self.index,
+            _load: LoadGuard::new(self.load.clone()),
+        };
+        self.runtime
+            .spawn(async move { connection(placement).await });
+    }
+
+    /// Connections on this shard now.
+    pub fn load(&self) -> usize {
+        self.load.load(Ordering::Relaxed)
+    }
+}
+
+/// Which shard a connection lives on; counts it there until dropped.
+pub struct Placement {
+    pub shard: usize,
+    _load: LoadGuard,
+}
+
+/// Counts a connection on its shard until it ends, however it ends.
+struct LoadGuard(Arc<AtomicUsize>);
+
+impl LoadGuard {
+    fn new(load: Arc<AtomicUsize>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        LoadGuard(load)
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every shard, for the accept loop.
+pub struct Shards {
+    shards: Vec<Shard>,
+    /// Each thread ends once the engine drops its [`ShardLink`].
+    _threads: Vec<JoinHandle<()>>,
+}
+
+impl Shards {
+    /// Starts `count` shard threads; returns them and the engine's links to them, in order.
+    pub fn start(count: usize, metrics: &ShardMetrics) -> io::Result<(Shards, Vec<ShardLink>)> {
+        let mut shards = Vec::with_capacity(count);
+        let mut links = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (link, rx) = ShardLink::detached();
+            let table = ShardTable::new(metrics.clone());
+            let wake = link.wake.clone();
+            shards.push(Shard {
+                index,
+                runtime: runtime.handle().clone(),
+                load: Arc::new(AtomicUsize::new(0)),
+            });
+            links.push(link);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("bookcast-shard-{index}"))
+                    .spawn(move || runtime.block_on(drain(rx, wake, table)))?,
+            );
+        }
+        Ok((
+            Shards {
+                shards,
+                _threads: threads,
+            },
+            links,
+        ))
+    }
+
+    /// The shard with the fewest connections (the first of equals).
+    pub fn least_loaded(&self) -> &Shard {
+        self.shards
+            .iter()
+            .min_by_key(|shard| shard.load())
+            .expect("Shards::start makes at least one")
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.is_empty()
+    }
+}
+
+/// A shard's drain task: applies the engine's messages in passes, flushing after each, and
+/// parks when the channel is empty. Ends when the engine drops its link.
+async fn drain(rx: Receiver<ShardMsg>, wake: Arc<Wake>, mut table: ShardTable) {
+    loop {
+        let mut handled = 0;
+        let disconnected = loop {
+            match rx.try_recv() {
+                Ok(message) => {
+                    table.apply(message);
+                    handled += 1;
+                    if handled == MESSAGES_PER_PASS {
+                        break false;
+                    }
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        table.flush();
+        if disconnected {
+            return;
+        }
+        if handled == MESSAGES_PER_PASS {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        wake.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !rx.is_empty() {
+            wake.parked.store(false, Ordering::Relaxed);
+            continue;
+        }
+        wake.notify.notified().await;
+        wake.parked.store(false, Ordering::Relaxed);
+    }
+}
+
+struct Member {
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+struct Local {
+    outbox: Arc<Outbox>,
+    slot: usize,
+    topics: Vec<Topic>,
+}
+
+/// A shard's own view of who listens to what: topic -> subscribers per variant. Only its drain
+/// task touches it, so it takes no lock.
+pub struct ShardTable {
+    topics: HashMap<Topic, [Vec<Member>; VARIANTS]>,
+    connections: HashMap<ConnId, Local>,
+    /// Outboxes pushed to in this pass, flushed at its end.
+    dirty: Vec<Arc<Outbox>>,
+    metrics: ShardMetrics,
+}
+
+impl ShardTable {
+    pub fn new(metrics: ShardMetrics) -> Self {
+        ShardTable {
+            topics: HashMap::new(),
+            connections: HashMap::new(),
+            dirty: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// Applies one message from the engine.
+    pub fn apply(&mut self, message: ShardMsg) {
+        match message {
+            ShardMsg::Attach {
+                conn,
+                outbox,
+                slot,
+                topics,
+                ready,
+            } => {
+                self.connections.insert(
+                    conn,
+                    Local {
+                        outbox,
+                        slot,
+                        topics: Vec::new(),
+                    },
+                );
+                self.subscribe(conn, &topics);
+                let _ = ready.send(());
+            }
+            ShardMsg::Subscribe { conn, topics } => self.subscribe(conn, &topics),
+            ShardMsg::Unsubscribe { conn, topics } => self.unsubscribe(conn, &topics),
+            ShardMsg::Reslot { conn, slot } => {
+                let Some(local) = self.connections.get(&conn) else {
+                    return;
+                };
+                let topics = local.topics.clone();
+                self.unsubscribe(conn, &topics);
+                if let Some(local) = self.connections.get_mut(&conn) {
+                    local.slot = slot;
+                }
+                self.subscribe(conn, &topics);
+            }
+            ShardMsg::Reply { conn, frame } => {
+                if let Some(local) = self.connections.get(&conn) {
+                    local.outbox.push_control(frame);
+                }
+            }
+            ShardMsg::Detach { conn } => {
+                if let Some(local) = self.connections.get(&conn) {
+                    let topics = local.topics.clone();
+                    self.unsubscribe(conn, &topics);
+                }
+                self.connections.remove(&conn);
+            }
+            ShardMsg::Publish {
+                topic,
+                frames,
+                born_us,
+            } => self.publish(topic, frames, born_us),
+        }
+    }
+
+    fn subscribe(&mut self, conn: ConnId, topics: &[Topic]) {
+        let Some(local) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        for &topic in topics {
+            if local.topics.contains(&topic) {
+                continue;
+            }
+            local.topics.push(topic);
+            self.topics.entry(topic).or_default()[local.slot].push(Member {
+                conn,
+                outbox: local.outbox.clone(),
+            });
+        }
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, topics: &[Topic]) {
+        let Some(local) = self.connections.get_mut(&conn) else {
+            return;
+        };
+        for topic in topics {
+            let Some(at) = local.topics.iter().position(|t| t == topic) else {
+                continue;
+            };
+            local.topics.swap_remove(at);
+            if let Some(lists) = self.topics.get_mut(topic) {
+                let list = &mut lists[local.slot];
+                if let Some(at) = list.iter().position(|m| m.conn == conn) {
+                    list.swap_remove(at);
+                }
+                if lists.iter().all(Vec::is_empty) {
+                    self.topics.remove(topic);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: Topic, frames: Frames, born_us: u64) {
+        let Some(lists) = self.topics.get(&topic) else {
+            return;
+        };
+        let (mut queued, mut evicted) = (0u64, 0u64);
+        let mut push = |member: &Member, frame: &Bytes, dirty: &mut Vec<Arc<Outbox>>| match member
+            .outbox
+            .push_data(frame, born_us)
+        {
+            Push::Queued { flush } => {
+                queued += 1;
+                if flush {
+                    dirty.push(member.outbox.clone());
+                }
+            }
+            Push::Overflowed => evicted += 1,
+            Push::Closed => {}
+        };
+        match &frames {
+            Frames::Shared(shared) => {
+                for (list, frame) in lists.iter().zip(shared) {
+                    let Some(frame) = frame else { continue };
+                    for member in list {
+                        push(member, frame, &mut self.dirty);
+                    }
+                }
+            }
+            Frames::PerSubscriber(each) => {
+                for (list, frames) in lists.iter().zip(each.iter()) {
+                    for (member, frame) in list.iter().zip(frames) {
+                        push(member, frame, &mut self.dirty);
+                    }
+                }
+            }
+        }
+        self.metrics.enqueued(queued, evicted);
+    }
+
+    /// Ends a pass: writes each outbox pushed to in it (see [`Outbox::flush`]).
+    pub fn flush(&mut self) {
+        for outbox in self.dirty.drain(..) {
+            outbox.flush(&self.metrics.session);
+        }
+    }
+
+    /// Connections this shard knows.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+}
