@@ -78,7 +78,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The accept loop, signals and metrics upkeep: one thread is plenty, since every
+    // connection lives on a shard of its own (see bookcast::fanout::shard).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -31,10 +31,6 @@ use tokio::net::tcp::OwnedWriteHalf;
 /// Frames handed to one vectored write at most (well under IOV_MAX).
 pub const MAX_IOV: usize = 64;
 
-/// A queue emptied by a write keeps at most this many slots; a larger one (left by a backlog)
-/// is freed, so an idle connection holds no buffer it does not need.
-const KEEP_SLOTS: usize = 8;
-
 /// Room above the byte bound for control replies, so a reply is not what tips a connection
 /// over; one LIST_SUBSCRIPTIONS reply for 1024 streams is about 30 KiB.
 pub const CONTROL_SLACK: usize = 64 * 1024;
@@ -210,9 +206,9 @@ impl Outbox {
             state.bytes -= bytes;
             state.count -= frames;
             if state.frames.is_empty() {
-                if state.frames.capacity() > KEEP_SLOTS {
-                    state.frames = VecDeque::new();
-                }
+                // Idle again: hold no buffer until the next frame (one small allocation per
+                // pass, against one `send`).
+                state.frames = VecDeque::new();
                 return;
             }
         }

@@ -40,9 +40,10 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Largest client message or frame (SPEC.md: larger is closed with 1009).
 pub const MAX_INCOMING: usize = 4 * 1024;
-/// Tungstenite's read buffer: eagerly allocated per connection, so sized for control messages
-/// (it grows for the rare larger frame); its 128 KiB default would cost 1.3 GB at 10k clients.
-const READ_BUFFER: usize = 512;
+/// Tungstenite's read buffer: eagerly allocated per connection, so sized for the control
+/// messages subscribers send (typically under 200 bytes; it grows for the rare larger frame,
+/// read 256 bytes at a time); its 128 KiB default would cost 1.3 GB at 10k clients.
+const READ_BUFFER: usize = 256;
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
 
@@ -51,8 +52,10 @@ const MAX_ECHO: usize = 16 << 20;
 
 fn ws_config(echo: bool) -> WebSocketConfig {
     let max = if echo { MAX_ECHO } else { MAX_INCOMING };
+    // The echo route takes 16 MiB messages: read them in bigger bites.
+    let read_buffer = if echo { 64 * 1024 } else { READ_BUFFER };
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(max))

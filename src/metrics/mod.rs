@@ -86,7 +86,7 @@ fn describe() {
     );
     describe_histogram!(
         "bookcast_write_batch_frames",
-        "Frames written per vectored write."
+        "Frames written per socket write."
     );
     describe_histogram!(
         "bookcast_queue_depth_bytes",
