@@ -301,7 +301,10 @@ async fn drain(rx: Receiver<ShardMsg>, wake: Arc<Wake>, mut table: ShardTable) {
         if disconnected {
             return;
         }
-        if handled == MESSAGES_PER_PASS {
+        // More waiting: let the shard's other tasks (handshakes, reads, timers, backlogs) run
+        // first. The runtime cannot preempt this task, so without the yield a shard kept busy
+        // by the engine would never serve them.
+        if handled == MESSAGES_PER_PASS || !rx.is_empty() {
             tokio::task::yield_now().await;
             continue;
         }
@@ -309,6 +312,7 @@ async fn drain(rx: Receiver<ShardMsg>, wake: Arc<Wake>, mut table: ShardTable) {
         fence(Ordering::SeqCst);
         if !rx.is_empty() {
             wake.parked.store(false, Ordering::Relaxed);
+            tokio::task::yield_now().await;
             continue;
         }
         wake.notify.notified().await;
