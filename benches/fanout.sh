@@ -4,7 +4,7 @@
 # with N clients on '<sym>$STREAM' (STREAM=@depth unless set: one stream per client, the
 # symbols round-robin).
 #
-#   benches/fanout.sh                     # SCALES="1000 5000", DURATION=10s, all five servers
+#   benches/fanout.sh                     # SCALES="1000 3000 5000", DURATION=10s, all five servers
 #   SCALES="1000" DURATION=10s benches/fanout.sh
 #   SERVERS="bookcast go" benches/fanout.sh
 #   SERVERS="bookcast bun" benches/fanout.sh
@@ -47,7 +47,7 @@ if [[ "$SMOKE" == 1 ]]; then
   SERVERS="bookcast ${SMOKE_PEER:-node}"
   STREAM=@depth
 fi
-SCALES=${SCALES:-1000 5000}
+SCALES=${SCALES:-1000 3000 5000}
 DURATION=${DURATION:-10s}
 SERVERS=${SERVERS:-bookcast bookcast-naive node go bun}
 STREAM=${STREAM:-@depth}
