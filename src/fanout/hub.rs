@@ -197,7 +197,8 @@ impl Hub {
             route.counts[connection.shard][slot] += 1;
         }
         connection.slot = slot;
-        self.shards[connection.shard].send(ShardMsg::Reslot { conn, slot });
+        let topics = connection.topics.clone();
+        self.shards[connection.shard].send(ShardMsg::Reslot { conn, slot, topics });
     }
 
     /// Applies a control message's change, then queues its reply behind everything already
@@ -221,7 +222,8 @@ impl Hub {
                 remove_interest(&mut self.topics, *topic, connection.shard, connection.slot);
                 self.metrics.unsubscribed(topic.label());
             }
-            self.shards[connection.shard].send(ShardMsg::Detach { conn });
+            let topics = connection.topics;
+            self.shards[connection.shard].send(ShardMsg::Detach { conn, topics });
         }
     }
 
@@ -242,11 +244,6 @@ impl Hub {
     /// Whether anyone listens to `topic`, so the engine can skip work nobody would see.
     pub fn wants(&self, topic: &Topic) -> bool {
         self.topics.contains_key(topic)
-    }
-
-    /// Connections attached.
-    pub fn connections(&self) -> usize {
-        self.connections.len()
     }
 
     /// Renders `topic`'s event with `render(payload, unit)` once per needed time unit and

@@ -196,13 +196,7 @@ impl Outbox {
                 // WouldBlock, or an error the session meets on its own next write.
                 _ => break,
             };
-            let now_us = crate::clock::monotonic_us();
-            let (frames, bytes) = advance(&mut state.frames, &mut state.offset, n, |done| {
-                if done.born_us != 0 {
-                    metrics.publish_to_socket_us(now_us.saturating_sub(done.born_us));
-                }
-            });
-            metrics.wrote(frames, n);
+            let (frames, bytes) = wrote(&mut state.frames, &mut state.offset, n, metrics);
             state.bytes -= bytes;
             state.count -= frames;
             if state.frames.is_empty() {
@@ -368,6 +362,26 @@ pub(crate) fn advance(
         *offset = 0;
         pending.pop_front();
     }
+    (frames, bytes)
+}
+
+/// One socket write of `written` bytes from `pending` (the first frame from `offset`): drops
+/// the frames it completed and records the write and each frame's publish-to-socket time.
+/// Returns the frames completed and their bytes. Shared by the shard's direct writes and the
+/// session's backlog writes, so both count alike.
+pub(crate) fn wrote(
+    pending: &mut VecDeque<Queued>,
+    offset: &mut usize,
+    written: usize,
+    metrics: &SessionMetrics,
+) -> (usize, usize) {
+    let now_us = crate::clock::monotonic_us();
+    let (frames, bytes) = advance(pending, offset, written, |done| {
+        if done.born_us != 0 {
+            metrics.publish_to_socket_us(now_us.saturating_sub(done.born_us));
+        }
+    });
+    metrics.wrote(frames, written);
     (frames, bytes)
 }
 

@@ -60,6 +60,8 @@ pub enum ShardMsg {
         topics: Vec<Topic>,
         ready: oneshot::Sender<()>,
     },
+    /// Topics the connection did not have (the engine keeps each connection's list, so the
+    /// shard is only ever told changes).
     Subscribe {
         conn: ConnId,
         topics: Vec<Topic>,
@@ -72,14 +74,17 @@ pub enum ShardMsg {
     Reslot {
         conn: ConnId,
         slot: usize,
+        topics: Vec<Topic>,
     },
     /// A control reply, queued behind everything sent to the connection before it.
     Reply {
         conn: ConnId,
         frame: Bytes,
     },
+    /// The connection is gone; `topics` are all it was subscribed to.
     Detach {
         conn: ConnId,
+        topics: Vec<Topic>,
     },
     /// One event for every subscriber of `topic` on this shard.
     Publish {
@@ -269,14 +274,6 @@ impl Shards {
             .min_by_key(|shard| shard.load())
             .expect("Shards::start makes at least one")
     }
-
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
 }
 
 /// A shard's drain task: applies the engine's messages in passes, flushing after each, and
@@ -328,11 +325,12 @@ struct Member {
 struct Local {
     outbox: Arc<Outbox>,
     slot: usize,
-    topics: Vec<Topic>,
 }
 
 /// A shard's own view of who listens to what: topic -> subscribers per variant. Only its drain
-/// task touches it, so it takes no lock.
+/// task touches it, so it takes no lock. Each connection's topic list lives in the engine's
+/// hub alone: the shard is told only changes (new topics, removed ones, and the whole list on
+/// a reslot or detach), so it keeps no second copy.
 pub struct ShardTable {
     topics: HashMap<Topic, [Vec<Member>; VARIANTS]>,
     connections: HashMap<ConnId, Local>,
@@ -361,24 +359,13 @@ impl ShardTable {
                 topics,
                 ready,
             } => {
-                self.connections.insert(
-                    conn,
-                    Local {
-                        outbox,
-                        slot,
-                        topics: Vec::new(),
-                    },
-                );
+                self.connections.insert(conn, Local { outbox, slot });
                 self.subscribe(conn, &topics);
                 let _ = ready.send(());
             }
             ShardMsg::Subscribe { conn, topics } => self.subscribe(conn, &topics),
             ShardMsg::Unsubscribe { conn, topics } => self.unsubscribe(conn, &topics),
-            ShardMsg::Reslot { conn, slot } => {
-                let Some(local) = self.connections.get(&conn) else {
-                    return;
-                };
-                let topics = local.topics.clone();
+            ShardMsg::Reslot { conn, slot, topics } => {
                 self.unsubscribe(conn, &topics);
                 if let Some(local) = self.connections.get_mut(&conn) {
                     local.slot = slot;
@@ -390,11 +377,8 @@ impl ShardTable {
                     local.outbox.push_control(frame);
                 }
             }
-            ShardMsg::Detach { conn } => {
-                if let Some(local) = self.connections.get(&conn) {
-                    let topics = local.topics.clone();
-                    self.unsubscribe(conn, &topics);
-                }
+            ShardMsg::Detach { conn, topics } => {
+                self.unsubscribe(conn, &topics);
                 self.connections.remove(&conn);
             }
             ShardMsg::Publish {
@@ -406,14 +390,10 @@ impl ShardTable {
     }
 
     fn subscribe(&mut self, conn: ConnId, topics: &[Topic]) {
-        let Some(local) = self.connections.get_mut(&conn) else {
+        let Some(local) = self.connections.get(&conn) else {
             return;
         };
         for &topic in topics {
-            if local.topics.contains(&topic) {
-                continue;
-            }
-            local.topics.push(topic);
             self.topics.entry(topic).or_default()[local.slot].push(Member {
                 conn,
                 outbox: local.outbox.clone(),
@@ -422,14 +402,10 @@ impl ShardTable {
     }
 
     fn unsubscribe(&mut self, conn: ConnId, topics: &[Topic]) {
-        let Some(local) = self.connections.get_mut(&conn) else {
+        let Some(local) = self.connections.get(&conn) else {
             return;
         };
         for topic in topics {
-            let Some(at) = local.topics.iter().position(|t| t == topic) else {
-                continue;
-            };
-            local.topics.swap_remove(at);
             if let Some(lists) = self.topics.get_mut(topic) {
                 let list = &mut lists[local.slot];
                 if let Some(at) = list.iter().position(|m| m.conn == conn) {

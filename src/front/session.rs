@@ -364,13 +364,7 @@ impl Session {
                     match written {
                         Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                         Ok(n) => {
-                            let now_us = crate::clock::monotonic_us();
-                            let (frames, bytes) = outbox::advance(&mut pending, &mut offset, n, |done| {
-                                if done.born_us != 0 {
-                                    metrics.publish_to_socket_us(now_us.saturating_sub(done.born_us));
-                                }
-                            });
-                            metrics.wrote(frames, n);
+                            let (frames, bytes) = outbox::wrote(&mut pending, &mut offset, n, metrics);
                             self.outbox.written(frames, bytes);
                             Next::Continue
                         }
