@@ -101,7 +101,9 @@ pub struct Config {
     #[arg(long, env = "BOOKCAST_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::front::admission::parse_origin)]
     pub allowed_origins: Vec<String>,
 
-    /// Time a client has to send a complete HTTP request head.
+    /// Time a client has to send a complete HTTP request head, counted from its first byte; also
+    /// how long a connection may stay idle before its first request or between keep-alive
+    /// requests before it is closed without a response.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub handshake_timeout: Duration,
 

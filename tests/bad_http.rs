@@ -178,8 +178,135 @@ async fn oversized_request_heads_get_431() {
     server.stop().await;
 }
 
+/// Reads exactly one response (head and `Content-Length` body) off a keep-alive connection,
+/// leaving the connection open.
+async fn read_one_response(stream: &mut TcpStream) -> Reply {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    let (head_len, body_len) = loop {
+        let n = timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response: {raw:?}");
+        raw.extend_from_slice(&chunk[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .expect("Content-Length");
+        break (end + 4, length);
+    };
+    while raw.len() < head_len + body_len {
+        let n = timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the body in time")
+            .expect("read");
+        assert!(n > 0, "closed inside a body");
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(raw.len(), head_len + body_len, "nothing after the response");
+    let head = String::from_utf8_lossy(&raw[..head_len - 4]).to_ascii_lowercase();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head,
+        body: serde_json::from_slice(&raw[head_len..]).expect("JSON body"),
+    }
+}
+
+/// Waits for the server to end the connection (EOF or reset) and returns every byte it sent
+/// before that. Fails if the connection is still open after [`PATIENCE`].
+async fn bytes_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the server closes in time")
+        {
+            Ok(0) | Err(_) => return raw,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+const PING: &[u8] = b"GET /api/v3/ping HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// SPEC.md's keep-alive rule: a connection with no request under way is closed without a
+/// response when the timeout passes. A 408 there is what python-binance's AsyncClient read as
+/// the answer to the request it sent next (issue 11, item 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_half_handshake_gets_408_after_the_handshake_timeout() {
+async fn an_idle_connection_is_closed_without_a_response() {
+    let handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start(Config {
+        handshake_timeout,
+        ..Config::default()
+    })
+    .await;
+
+    // Idle after a request, on a keep-alive connection.
+    let started = Instant::now();
+    let mut kept = TcpStream::connect(server.addr).await.unwrap();
+    kept.write_all(PING).await.unwrap();
+    let reply = read_one_response(&mut kept).await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.has_header("connection: keep-alive"), "{}", reply.head);
+    let sent = bytes_until_closed(&mut kept).await;
+    assert_eq!(
+        String::from_utf8_lossy(&sent),
+        "",
+        "an idle keep-alive connection gets no response"
+    );
+    assert!(
+        started.elapsed() >= handshake_timeout,
+        "not closed before the timeout"
+    );
+
+    // Empty lines between requests (RFC 9112 §2.2) start no request: still idle.
+    let mut blank = TcpStream::connect(server.addr).await.unwrap();
+    blank.write_all(PING).await.unwrap();
+    assert_eq!(read_one_response(&mut blank).await.status, 200);
+    blank.write_all(b"\r\n").await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes_until_closed(&mut blank).await),
+        ""
+    );
+
+    // Idle from the start: a connection that never sends a byte.
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes_until_closed(&mut silent).await),
+        ""
+    );
+
+    // Only the connection that never sent a request counts as refused; the others were
+    // keep-alive connections ending as they should. Every close above happened after its
+    // count, and no other test here leaves a connection idle.
+    let idle = server
+        .metric(
+            "bookcast_connections_rejected_total",
+            "reason=\"idle_timeout\"",
+        )
+        .await;
+    assert_eq!(idle, 1.0);
+    server.stop().await;
+}
+
+/// A request head that starts to arrive and stalls gets 408, on a new connection and on a
+/// keep-alive one after a request was answered: the only case SPEC.md answers with 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_partial_head_gets_408_after_the_handshake_timeout() {
     let handshake_timeout = Duration::from_millis(300);
     let server = TestServer::start(Config {
         handshake_timeout,
@@ -193,11 +320,17 @@ async fn a_stalled_half_handshake_gets_408_after_the_handshake_timeout() {
         .write_all(b"GET /ws/btcusdt@depth HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
         .await
         .unwrap();
-    let mut silent = TcpStream::connect(server.addr).await.unwrap();
-    for stream in [&mut stalled, &mut silent] {
+    let mut kept = TcpStream::connect(server.addr).await.unwrap();
+    kept.write_all(PING).await.unwrap();
+    assert_eq!(read_one_response(&mut kept).await.status, 200);
+    kept.write_all(b"GET /api/v3/ping HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    for stream in [&mut stalled, &mut kept] {
         let reply = read_reply(stream).await;
         assert_eq!(reply.status, 408);
         assert_eq!(reply.body["code"], -1000);
+        assert!(reply.has_header("connection: close"), "{}", reply.head);
     }
     assert!(
         started.elapsed() >= handshake_timeout,

@@ -6,6 +6,7 @@
 //! most one small buffer for a bounded time. This module knows nothing of what is routed where.
 
 use bytes::BytesMut;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -15,7 +16,7 @@ use tokio::time::{timeout_at, Instant};
 pub const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
 /// Time a peer has to take a whole HTTP response.
-pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The parts of a request head bookcast looks at.
 pub struct Head {
@@ -56,8 +57,13 @@ pub(crate) enum ReadHead {
     /// Boxed: a head is far larger than the other outcomes.
     Head(Box<Head>, usize),
     Closed,
+    /// Not one byte of a request arrived before the idle deadline. SPEC.md: such a connection
+    /// is closed without a response, because a keep-alive client that sends its next request
+    /// just as a 408 leaves would read that 408 as the answer to it.
+    Idle,
     TooLarge,
     Malformed,
+    /// A head started to arrive and was not complete in time: the one case that gets 408.
     TimedOut,
 }
 
@@ -145,12 +151,27 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, BadHead> {
     Ok(Some((head, consumed)))
 }
 
+/// Whether `buf` holds the start of a request. Empty lines before a request line do not count:
+/// RFC 9112 §2.2 lets a client send them (some do after a body), and httparse skips them.
+fn request_started(buf: &[u8]) -> bool {
+    buf.iter().any(|&b| b != b'\r' && b != b'\n')
+}
+
+/// Reads one request head into `buf`.
+///
+/// Two clocks, as SPEC.md's keep-alive rule needs: until the first byte of a request arrives
+/// the connection is idle, and at `idle_deadline` it ends with [`ReadHead::Idle`] (no
+/// response); from that first byte on, the head has `head_timeout` to complete, or it ends
+/// with [`ReadHead::TimedOut`] (408). A head counted from its own first byte means a client
+/// that starts a request just before the idle deadline still gets the whole `head_timeout`.
 pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    deadline: Instant,
+    idle_deadline: Instant,
+    head_timeout: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> ReadHead {
+    let mut head_deadline = None;
     loop {
         if !buf.is_empty() {
             match parse_head(buf) {
@@ -163,10 +184,14 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         if buf.len() >= MAX_HEAD {
             return ReadHead::TooLarge;
         }
+        if head_deadline.is_none() && request_started(buf) {
+            head_deadline = Some(Instant::now() + head_timeout);
+        }
         buf.reserve(MAX_HEAD - buf.len());
         tokio::select! {
-            read = timeout_at(deadline, stream.read_buf(buf)) => match read {
-                Err(_) => return ReadHead::TimedOut,
+            read = timeout_at(head_deadline.unwrap_or(idle_deadline), stream.read_buf(buf)) => match read {
+                Err(_) if head_deadline.is_some() => return ReadHead::TimedOut,
+                Err(_) => return ReadHead::Idle,
                 Ok(Ok(0)) | Ok(Err(_)) => return ReadHead::Closed,
                 Ok(Ok(_)) => {}
             },
@@ -259,6 +284,13 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_lines_do_not_start_a_request() {
+        assert!(!request_started(b""));
+        assert!(!request_started(b"\r\n\r\n"));
+        assert!(request_started(b"\r\nG"));
+    }
 
     #[test]
     fn partial_and_malformed_heads() {

@@ -3,7 +3,7 @@
 //! [`super::session`], or refused with the documented status or close code.
 
 use super::context::Context;
-use super::http::{read_head, write_response, ReadHead, Response};
+use super::http::{read_head, write_response, ReadHead, Response, WRITE_TIMEOUT};
 use super::rest;
 use super::transport::Transport;
 use super::upgrade::{check_handshake, is_websocket_path, parse_upgrade};
@@ -12,6 +12,7 @@ use bytes::Buf;
 use bytes::BytesMut;
 use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -27,13 +28,29 @@ pub async fn serve<S: Transport>(
     placement: Placement,
 ) {
     let mut buf = BytesMut::with_capacity(1024);
-    let mut deadline = Instant::now() + ctx.config.handshake_timeout;
+    // The connection may sit idle this long before its first request and after each response
+    // (keep-alive); a head, once started, has as long again from its first byte.
+    let timeout = ctx.config.handshake_timeout;
+    let mut idle_deadline = Instant::now() + timeout;
+    let mut served = false;
     let mut shutdown = ctx.shutdown.clone();
     loop {
-        let (head, consumed) = match read_head(&mut stream, &mut buf, deadline, &mut shutdown).await
-        {
+        let read = read_head(&mut stream, &mut buf, idle_deadline, timeout, &mut shutdown).await;
+        let (head, consumed) = match read {
             ReadHead::Head(head, consumed) => (head, consumed),
             ReadHead::Closed => return,
+            ReadHead::Idle => {
+                // SPEC.md: closed without a response. A keep-alive client may be sending its
+                // next request right now, and would read a 408 as the answer to it.
+                // A connection that never sent a request is counted; one that went quiet
+                // after its requests is a keep-alive ending as it should.
+                if !served {
+                    crate::metrics::rejected("idle_timeout");
+                }
+                // FIN (close_notify on TLS): a clean end, which pooling clients recognise.
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+                return;
+            }
             ReadHead::TimedOut => {
                 crate::metrics::rejected("handshake_timeout");
                 let _ = write_response(
@@ -153,6 +170,7 @@ pub async fn serve<S: Transport>(
         if write_response(&mut stream, &response, close).await.is_err() || close {
             return;
         }
-        deadline = Instant::now() + ctx.config.handshake_timeout;
+        served = true;
+        idle_deadline = Instant::now() + timeout;
     }
 }
