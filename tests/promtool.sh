@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks bookcast's /metrics exposition with Prometheus' own linter (`promtool check metrics`),
-# after some real traffic so that every labelled series has appeared. Installs Debian's
-# prometheus package (which ships promtool) when it is missing and this runs as root.
+# after some real traffic: every series is registered at startup, but the lint should see
+# non-zero samples too, and bookcast_http_requests_total appears only with a request. Installs
+# Debian's prometheus package (which ships promtool) when it is missing and this runs as root.
 set -euo pipefail
 CHECK=promtool
 source "$(dirname "$0")/lib.sh"

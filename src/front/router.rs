@@ -8,6 +8,7 @@ use super::rest;
 use super::transport::Transport;
 use super::upgrade::{check_handshake, is_websocket_path, parse_upgrade};
 use crate::fanout::shard::Placement;
+use crate::metrics::Rejection;
 use bytes::Buf;
 use bytes::BytesMut;
 use std::net::IpAddr;
@@ -45,14 +46,14 @@ pub async fn serve<S: Transport>(
                 // A connection that never sent a request is counted; one that went quiet
                 // after its requests is a keep-alive ending as it should.
                 if !served {
-                    crate::metrics::rejected("idle_timeout");
+                    crate::metrics::rejected(Rejection::IdleTimeout);
                 }
                 // FIN (close_notify on TLS): a clean end, which pooling clients recognise.
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
                 return;
             }
             ReadHead::TimedOut => {
-                crate::metrics::rejected("handshake_timeout");
+                crate::metrics::rejected(Rejection::HandshakeTimeout);
                 let _ = write_response(
                     &mut stream,
                     &Response::error(408, -1000, "Request head not received in time."),
@@ -62,7 +63,7 @@ pub async fn serve<S: Transport>(
                 return;
             }
             ReadHead::TooLarge => {
-                crate::metrics::rejected("head_too_large");
+                crate::metrics::rejected(Rejection::HeadTooLarge);
                 let _ = write_response(
                     &mut stream,
                     &Response::error(431, -1000, "Request head too large."),
@@ -72,7 +73,7 @@ pub async fn serve<S: Transport>(
                 return;
             }
             ReadHead::Malformed => {
-                crate::metrics::rejected("malformed_request");
+                crate::metrics::rejected(Rejection::MalformedRequest);
                 let _ = write_response(
                     &mut stream,
                     &Response::error(400, -1000, "Malformed HTTP request."),
@@ -85,7 +86,7 @@ pub async fn serve<S: Transport>(
         buf.advance(consumed);
         if is_websocket_path(&head.path) && (head.upgrade_websocket || head.ws_key.is_some()) {
             if !ctx.attempts.admit(peer) {
-                crate::metrics::rejected("ip_attempt_limit");
+                crate::metrics::rejected(Rejection::IpAttemptLimit);
                 let msg = format!(
                     "Too many connection attempts from this address: at most {} per {}.",
                     ctx.config.max_connection_attempts_per_ip,
@@ -97,7 +98,7 @@ pub async fn serve<S: Transport>(
             let key = match check_handshake(&head) {
                 Ok(key) => key,
                 Err(response) => {
-                    crate::metrics::rejected("bad_handshake");
+                    crate::metrics::rejected(Rejection::BadHandshake);
                     let _ = write_response(&mut stream, &response, true).await;
                     return;
                 }
@@ -107,7 +108,7 @@ pub async fn serve<S: Transport>(
                 head.origin.as_deref(),
                 head.host.as_deref(),
             ) {
-                crate::metrics::rejected("origin_not_allowed");
+                crate::metrics::rejected(Rejection::OriginNotAllowed);
                 let response = Response::error(403, -1002, "Origin not allowed.");
                 let _ = write_response(&mut stream, &response, true).await;
                 return;
@@ -115,13 +116,13 @@ pub async fn serve<S: Transport>(
             let upgrade = match parse_upgrade(&head, &ctx) {
                 Ok(upgrade) => upgrade,
                 Err(response) => {
-                    crate::metrics::rejected("bad_stream_path");
+                    crate::metrics::rejected(Rejection::BadStreamPath);
                     let _ = write_response(&mut stream, &response, true).await;
                     return;
                 }
             };
             let Ok(ip_slot) = ctx.ip_connections.acquire(peer) else {
-                crate::metrics::rejected("ip_connection_cap");
+                crate::metrics::rejected(Rejection::IpConnectionCap);
                 let msg = format!(
                     "Too many open connections from this address: at most {}.",
                     ctx.config.max_connections_per_ip
@@ -156,7 +157,7 @@ pub async fn serve<S: Transport>(
         }
         let close = head.connection_close || head.http10 || head.content_length > 0;
         let response = if is_websocket_path(&head.path) {
-            crate::metrics::rejected("not_websocket");
+            crate::metrics::rejected(Rejection::NotWebsocket);
             let mut response = Response::error(
                 426,
                 -1000,

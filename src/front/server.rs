@@ -45,6 +45,7 @@ pub async fn run(
         None => None,
     };
     let prometheus = metrics::install();
+    metrics::register_feed(&feed);
     let upkeep = {
         let handle = prometheus.clone();
         tokio::spawn(async move {
@@ -130,14 +131,14 @@ pub async fn run(
                                     let handshake = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream));
                                     match handshake.await {
                                         Ok(Ok(stream)) => router::serve(stream, peer.ip(), ctx, permit, placement).await,
-                                        _ => metrics::rejected("tls_handshake"),
+                                        _ => metrics::rejected(metrics::Rejection::TlsHandshake),
                                     }
                                 }
                             }
                         });
                     }
                     Err(_) => {
-                        metrics::rejected("connection_cap");
+                        metrics::rejected(metrics::Rejection::ConnectionCap);
                         tokio::spawn(async move {
                             let mut stream = stream;
                             let busy = http::Response::error(503, -1003, "Too many connections; try again later.");

@@ -199,7 +199,7 @@ async fn handshake<S: Transport>(
     let live = ctx.engine.try_send(attach).is_ok()
         && matches!(timeout(Duration::from_secs(5), attached).await, Ok(Ok(())));
     if !live {
-        crate::metrics::rejected("engine_busy");
+        crate::metrics::rejected(crate::metrics::Rejection::EngineBusy);
         let busy = http::Response::error(503, -1003, "Server busy; try again.");
         let _ = http::write_response(&mut stream, &busy, true).await;
         return None;

@@ -2,7 +2,9 @@
 //!
 //! Hot paths hold [`metrics::Counter`]s looked up at construction, so recording is an atomic
 //! add: no label formatting or registry lookup per message. Labels are low-cardinality
-//! constants (stream kind, close code, path), never per connection.
+//! constants (stream kind, close code, path), never per connection, and every series whose
+//! labels are known in advance is registered at 0 when the recorder is installed
+//! ([`known_series`]), so `/metrics` shows it before its first event.
 
 pub mod live_stats;
 
@@ -31,6 +33,7 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => builder().build_recorder().handle(),
             };
             describe();
+            zero_known_series();
             handle
         })
         .clone()
@@ -78,94 +81,313 @@ fn builder() -> PrometheusBuilder {
         .expect("bucket lists are non-empty")
 }
 
+/// What kind of metric a family or series is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilyKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric family: its name, kind, label key (all of bookcast's have at most one), unit and
+/// help text.
+#[derive(Debug)]
+pub struct Family {
+    pub name: &'static str,
+    pub kind: FamilyKind,
+    pub label: Option<&'static str>,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
+
+/// Every metric family the server exposes, with its help text: the one list that describes
+/// them, and that the tests use to check each family is on `/metrics` from the start.
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "bookcast_publish_to_socket_seconds",
+        kind: FamilyKind::Histogram,
+        label: None,
+        unit: Some(Unit::Seconds),
+        help: "Time from the engine publishing an event to its frame being written to a subscriber's socket.",
+    },
+    Family {
+        name: "bookcast_write_batch_frames",
+        kind: FamilyKind::Histogram,
+        label: None,
+        unit: None,
+        help: "Frames written per socket write.",
+    },
+    Family {
+        name: "bookcast_queue_depth_bytes",
+        kind: FamilyKind::Histogram,
+        label: None,
+        unit: Some(Unit::Bytes),
+        help: "Bytes queued for a subscriber when its writer takes the queue (per-subscriber queue depth).",
+    },
+    Family {
+        name: "bookcast_engine_step_seconds",
+        kind: FamilyKind::Histogram,
+        label: None,
+        unit: Some(Unit::Seconds),
+        help: "Time of one engine step of one symbol, publishing included.",
+    },
+    Family {
+        name: "bookcast_connections_open",
+        kind: FamilyKind::Gauge,
+        label: None,
+        unit: None,
+        help: "WebSocket connections currently open.",
+    },
+    Family {
+        name: "bookcast_connections_accepted_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "WebSocket upgrades accepted.",
+    },
+    Family {
+        name: "bookcast_connections_rejected_total",
+        kind: FamilyKind::Counter,
+        label: Some("reason"),
+        unit: None,
+        help: "Connections refused before the upgrade, by reason.",
+    },
+    Family {
+        name: "bookcast_auth_failures_total",
+        kind: FamilyKind::Counter,
+        label: Some("reason"),
+        unit: None,
+        help: "WebSocket connections closed with 4001 because of a missing or invalid token (--auth-tokens), by reason.",
+    },
+    Family {
+        name: "bookcast_subscriptions",
+        kind: FamilyKind::Gauge,
+        label: Some("kind"),
+        unit: None,
+        help: "Active stream subscriptions, by stream kind.",
+    },
+    Family {
+        name: "bookcast_engine_updates_total",
+        kind: FamilyKind::Counter,
+        label: Some("symbol"),
+        unit: None,
+        help: "Order-book updates produced by the engine, by symbol.",
+    },
+    Family {
+        name: "bookcast_events_serialized_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Event payloads rendered (once per distinct payload, not per subscriber).",
+    },
+    Family {
+        name: "bookcast_frames_enqueued_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Frames handed to subscriber queues.",
+    },
+    Family {
+        name: "bookcast_frames_delivered_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Frames written to subscriber sockets.",
+    },
+    Family {
+        name: "bookcast_bytes_delivered_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Bytes written to subscriber sockets.",
+    },
+    Family {
+        name: "bookcast_write_syscalls_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Socket writes of frames, direct from a shard or by a session's task.",
+    },
+    Family {
+        name: "bookcast_write_handoffs_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Direct writes from a shard that met a full socket and handed the rest to the connection's task.",
+    },
+    Family {
+        name: "bookcast_slow_consumer_disconnects_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Connections closed with 4008 because their queue overflowed.",
+    },
+    Family {
+        name: "bookcast_closes_total",
+        kind: FamilyKind::Counter,
+        label: Some("code"),
+        unit: None,
+        help: "Connections closed, by close code (1006: dropped without a close frame; other: a peer's own code outside 1000-1015 and 4000-4009).",
+    },
+    Family {
+        name: "bookcast_control_messages_total",
+        kind: FamilyKind::Counter,
+        label: Some("method"),
+        unit: None,
+        help: "Control messages received from clients, by method (unknown, invalid: unreadable).",
+    },
+    Family {
+        name: "bookcast_control_errors_total",
+        kind: FamilyKind::Counter,
+        label: Some("code"),
+        unit: None,
+        help: "Control messages answered with an error, by error code.",
+    },
+    Family {
+        name: "bookcast_http_requests_total",
+        kind: FamilyKind::Counter,
+        // And `status`: the one family with two labels, and none known in advance.
+        label: Some("path"),
+        unit: None,
+        help: "Plain HTTP requests, by path and status.",
+    },
+];
+
 fn describe() {
-    describe_histogram!(
-        "bookcast_publish_to_socket_seconds",
-        Unit::Seconds,
-        "Time from the engine publishing an event to its frame being written to a subscriber's socket."
-    );
-    describe_histogram!(
-        "bookcast_write_batch_frames",
-        "Frames written per socket write."
-    );
-    describe_histogram!(
-        "bookcast_queue_depth_bytes",
-        Unit::Bytes,
-        "Bytes queued for a subscriber when its writer takes the queue (per-subscriber queue depth)."
-    );
-    describe_histogram!(
-        "bookcast_engine_step_seconds",
-        Unit::Seconds,
-        "Time of one engine step of one symbol, publishing included."
-    );
-    describe_gauge!(
-        "bookcast_connections_open",
-        "WebSocket connections currently open."
-    );
-    describe_counter!(
-        "bookcast_connections_accepted_total",
-        "WebSocket upgrades accepted."
-    );
-    describe_counter!(
-        "bookcast_connections_rejected_total",
-        "Connections refused before the upgrade, by reason."
-    );
-    describe_counter!(
-        "bookcast_auth_failures_total",
-        "WebSocket connections closed with 4001 because of a missing or invalid token (--auth-tokens), by reason."
-    );
-    describe_gauge!(
-        "bookcast_subscriptions",
-        "Active stream subscriptions, by stream kind."
-    );
-    describe_counter!(
-        "bookcast_engine_updates_total",
-        "Order-book updates produced by the engine, by symbol."
-    );
-    describe_counter!(
-        "bookcast_events_serialized_total",
-        "Event payloads rendered (once per distinct payload, not per subscriber)."
-    );
-    describe_counter!(
-        "bookcast_frames_enqueued_total",
-        "Frames handed to subscriber queues."
-    );
-    describe_counter!(
-        "bookcast_frames_delivered_total",
-        "Frames written to subscriber sockets."
-    );
-    describe_counter!(
-        "bookcast_bytes_delivered_total",
-        "Bytes written to subscriber sockets."
-    );
-    describe_counter!(
-        "bookcast_write_syscalls_total",
-        "Socket writes of frames, direct from a shard or by a session's task."
-    );
-    describe_counter!(
-        "bookcast_write_handoffs_total",
-        "Direct writes from a shard that met a full socket and handed the rest to the connection's task."
-    );
-    describe_counter!(
-        "bookcast_slow_consumer_disconnects_total",
-        "Connections closed with 4008 because their queue overflowed."
-    );
-    describe_counter!(
-        "bookcast_closes_total",
-        "Connections closed, by close code (1006: dropped without a close frame; other: a peer's own code outside 1000-1015 and 4000-4009)."
-    );
-    describe_counter!(
-        "bookcast_control_messages_total",
-        "Control messages received from clients, by method (unknown, invalid: unreadable)."
-    );
-    describe_counter!(
-        "bookcast_control_errors_total",
-        "Control messages answered with an error, by error code."
-    );
-    describe_counter!(
-        "bookcast_http_requests_total",
-        "Plain HTTP requests, by path and status."
-    );
+    for family in FAMILIES {
+        let (name, help) = (family.name, family.help);
+        match (family.kind, family.unit) {
+            (FamilyKind::Counter, None) => describe_counter!(name, help),
+            (FamilyKind::Counter, Some(unit)) => describe_counter!(name, unit, help),
+            (FamilyKind::Gauge, None) => describe_gauge!(name, help),
+            (FamilyKind::Gauge, Some(unit)) => describe_gauge!(name, unit, help),
+            (FamilyKind::Histogram, None) => describe_histogram!(name, help),
+            (FamilyKind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
+        }
+    }
+}
+
+/// `bookcast_subscriptions{kind}`: every value of [`crate::protocol::stream::Topic::label`].
+pub const SUBSCRIPTION_KINDS: &[&str] = &[
+    "depth",
+    "partial_depth",
+    "trade",
+    "aggTrade",
+    "bookTicker",
+    "kline",
+    "miniTicker",
+    "ticker",
+    "miniTicker_arr",
+    "stats",
+];
+
+/// `bookcast_control_messages_total{method}`: every label
+/// [`crate::protocol::control::Outcome::method`] takes.
+pub const CONTROL_METHODS: &[&str] = &[
+    "SUBSCRIBE",
+    "UNSUBSCRIBE",
+    "LIST_SUBSCRIPTIONS",
+    "SET_PROPERTY",
+    "GET_PROPERTY",
+    "unknown",
+    "invalid",
+];
+
+/// `bookcast_control_errors_total{code}`: SPEC.md's error codes (0 unknown property, 1 invalid
+/// value type, 2 invalid request, 3 invalid JSON).
+pub const CONTROL_ERROR_CODES: &[u8] = &[0, 1, 2, 3];
+
+/// One series that exists before its first event: `label` is `(key, value)` for a labelled
+/// family.
+#[derive(Clone, Debug)]
+pub struct KnownSeries {
+    pub name: &'static str,
+    pub kind: FamilyKind,
+    pub label: Option<(&'static str, String)>,
+}
+
+/// The values of a labelled family's label that are known before its first event, from the
+/// same lists the recording functions use (their `debug_assert!`s, or the [`Rejection`] enum,
+/// keep the lists complete). Empty where none is: `bookcast_http_requests_total`'s status is
+/// known only once a request is answered, and `bookcast_engine_updates_total`'s symbols come
+/// from the feed ([`register_feed`]).
+fn known_label_values(family: &str) -> Vec<String> {
+    let owned = |values: &[&str]| values.iter().map(|v| v.to_string()).collect();
+    match family {
+        "bookcast_connections_rejected_total" => Rejection::ALL
+            .iter()
+            .map(|r| r.label().to_string())
+            .collect(),
+        "bookcast_auth_failures_total" => owned(AUTH_FAILURE_REASONS),
+        "bookcast_subscriptions" => owned(SUBSCRIPTION_KINDS),
+        "bookcast_closes_total" => LABELLED_CLOSE_CODES
+            .iter()
+            .flat_map(|codes| codes.clone().map(close_label))
+            // 0 is in no labelled range: the "other" label.
+            .chain(std::iter::once(close_label(0)))
+            .collect(),
+        "bookcast_control_messages_total" => owned(CONTROL_METHODS),
+        "bookcast_control_errors_total" => {
+            CONTROL_ERROR_CODES.iter().map(|c| c.to_string()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Every series of [`FAMILIES`] that can exist before its first event: each unlabelled family,
+/// and each labelled one at every label value known in advance.
+pub fn known_series() -> Vec<KnownSeries> {
+    let mut all = Vec::new();
+    for family in FAMILIES {
+        let (name, kind) = (family.name, family.kind);
+        match family.label {
+            None => all.push(KnownSeries {
+                name,
+                kind,
+                label: None,
+            }),
+            Some(key) => {
+                all.extend(
+                    known_label_values(name)
+                        .into_iter()
+                        .map(|value| KnownSeries {
+                            name,
+                            kind,
+                            label: Some((key, value)),
+                        }),
+                )
+            }
+        }
+    }
+    all
+}
+
+/// Registers every [`known_series`] at zero, so `/metrics` shows them from the start: a
+/// dashboard or alert on a series that has not happened yet then sees 0, not "no data" (and
+/// `rate()` has a starting point for the first event). Adding zero never disturbs a value, so
+/// this is safe even if something was recorded before it ran.
+fn zero_known_series() {
+    for KnownSeries { name, kind, label } in known_series() {
+        let labels: Vec<metrics::Label> = label
+            .into_iter()
+            .map(|(key, value)| metrics::Label::new(key, value))
+            .collect();
+        match kind {
+            FamilyKind::Counter => counter!(name, labels).increment(0),
+            FamilyKind::Gauge => gauge!(name, labels).increment(0.0),
+            // Registering a histogram exposes it with empty buckets and a count of 0.
+            FamilyKind::Histogram => drop(histogram!(name, labels)),
+        }
+    }
+}
+
+/// Registers `bookcast_engine_updates_total{symbol}` at zero for every symbol of the feed, at
+/// startup: the engine thread resolves the same handles ([`EngineMetrics::new`]) only once it
+/// runs, and a scrape may come first.
+pub fn register_feed(feed: &crate::market::feed::Feed) {
+    for spec in &feed.symbols {
+        counter!("bookcast_engine_updates_total", "symbol" => spec.symbol.clone()).increment(0);
+    }
 }
 
 /// The hub's handles (engine thread).
@@ -189,6 +411,10 @@ impl HubMetrics {
     }
 
     pub fn subscribed(&self, kind: &'static str) {
+        debug_assert!(
+            SUBSCRIPTION_KINDS.contains(&kind),
+            "topic label {kind:?} missing from SUBSCRIPTION_KINDS"
+        );
         gauge!("bookcast_subscriptions", "kind" => kind).increment(1.0);
     }
 
@@ -342,34 +568,115 @@ impl SessionMetrics {
     /// A control message arrived; `method` is one of control's fixed labels (rate-limited by
     /// the protocol, so the label lookup is off the hot path).
     pub fn control_message(&self, method: &'static str) {
+        debug_assert!(
+            CONTROL_METHODS.contains(&method),
+            "control method label {method:?} missing from CONTROL_METHODS"
+        );
         counter!("bookcast_control_messages_total", "method" => method).increment(1);
     }
 
     /// A control message was answered with error `code` (rate-limited by the protocol).
     pub fn control_error(&self, code: u8) {
+        debug_assert!(
+            CONTROL_ERROR_CODES.contains(&code),
+            "control error code {code} missing from CONTROL_ERROR_CODES"
+        );
         counter!("bookcast_control_errors_total", "code" => code.to_string()).increment(1);
     }
 }
 
-/// `bookcast_closes_total{code}`. A peer's close code is echoed, and 3000-4999 are all legal, so
-/// a label per code would let clients mint up to 2000 series; codes outside the protocol's
-/// 1000-1015 and the server's own 4000-4009 are counted together as "other".
+/// Close codes with a label of their own in `bookcast_closes_total`: the protocol's
+/// 1000-1015 and the server's own 4000-4009.
+const LABELLED_CLOSE_CODES: [std::ops::RangeInclusive<u16>; 2] = [1000..=1015, 4000..=4009];
+
+/// The `code` label of `bookcast_closes_total`. A peer's close code is echoed, and 3000-4999
+/// are all legal, so a label per code would let clients mint up to 2000 series; codes outside
+/// [`LABELLED_CLOSE_CODES`] are counted together as "other".
+fn close_label(code: u16) -> String {
+    if LABELLED_CLOSE_CODES
+        .iter()
+        .any(|codes| codes.contains(&code))
+    {
+        code.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
 fn count_close(code: u16) {
-    let label = match code {
-        1000..=1015 | 4000..=4009 => code.to_string(),
-        _ => "other".to_string(),
+    counter!("bookcast_closes_total", "code" => close_label(code)).increment(1);
+}
+
+/// Declares [`Rejection`] and its list of every variant from one table, so the list that
+/// registers the series at zero cannot miss a reason the server counts.
+macro_rules! rejections {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal,)*) => {
+        /// Why a connection was refused before the WebSocket upgrade: the `reason` label of
+        /// `bookcast_connections_rejected_total`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Rejection {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Rejection {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Rejection] = &[$(Rejection::$variant,)*];
+
+            /// The metric label.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $label,)*
+                }
+            }
+        }
     };
-    counter!("bookcast_closes_total", "code" => label).increment(1);
+}
+
+rejections! {
+    /// No byte of a request arrived before the idle deadline (closed without a response).
+    IdleTimeout => "idle_timeout",
+    /// A request head started and did not complete in time (408).
+    HandshakeTimeout => "handshake_timeout",
+    /// A head over the size or header-count bound (431).
+    HeadTooLarge => "head_too_large",
+    /// Bytes that are not HTTP (400).
+    MalformedRequest => "malformed_request",
+    /// Too many upgrade attempts from one address (429).
+    IpAttemptLimit => "ip_attempt_limit",
+    /// An upgrade with bad RFC 6455 headers or method (400, 405, 426).
+    BadHandshake => "bad_handshake",
+    /// An `Origin` outside `--allowed-origins` (403).
+    OriginNotAllowed => "origin_not_allowed",
+    /// A bad `timeUnit` or too many streams in the URL (400).
+    BadStreamPath => "bad_stream_path",
+    /// Too many open connections from one address (429).
+    IpConnectionCap => "ip_connection_cap",
+    /// A plain request on a WebSocket-only path (426).
+    NotWebsocket => "not_websocket",
+    /// The engine did not take the connection in time (503).
+    EngineBusy => "engine_busy",
+    /// A TLS handshake that failed or did not finish in time.
+    TlsHandshake => "tls_handshake",
+    /// A connection beyond `--max-connections` (503).
+    ConnectionCap => "connection_cap",
 }
 
 /// A connection refused before the WebSocket upgrade.
-pub fn rejected(reason: &'static str) {
-    counter!("bookcast_connections_rejected_total", "reason" => reason).increment(1);
+pub fn rejected(reason: Rejection) {
+    counter!("bookcast_connections_rejected_total", "reason" => reason.label()).increment(1);
 }
+
+/// `bookcast_auth_failures_total{reason}`: every value of
+/// [`crate::front::auth::Refusal::label`] (listed here because metrics sits below `front/`).
+pub const AUTH_FAILURE_REASONS: &[&str] = &["missing", "invalid"];
 
 /// A WebSocket connection refused with 4001 after the upgrade; `reason` is
 /// [`crate::front::auth::Refusal::label`] ("missing" or "invalid").
 pub fn auth_failed(reason: &'static str) {
+    debug_assert!(
+        AUTH_FAILURE_REASONS.contains(&reason),
+        "auth failure reason {reason:?} missing from AUTH_FAILURE_REASONS"
+    );
     counter!("bookcast_auth_failures_total", "reason" => reason).increment(1);
 }
 
