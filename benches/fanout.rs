@@ -47,7 +47,7 @@ const BOUND: QueueBound = QueueBound {
 };
 const TOPIC: Topic = Topic::Symbol {
     symbol: 0,
-    kind: StreamKind::Diff(Speed::Unspecified),
+    kind: StreamKind::Diff(Speed::Ms0),
 };
 
 /// The engine's hub and one shard's table, driven by hand on this thread.
@@ -117,7 +117,7 @@ fn publish(c: &mut Criterion) {
     for _ in 0..10_000 {
         sim.step(&mut step);
     }
-    // A typical single-step delta, as the `<symbol>@depth` stream carries it.
+    // A typical single-step delta, as the `<symbol>@depth@0ms` stream carries it.
     while step.bids.len() + step.asks.len() < 2 {
         sim.step(&mut step);
     }

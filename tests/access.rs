@@ -123,7 +123,7 @@ async fn connect_when_admitted(server: &TestServer, path: &str) -> Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_off_by_default() {
     let server = TestServer::start(Config::default()).await;
-    let mut ws = server.connect("/ws/btcusdt@depth").await;
+    let mut ws = server.connect("/ws/btcusdt@depth@0ms").await;
     assert_eq!(next_json(&mut ws).await["e"], "depthUpdate");
     drop(ws);
     server.stop().await;
@@ -218,21 +218,21 @@ async fn refusals_do_not_count_as_open_connections() {
 async fn valid_query_token_receives_events() {
     let (server, _file) = auth_server("query").await;
     let mut raw = server
-        .connect(&format!("/ws/btcusdt@depth?token={TOKEN}"))
+        .connect(&format!("/ws/btcusdt@depth@0ms?token={TOKEN}"))
         .await;
     assert_eq!(next_json(&mut raw).await["e"], "depthUpdate");
     // Alongside Binance's own parameters, in any order; the second listed token works too.
     let mut combined = server
-        .connect("/stream?token=second-token&streams=btcusdt@depth&timeUnit=MICROSECOND")
+        .connect("/stream?token=second-token&streams=btcusdt@depth@0ms&timeUnit=MICROSECOND")
         .await;
     let event = next_json(&mut combined).await;
-    assert_eq!(event["stream"], "btcusdt@depth");
+    assert_eq!(event["stream"], "btcusdt@depth@0ms");
     assert!(
         event["data"]["E"].as_u64().unwrap() > 1_000_000_000_000_000,
         "µs as asked"
     );
     let reply = request(&mut combined, r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
-    assert_eq!(reply["result"], serde_json::json!(["btcusdt@depth"]));
+    assert_eq!(reply["result"], serde_json::json!(["btcusdt@depth@0ms"]));
     drop((raw, combined));
     server.stop().await;
 }
@@ -241,7 +241,7 @@ async fn valid_query_token_receives_events() {
 async fn valid_bearer_token_receives_events() {
     let (server, _file) = auth_server("bearer").await;
     let mut ws = connect_with(
-        &server.ws_url("/ws/btcusdt@depth"),
+        &server.ws_url("/ws/btcusdt@depth@0ms"),
         &[("authorization", &format!("Bearer {TOKEN}"))],
     )
     .await
@@ -311,7 +311,7 @@ async fn connections_per_ip_are_capped_with_429_and_freed_on_close() {
         )
         .await;
     // Another address is not affected, and REST is not counted.
-    let mut other = connect_from([127, 0, 0, 2], &server, "/ws/btcusdt@depth")
+    let mut other = connect_from([127, 0, 0, 2], &server, "/ws/btcusdt@depth@0ms")
         .await
         .expect("another address connects");
     assert_eq!(next_json(&mut other).await["e"], "depthUpdate");

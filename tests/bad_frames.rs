@@ -176,9 +176,9 @@ fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
     payload
 }
 
-/// A healthy subscriber to `btcusdt@depth` that checks every diff continues the last one
-/// (`U == prev u + 1`) and publishes how many it has seen; it panics on a gap or a lost
-/// connection.
+/// A healthy subscriber to `btcusdt@depth@0ms` (real time) that checks every diff continues
+/// the last one (`U == prev u + 1`) and publishes how many it has seen; it panics on a gap or a
+/// lost connection.
 struct Witness {
     seen: tokio::sync::watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -186,7 +186,7 @@ struct Witness {
 
 impl Witness {
     async fn start(server: &TestServer) -> Witness {
-        let mut ws = server.connect("/ws/btcusdt@depth").await;
+        let mut ws = server.connect("/ws/btcusdt@depth@0ms").await;
         let (count, seen) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
             let mut last_u = 0u64;

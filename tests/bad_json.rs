@@ -33,12 +33,12 @@ async fn refused(ws: &mut Ws, text: &str, code: u8, id: Value) -> Value {
 async fn still_usable(ws: &mut Ws) {
     let reply = request(
         ws,
-        r#"{"method":"SUBSCRIBE","params":["ethusdt@depth"],"id":"after"}"#,
+        r#"{"method":"SUBSCRIBE","params":["ethusdt@depth@0ms"],"id":"after"}"#,
     )
     .await;
     assert_eq!(reply, json!({"result": null, "id": "after"}));
     let list = request(ws, r#"{"method":"LIST_SUBSCRIPTIONS","id":424242}"#).await;
-    assert_eq!(list, json!({"result": ["ethusdt@depth"], "id": 424242}));
+    assert_eq!(list, json!({"result": ["ethusdt@depth@0ms"], "id": 424242}));
     let event = next_matching(ws, |v| v.get("e").is_some()).await;
     assert_eq!(event["s"], "ETHUSDT");
 }
@@ -286,7 +286,7 @@ async fn huge_subscribe_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_do_not_disturb_other_connections() {
     let server = TestServer::start(config()).await;
-    let mut other = server.connect("/ws/btcusdt@depth").await;
+    let mut other = server.connect("/ws/btcusdt@depth@0ms").await;
     let mut bad = server.connect("/ws").await;
     for _ in 0..50 {
         refused(&mut bad, "{not json", 3, Value::Null).await;

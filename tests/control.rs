@@ -136,7 +136,7 @@ async fn every_error_code_keeps_the_connection_usable() {
     // Still usable: a valid subscription works and delivers.
     let reply = request(
         &mut ws,
-        r#"{"method":"SUBSCRIBE","params":["ethusdt@depth"],"id":7}"#,
+        r#"{"method":"SUBSCRIBE","params":["ethusdt@depth@0ms"],"id":7}"#,
     )
     .await;
     assert_eq!(reply, json!({"result": null, "id": 7}));

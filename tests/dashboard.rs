@@ -95,7 +95,7 @@ async fn the_stats_stream_reports_connections_delivery_and_latency() {
     let mut stats = server
         .connect("/stream?streams=!stats@1s&timeUnit=MICROSECOND")
         .await;
-    let mut subscriber = server.connect("/ws/btcusdt@depth").await;
+    let mut subscriber = server.connect("/ws/btcusdt@depth@0ms").await;
     // Keep the subscriber reading so its frames are delivered, not queued.
     let reader = tokio::spawn(async move {
         while let Some(Ok(_)) = futures_util::StreamExt::next(&mut subscriber).await {}

@@ -15,13 +15,13 @@ async fn collect(
     count: usize,
 ) -> (BTreeMap<u64, Value>, BTreeMap<u64, Value>) {
     let mut ws = server
-        .connect("/stream?streams=btcusdt@depth/btcusdt@trade")
+        .connect("/stream?streams=btcusdt@depth@0ms/btcusdt@trade")
         .await;
     let (mut diffs, mut trades) = (BTreeMap::new(), BTreeMap::new());
     while diffs.len() < count {
         let message = next_json(&mut ws).await;
         let data = &message["data"];
-        if message["stream"] == "btcusdt@depth" {
+        if message["stream"] == "btcusdt@depth@0ms" {
             diffs.insert(
                 data["u"].as_u64().unwrap(),
                 serde_json::json!([data["b"], data["a"]]),
@@ -40,7 +40,7 @@ async fn collect(
 async fn same_seed_same_events() {
     let first = TestServer::start(Config::default()).await;
     // The second server starts later, so it lags the first by some updates.
-    let mut probe = first.connect("/ws/btcusdt@depth").await;
+    let mut probe = first.connect("/ws/btcusdt@depth@0ms").await;
     for _ in 0..20 {
         next_json(&mut probe).await;
     }

@@ -35,7 +35,7 @@ const VANISHING: usize = 1000;
 const STALLED_HANDSHAKES: usize = 50;
 /// Streams for the silent clients: busy ones, so their buffers fill fast.
 const BUSY: &str =
-    "/stream?streams=btcusdt@depth/btcusdt@depth20@100ms/ethusdt@depth/btcusdt@trade";
+    "/stream?streams=btcusdt@depth@0ms/btcusdt@depth20@100ms/ethusdt@depth@0ms/btcusdt@trade";
 
 fn config() -> Config {
     Config {
@@ -106,7 +106,7 @@ async fn aborted_client(server_url: String, by_url: bool) {
         .expect("address in URL");
     let stream = TcpStream::connect(addr).await.expect("connect");
     let url = if by_url {
-        format!("{server_url}/ws/ethusdt@depth/xrpusdt@trade")
+        format!("{server_url}/ws/ethusdt@depth@0ms/xrpusdt@trade")
     } else {
         format!("{server_url}/ws")
     };
@@ -115,7 +115,7 @@ async fn aborted_client(server_url: String, by_url: bool) {
         .expect("upgrade");
     if !by_url {
         ws.send(Message::text(
-            r#"{"method":"SUBSCRIBE","params":["ethusdt@depth","xrpusdt@trade"],"id":1}"#,
+            r#"{"method":"SUBSCRIBE","params":["ethusdt@depth@0ms","xrpusdt@trade"],"id":1}"#,
         ))
         .await
         .expect("SUBSCRIBE");
@@ -176,7 +176,7 @@ async fn vanished_clients_are_all_reaped_and_a_healthy_one_sees_no_gap() {
     let base_url = format!("ws://{}", server.addr);
 
     // The healthy subscriber checks real-time diff continuity throughout.
-    let mut healthy = server.connect("/ws/btcusdt@depth").await;
+    let mut healthy = server.connect("/ws/btcusdt@depth@0ms").await;
     let (stop_healthy, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let healthy_reader = tokio::spawn(async move {
         let (mut last_u, mut diffs) = (0u64, 0u64);

@@ -20,7 +20,7 @@ async fn a_paused_reader_is_handed_to_its_task_and_catches_up_with_no_gap() {
         ..Config::default()
     };
     let server = TestServer::start(config).await;
-    let url = server.ws_url("/stream?streams=btcusdt@depth/btcusdt@trade");
+    let url = server.ws_url("/stream?streams=btcusdt@depth@0ms/btcusdt@trade");
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
@@ -43,7 +43,7 @@ async fn a_paused_reader_is_handed_to_its_task_and_catches_up_with_no_gap() {
             panic!("paused reader lost its stream: {message:?}");
         };
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        if value["stream"] == "btcusdt@depth" {
+        if value["stream"] == "btcusdt@depth@0ms" {
             let first = value["data"]["U"].as_u64().unwrap();
             assert!(
                 last_u == 0 || first == last_u + 1,

@@ -128,7 +128,7 @@ async fn lifetime_ends_with_4009() {
 async fn graceful_shutdown_sends_server_shutdown_then_1001() {
     let server = TestServer::start(Config::default()).await;
     let mut raw = server
-        .connect("/ws/btcusdt@depth?timeUnit=MICROSECOND")
+        .connect("/ws/btcusdt@depth@0ms?timeUnit=MICROSECOND")
         .await;
     let mut combined = server.connect("/stream?streams=btcusdt@trade").await;
     next_json(&mut raw).await;

@@ -22,7 +22,7 @@ fn speed() -> impl Strategy<Value = Speed> {
 
 fn kind() -> impl Strategy<Value = StreamKind> {
     prop_oneof![
-        speed().prop_map(StreamKind::Diff),
+        prop_oneof![speed(), Just(Speed::Ms0)].prop_map(StreamKind::Diff),
         (prop_oneof![Just(5u8), Just(10), Just(20)], speed())
             .prop_map(|(levels, speed)| StreamKind::Partial { levels, speed }),
         Just(StreamKind::Trade),

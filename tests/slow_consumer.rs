@@ -11,7 +11,7 @@ use tokio::net::TcpSocket;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-const STREAMS: &str = "btcusdt@depth/btcusdt@depth20@100ms/btcusdt@trade/btcusdt@bookTicker/ethusdt@depth/ethusdt@depth20@100ms/xrpusdt@depth20@100ms";
+const STREAMS: &str = "btcusdt@depth@0ms/btcusdt@depth20@100ms/btcusdt@trade/btcusdt@bookTicker/ethusdt@depth@0ms/ethusdt@depth20@100ms/xrpusdt@depth20@100ms";
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -56,7 +56,7 @@ async fn a_stalled_subscriber_is_closed_with_4008_and_the_fast_one_sees_no_gap()
                         continue;
                     };
                     let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-                    if value["stream"] == "btcusdt@depth" {
+                    if value["stream"] == "btcusdt@depth@0ms" {
                         let (first, last) = (value["data"]["U"].as_u64().unwrap(), value["data"]["u"].as_u64().unwrap());
                         assert!(last_u == 0 || first == last_u + 1, "fast client gap: {last_u} -> {first}");
                         last_u = last;

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 const STREAMS: &[&str] = &[
     "btcusdt@depth",
+    "btcusdt@depth@0ms",
     "btcusdt@depth@100ms",
     "btcusdt@depth@1000ms",
     "btcusdt@depth5",
@@ -95,7 +96,7 @@ fn check_shape(stream: &str, p: &Value, micros: bool) {
             check_time(&p["E"], micros, "E");
             assert!(p["U"].as_u64().unwrap() <= p["u"].as_u64().unwrap());
             assert!(levels_ok(&p["b"]) && levels_ok(&p["a"]));
-            if !stream.contains("ms") {
+            if stream.ends_with("@0ms") {
                 assert_eq!(p["U"], p["u"], "real-time diffs carry one update");
             }
         }
@@ -205,7 +206,7 @@ async fn collect(server: &TestServer, combined: bool, micros: bool) {
             // Raw payloads do not name their stream: identify by shape.
             let stream = match (message.get("e").and_then(Value::as_str), message.is_array()) {
                 (_, true) => "!miniTicker@arr".to_string(),
-                (Some("depthUpdate"), _) => continue, // three diff streams share a shape
+                (Some("depthUpdate"), _) => continue, // the diff streams share a shape
                 (Some("trade"), _) => "btcusdt@trade".into(),
                 (Some("aggTrade"), _) => "btcusdt@aggTrade".into(),
                 (Some("kline"), _) => {
@@ -230,6 +231,7 @@ async fn collect(server: &TestServer, combined: bool, micros: bool) {
         if !combined && !seen.contains_key("btcusdt@depth") {
             for diff in [
                 "btcusdt@depth",
+                "btcusdt@depth@0ms",
                 "btcusdt@depth@100ms",
                 "btcusdt@depth@1000ms",
             ] {
@@ -253,12 +255,55 @@ async fn raw_diff_events_have_the_diff_shape_in_both_units() {
     let server = TestServer::start(Config::default()).await;
     for micros in [false, true] {
         let query = if micros { "?timeUnit=MICROSECOND" } else { "" };
-        let mut ws = server.connect(&format!("/ws/ethusdt@depth{query}")).await;
+        let mut ws = server
+            .connect(&format!("/ws/ethusdt@depth@0ms{query}"))
+            .await;
         for _ in 0..5 {
             let event = next_json(&mut ws).await;
             assert_eq!(event["s"], "ETHUSDT");
-            check_shape("ethusdt@depth", &event, micros);
+            check_shape("ethusdt@depth@0ms", &event, micros);
         }
+    }
+    server.stop().await;
+}
+
+/// `@depth@1000ms` is another name of `@depth` (SPEC.md): the same events, each echoed under
+/// the name the client used. A client holding both names has two subscriptions and gets every
+/// event under each; dropping one keeps the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_and_depth_1000ms_are_one_stream_under_two_names() {
+    let server = TestServer::start(Config::default()).await;
+    let mut raw = server.connect("/ws/btcusdt@depth@1000ms").await;
+    let mut both = server
+        .connect("/stream?streams=btcusdt@depth/btcusdt@depth@1000ms")
+        .await;
+    let list = request(&mut both, r#"{"method":"LIST_SUBSCRIPTIONS","id":1}"#).await;
+    assert_eq!(
+        list["result"],
+        serde_json::json!(["btcusdt@depth", "btcusdt@depth@1000ms"])
+    );
+    let first = next_json(&mut both).await;
+    let second = next_json(&mut both).await;
+    let mut names = [first["stream"].clone(), second["stream"].clone()];
+    names.sort_by_key(|v| v.to_string());
+    assert_eq!(names, ["btcusdt@depth", "btcusdt@depth@1000ms"]);
+    assert_eq!(first["data"], second["data"], "one event, two names");
+    let event = &first["data"];
+    // The raw synonym subscriber gets the very same event (it may have had an earlier one).
+    let u = event["u"].as_u64().unwrap();
+    let same = next_matching(&mut raw, |v| v["u"].as_u64().unwrap() >= u).await;
+    assert_eq!(&same, event);
+
+    let reply = request(
+        &mut both,
+        r#"{"method":"UNSUBSCRIBE","params":["btcusdt@depth"],"id":2}"#,
+    )
+    .await;
+    assert_eq!(reply["result"], Value::Null);
+    for _ in 0..2 {
+        let next = next_json(&mut both).await;
+        assert_eq!(next["stream"], "btcusdt@depth@1000ms", "{next}");
+        assert!(next["data"]["u"].as_u64().unwrap() > u);
     }
     server.stop().await;
 }

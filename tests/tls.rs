@@ -69,7 +69,7 @@ async fn rest_and_streams_over_tls() {
     // A stream over wss://, with a real local book check on the way: diffs are continuous.
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws/btcusdt@depth", tls)
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws/btcusdt@depth@0ms", tls)
         .await
         .unwrap();
     let mut last = 0u64;

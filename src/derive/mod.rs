@@ -16,12 +16,13 @@
 //!
 //! **What the stage derives.** Each symbol keeps its own L2 [`OrderBook`](crate::market::book::OrderBook),
 //! kept current by applying each step's levels. It never reads a simulation's book. Per step, it
-//! publishes `<symbol>@depth`, `@trade`, `@aggTrade` (aggregate ids counted here) and
+//! publishes `<symbol>@depth@0ms`, `@trade`, `@aggTrade` (aggregate ids counted here) and
 //! `@bookTicker` (only when the touch changed). It also feeds the 100 ms and 1000 ms diff windows
 //! ([`window::DiffWindow`]), the klines and the rolling 24h ticker ([`stats`]). At each 100 ms tick
 //! ([`Streams::every_100ms`]), it publishes `@depth@100ms` and `@depth<N>@100ms`. At each 1000 ms tick
-//! ([`Streams::every_1000ms`]), it publishes `@depth@1000ms`, `@depth<N>` and `@depth<N>@1000ms`,
-//! the klines, `@ticker`, `@miniTicker` and `!miniTicker@arr`. On request it renders the
+//! ([`Streams::every_1000ms`]), it publishes `@depth` and `@depth<N>` (their `@1000ms` spellings
+//! share these events: events leave under fan-out keys, see
+//! [`Topic::fanout_key`](crate::protocol::stream::Topic::fanout_key)), the klines, `@ticker`, `@miniTicker` and `!miniTicker@arr`. On request it renders the
 //! `/api/v3/depth` body at the last applied update id ([`Streams::snapshot`]). All payloads are
 //! rendered by [`payload`] and [`stats`].
 //!

@@ -122,15 +122,16 @@ impl SymbolStreams {
     }
 
     /// Where a step enters: applies it to the book and the windows, counts its trades in the
-    /// statistics, and publishes `<symbol>@depth`, `@trade`, `@aggTrade` and, if the touch
-    /// changed, `@bookTicker`. `now_us` is the event time the payloads carry.
+    /// statistics, and publishes `<symbol>@depth@0ms` (the step's own diff), `@trade`,
+    /// `@aggTrade` and, if the touch changed, `@bookTicker`. `now_us` is the event time the
+    /// payloads carry.
     pub fn on_step<P: Publisher + ?Sized>(&mut self, step: &Step, now_us: u64, out: &mut P) {
         self.apply(step);
         self.window_100ms.add(step);
         self.window_1000ms.add(step);
         let spec = &self.spec;
         out.publish(
-            self.topic(StreamKind::Diff(Speed::Unspecified)),
+            self.topic(StreamKind::Diff(Speed::Ms0)),
             &mut |buf, unit| payload::write_diff(buf, spec, step, step.update_id, now_us, unit),
         );
         self.on_trades(step, now_us, out);
@@ -152,17 +153,17 @@ impl SymbolStreams {
         }
     }
 
-    /// This symbol's part of the 1000 ms tick: flushes `@depth@1000ms`, publishes `@depth<N>`
-    /// and `@depth<N>@1000ms`, closes and pushes klines. `second` numbers the tick (1 for the
+    /// This symbol's part of the 1000 ms tick: flushes `@depth` (which `@depth@1000ms`
+    /// subscribers get too, see [`Topic::fanout_key`]), publishes `@depth<N>` (likewise
+    /// `@depth<N>@1000ms`), closes and pushes klines. `second` numbers the tick (1 for the
     /// stage's first): klines with a push period of `p` seconds are pushed when `second % p == 0`.
     ///
     /// Tickers are not part of it: [`Streams`](super::Streams) publishes them after every
     /// symbol's part, through [`publish_tickers`](Self::publish_tickers).
     pub fn every_1000ms<P: Publisher + ?Sized>(&mut self, now_us: u64, second: u64, out: &mut P) {
-        self.flush_window(Speed::Ms1000, now_us, out);
+        self.flush_window(Speed::Unspecified, now_us, out);
         for levels in PARTIAL_LEVELS {
             self.publish_partial(levels, Speed::Unspecified, out);
-            self.publish_partial(levels, Speed::Ms1000, out);
         }
         self.publish_klines(now_us, second, out);
     }
@@ -272,6 +273,8 @@ impl SymbolStreams {
         }
     }
 
+    /// Publishes the window of `speed`: [`Speed::Ms100`], or [`Speed::Unspecified`] for the
+    /// 1000 ms one (the fan-out key of both its names).
     fn flush_window<P: Publisher + ?Sized>(&mut self, speed: Speed, now_us: u64, out: &mut P) {
         let window = match speed {
             Speed::Ms100 => &mut self.window_100ms,
@@ -443,7 +446,7 @@ pub(crate) mod tests {
             streams.on_step(&step, T0 + n * 10_000, &mut out);
             let mut events = out.events.iter();
             let (topic, ms, _) = events.next().expect("a diff per step");
-            assert_eq!(*topic, streams.topic(StreamKind::Diff(Speed::Unspecified)));
+            assert_eq!(*topic, streams.topic(StreamKind::Diff(Speed::Ms0)));
             let u = format!("\"u\":{},", step.update_id);
             assert!(ms.windows(u.len()).any(|w| w == u.as_bytes()));
             for trade in &step.trades {

@@ -1,5 +1,5 @@
 //! Depth changes merged over a 100 ms or 1000 ms window: the `<symbol>@depth@100ms` and
-//! `<symbol>@depth@1000ms` (and partial-speed) diff streams.
+//! `<symbol>@depth` (also spelled `@depth@1000ms`) diff streams.
 //!
 //! A window collects the changed levels of every step that arrives between two timer ticks; a
 //! level changed twice keeps only its last lots, exactly as Binance merges its windowed diffs.

@@ -13,9 +13,15 @@
 //! subscriber for it, once, and from there to every subscriber by refcount. Nothing is
 //! rendered for a topic nobody listens to, and nothing is sent to a shard that has no
 //! subscriber for it.
+//!
+//! Two names of one stream (`btcusdt@depth` and `btcusdt@depth@1000ms`) share one fan-out key
+//! ([`Topic::fanout_key`]): one route, one rendering per event, one set of subscriber lists.
+//! Only the combined wrapper differs, so a key has a second pair of combined lists whose
+//! wrapper spells the synonym ([`super::shard::LISTS`]). A connection subscribed under both
+//! names is a member twice and gets the event under each name, as two subscriptions should.
 
 use super::outbox::Outbox;
-use super::shard::{variant, ConnId, Frames, ShardLink, ShardMsg, VARIANTS};
+use super::shard::{list, variant, ConnId, Frames, ShardLink, ShardMsg, LISTS};
 use crate::market::feed::Feed;
 use crate::metrics::{HubMetrics, ShardMetrics};
 use crate::protocol::control::Change;
@@ -28,10 +34,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 struct Route {
-    /// `{"stream":"<name>","data":`, the combined wrapper's prefix.
-    combined_prefix: Box<[u8]>,
-    /// Subscribers per shard, per variant.
-    counts: Vec<[u32; VARIANTS]>,
+    /// `{"stream":"<name>","data":`, the combined wrapper's prefix: with the key's own name,
+    /// then with its synonym's (the key's again if it has none; never used then).
+    combined_prefix: [Box<[u8]>; 2],
+    /// Subscribers per shard, per list.
+    counts: Vec<[u32; LISTS]>,
 }
 
 impl Route {
@@ -45,6 +52,7 @@ struct Connection {
     /// Only to notice connections that ended without a detach (see [`Hub::sweep`]).
     outbox: Arc<Outbox>,
     slot: usize,
+    /// As the client named them (synonyms included), in subscription order.
     topics: Vec<Topic>,
 }
 
@@ -146,11 +154,13 @@ impl Hub {
                 continue;
             }
             added.push(topic);
-            let route = self
-                .topics
-                .entry(topic)
-                .or_insert_with(|| new_route(&self.feed, self.shards.len(), topic));
-            route.counts[connection.shard][connection.slot] += 1;
+            add_interest(
+                &mut self.topics,
+                &self.feed,
+                self.shards.len(),
+                topic,
+                connection,
+            );
             self.metrics.subscribed(topic.label());
         }
         connection.topics.extend_from_slice(&added);
@@ -190,13 +200,17 @@ impl Hub {
         }
         for &topic in &connection.topics {
             remove_interest(&mut self.topics, topic, connection.shard, connection.slot);
-            let route = self
-                .topics
-                .entry(topic)
-                .or_insert_with(|| new_route(&self.feed, self.shards.len(), topic));
-            route.counts[connection.shard][slot] += 1;
         }
         connection.slot = slot;
+        for &topic in &connection.topics {
+            add_interest(
+                &mut self.topics,
+                &self.feed,
+                self.shards.len(),
+                topic,
+                connection,
+            );
+        }
         let topics = connection.topics.clone();
         self.shards[connection.shard].send(ShardMsg::Reslot { conn, slot, topics });
     }
@@ -241,14 +255,18 @@ impl Hub {
         }
     }
 
-    /// Whether anyone listens to `topic`, so the engine can skip work nobody would see.
+    /// Whether anyone listens to `topic` (under any of its names), so the engine can skip work
+    /// nobody would see.
     pub fn wants(&self, topic: &Topic) -> bool {
-        self.topics.contains_key(topic)
+        self.topics.contains_key(&topic.fanout_key())
     }
 
     /// Renders `topic`'s event with `render(payload, unit)` once per needed time unit and
-    /// sends the shared frames to every shard with a subscriber for them.
+    /// sends the shared frames to every shard with a subscriber for them, under whichever of
+    /// the topic's names each subscriber used. `topic` is a fan-out key: events are published
+    /// once per stream, never once per spelling.
     pub fn publish(&mut self, topic: Topic, mut render: impl FnMut(&mut Vec<u8>, TimeUnit)) {
+        debug_assert!(!topic.is_synonym(), "publish under the fan-out key");
         let Some(route) = self.topics.get(&topic) else {
             return;
         };
@@ -266,9 +284,9 @@ impl Hub {
                 if counts.iter().all(|&c| c == 0) {
                     continue;
                 }
-                let mut each: Box<[Vec<Bytes>; VARIANTS]> = Box::default();
+                let mut each: Box<[Vec<Bytes>; LISTS]> = Box::default();
                 for (slot, frames) in each.iter_mut().enumerate() {
-                    let prefix = (slot >= 2).then_some(&route.combined_prefix[..]);
+                    let prefix = route.prefix(slot);
                     for _ in 0..counts[slot] {
                         let payload = &mut self.scratch[0];
                         payload.clear();
@@ -286,7 +304,7 @@ impl Hub {
             return;
         }
         let mut rendered = [false; 2];
-        let mut frames: [Option<Bytes>; VARIANTS] = Default::default();
+        let mut frames: [Option<Bytes>; LISTS] = Default::default();
         for (slot, frame) in frames.iter_mut().enumerate() {
             if route.total(slot) == 0 {
                 continue;
@@ -300,14 +318,13 @@ impl Hub {
                 rendered[unit_index] = true;
                 self.metrics.serialized();
             }
-            let prefix = (slot >= 2).then_some(&route.combined_prefix[..]);
-            *frame = Some(build_frame(prefix, &self.scratch[unit_index]));
+            *frame = Some(build_frame(route.prefix(slot), &self.scratch[unit_index]));
         }
         for (link, counts) in self.shards.iter_mut().zip(&route.counts) {
             if counts.iter().all(|&c| c == 0) {
                 continue;
             }
-            let mut mine: [Option<Bytes>; VARIANTS] = Default::default();
+            let mut mine: [Option<Bytes>; LISTS] = Default::default();
             for (slot, frame) in mine.iter_mut().enumerate() {
                 if counts[slot] > 0 {
                     frame.clone_from(&frames[slot]);
@@ -329,21 +346,48 @@ impl Hub {
     }
 }
 
-fn new_route(feed: &Feed, shards: usize, topic: Topic) -> Route {
-    Route {
-        combined_prefix: format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed))
-            .into_bytes()
-            .into_boxed_slice(),
-        counts: vec![[0; VARIANTS]; shards],
+impl Route {
+    /// The combined wrapper's prefix for list `slot`, `None` for the raw lists.
+    fn prefix(&self, slot: usize) -> Option<&[u8]> {
+        (slot >= 2).then(|| &self.combined_prefix[usize::from(slot >= 4)][..])
     }
 }
 
+/// The route of fan-out key `key`.
+fn new_route(feed: &Feed, shards: usize, key: Topic) -> Route {
+    let prefix = |topic: Topic| {
+        format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed))
+            .into_bytes()
+            .into_boxed_slice()
+    };
+    Route {
+        combined_prefix: [key, key.synonym().unwrap_or(key)].map(prefix),
+        counts: vec![[0; LISTS]; shards],
+    }
+}
+
+/// Counts `connection` in the list of its key that `topic` (a name) puts it in.
+fn add_interest(
+    topics: &mut HashMap<Topic, Route>,
+    feed: &Feed,
+    shards: usize,
+    topic: Topic,
+    connection: &Connection,
+) {
+    let key = topic.fanout_key();
+    let route = topics
+        .entry(key)
+        .or_insert_with(|| new_route(feed, shards, key));
+    route.counts[connection.shard][list(connection.slot, topic)] += 1;
+}
+
 fn remove_interest(topics: &mut HashMap<Topic, Route>, topic: Topic, shard: usize, slot: usize) {
-    if let Some(route) = topics.get_mut(&topic) {
-        let count = &mut route.counts[shard][slot];
+    let key = topic.fanout_key();
+    if let Some(route) = topics.get_mut(&key) {
+        let count = &mut route.counts[shard][list(slot, topic)];
         *count = count.saturating_sub(1);
         if route.counts.iter().all(|c| c.iter().all(|&n| n == 0)) {
-            topics.remove(&topic);
+            topics.remove(&key);
         }
     }
 }
@@ -524,6 +568,61 @@ mod tests {
         assert!(!rig.hub.wants(&topic));
         rig.pump();
         assert_eq!(rig.tables[1].0.connections(), 0, "the shard forgot it too");
+    }
+
+    /// `@depth` and `@depth@1000ms` are one stream: one rendering per event, one frame for
+    /// every raw subscriber whichever name it used, and combined subscribers get the name they
+    /// used. A connection with both names gets the event under each; dropping one name, or
+    /// switching to combined, keeps the other's.
+    #[test]
+    fn both_spellings_of_a_stream_share_one_rendering_and_keep_their_names() {
+        let mut rig = Rig::new(false, 2);
+        let key = diff_topic();
+        let synonym = key.synonym().expect("@depth has a synonym");
+        let raw_key = rig.attach(1, 0, false, TimeUnit::Millisecond);
+        let raw_synonym = rig.attach(2, 1, false, TimeUnit::Millisecond);
+        let combined_both = rig.attach(3, 1, true, TimeUnit::Millisecond);
+        rig.hub.subscribe(1, &[key]);
+        rig.hub.subscribe(2, &[synonym]);
+        rig.hub.subscribe(3, &[synonym, key]);
+        assert!(rig.hub.wants(&key) && rig.hub.wants(&synonym));
+        let mut renders = 0;
+        let mut publish = |rig: &mut Rig| {
+            rig.hub.publish(key, |out, _| {
+                renders += 1;
+                out.extend_from_slice(b"{}");
+            });
+            rig.pump();
+        };
+        publish(&mut rig);
+        let (a, b) = (drain(&raw_key), drain(&raw_synonym));
+        assert_eq!((a.len(), b.len()), (1, 1));
+        assert_eq!(a[0].frame.as_ptr(), b[0].frame.as_ptr(), "one raw frame");
+        let names: Vec<String> = drain(&combined_both)
+            .iter()
+            .map(|q| String::from_utf8_lossy(&q.frame[2..]).into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&r#"{"stream":"btcusdt@depth","data":{}}"#.to_string()));
+        assert!(names.contains(&r#"{"stream":"btcusdt@depth@1000ms","data":{}}"#.to_string()));
+
+        rig.hub.unsubscribe(3, &[key]);
+        rig.hub.set_combined(2, true);
+        publish(&mut rig);
+        assert_eq!(renders, 2, "once per event, not per name");
+        let got = drain(&combined_both);
+        assert_eq!(got.len(), 1);
+        assert!(got[0]
+            .frame
+            .ends_with(b"\"stream\":\"btcusdt@depth@1000ms\",\"data\":{}}"));
+        let got = drain(&raw_synonym);
+        assert!(got[0]
+            .frame
+            .ends_with(b"\"stream\":\"btcusdt@depth@1000ms\",\"data\":{}}"));
+        rig.hub.detach(1);
+        rig.hub.detach(2);
+        rig.hub.unsubscribe(3, &[synonym]);
+        assert!(!rig.hub.wants(&key), "no list left for the key");
     }
 
     #[test]

@@ -41,6 +41,23 @@ pub fn variant(combined: bool, microseconds: bool) -> usize {
     usize::from(combined) * 2 + usize::from(microseconds)
 }
 
+/// Subscriber lists per fan-out key ([`Topic::fanout_key`]): one per variant, then the two
+/// combined variants again for subscribers who used the key's synonym
+/// (`btcusdt@depth@1000ms` for `btcusdt@depth`), whose `"stream"` must echo their spelling.
+/// Raw payloads carry no name, so every raw subscriber shares the variant's list. List `l`
+/// is combined when `l >= 2`, in µs when `l` is odd, and spells the synonym when `l >= 4`.
+pub const LISTS: usize = VARIANTS + 2;
+
+/// The list that a connection receiving `slot`'s variant joins when it subscribes to `topic`,
+/// a name as the client wrote it.
+pub fn list(slot: usize, topic: Topic) -> usize {
+    if slot >= 2 && topic.is_synonym() {
+        slot + 2
+    } else {
+        slot
+    }
+}
+
 /// Messages a shard's channel holds; when one is full the engine waits for that shard (no
 /// message is ever dropped, so healthy subscribers never see a gap). At 29 symbols updating up
 /// to 100 times a second this is over a second of backlog.
@@ -61,7 +78,8 @@ pub enum ShardMsg {
         ready: oneshot::Sender<()>,
     },
     /// Topics the connection did not have (the engine keeps each connection's list, so the
-    /// shard is only ever told changes).
+    /// shard is only ever told changes). Topics in these messages are names as the client
+    /// wrote them; the shard files each under its fan-out key.
     Subscribe {
         conn: ConnId,
         topics: Vec<Topic>,
@@ -86,7 +104,7 @@ pub enum ShardMsg {
         conn: ConnId,
         topics: Vec<Topic>,
     },
-    /// One event for every subscriber of `topic` on this shard.
+    /// One event for every subscriber of `topic` (a fan-out key) on this shard.
     Publish {
         topic: Topic,
         frames: Frames,
@@ -97,10 +115,10 @@ pub enum ShardMsg {
 
 /// An event's frames for one shard.
 pub enum Frames {
-    /// One finished frame per variant this shard needs, shared by all its subscribers.
-    Shared([Option<Bytes>; VARIANTS]),
-    /// `--naive-fanout`: a frame rendered for each subscriber, in subscriber order.
-    PerSubscriber(Box<[Vec<Bytes>; VARIANTS]>),
+    /// One finished frame per list ([`LISTS`]) this shard needs, shared by all its members.
+    Shared([Option<Bytes>; LISTS]),
+    /// `--naive-fanout`: a frame rendered for each subscriber, per list in member order.
+    PerSubscriber(Box<[Vec<Bytes>; LISTS]>),
 }
 
 /// Parking state shared by a shard and the engine.
@@ -327,12 +345,12 @@ struct Local {
     slot: usize,
 }
 
-/// A shard's own view of who listens to what: topic -> subscribers per variant. Only its drain
+/// A shard's own view of who listens to what: fan-out key -> subscribers per list ([`LISTS`]). Only its drain
 /// task touches it, so it takes no lock. Each connection's topic list lives in the engine's
 /// hub alone: the shard is told only changes (new topics, removed ones, and the whole list on
 /// a reslot or detach), so it keeps no second copy.
 pub struct ShardTable {
-    topics: HashMap<Topic, [Vec<Member>; VARIANTS]>,
+    topics: HashMap<Topic, [Vec<Member>; LISTS]>,
     connections: HashMap<ConnId, Local>,
     /// Outboxes pushed to in this pass, flushed at its end.
     dirty: Vec<Arc<Outbox>>,
@@ -394,7 +412,8 @@ impl ShardTable {
             return;
         };
         for &topic in topics {
-            self.topics.entry(topic).or_default()[local.slot].push(Member {
+            let lists = self.topics.entry(topic.fanout_key()).or_default();
+            lists[list(local.slot, topic)].push(Member {
                 conn,
                 outbox: local.outbox.clone(),
             });
@@ -405,14 +424,17 @@ impl ShardTable {
         let Some(local) = self.connections.get(&conn) else {
             return;
         };
-        for topic in topics {
-            if let Some(lists) = self.topics.get_mut(topic) {
-                let list = &mut lists[local.slot];
-                if let Some(at) = list.iter().position(|m| m.conn == conn) {
-                    list.swap_remove(at);
+        for &topic in topics {
+            let key = topic.fanout_key();
+            if let Some(lists) = self.topics.get_mut(&key) {
+                // A raw connection subscribed to both spellings is in one list twice; either
+                // entry will do, they are the same.
+                let members = &mut lists[list(local.slot, topic)];
+                if let Some(at) = members.iter().position(|m| m.conn == conn) {
+                    members.swap_remove(at);
                 }
                 if lists.iter().all(Vec::is_empty) {
-                    self.topics.remove(topic);
+                    self.topics.remove(&key);
                 }
             }
         }

@@ -1,8 +1,10 @@
 //! Stream names: parsing `btcusdt@depth@100ms` into a [`Topic`] and back.
 //!
-//! A topic is what the hub fans out; its name is what clients subscribe with and what combined
-//! payloads carry in `"stream"`. Names round-trip exactly, so `depth5` and `depth5@1000ms`
-//! (same data on Binance) stay two subscriptions with their own names.
+//! A topic is what clients subscribe to; its name is what they subscribe with and what combined
+//! payloads carry in `"stream"`. Names round-trip exactly, so `depth` and `depth@1000ms` (the
+//! same stream on Binance) stay two subscriptions with their own names, each echoed as the
+//! client spelled it. What the hub fans out is the [`Topic::fanout_key`]: the two spellings of
+//! one stream share it, so its events are rendered once for both (see `fanout::hub`).
 
 use std::fmt::{self, Write};
 
@@ -21,9 +23,13 @@ pub trait SymbolTable {
 /// Update speed of diff and partial depth streams, as written in the name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Speed {
-    /// No suffix: every engine update for diffs, 1000 ms for partial depth (as on Binance).
+    /// No suffix: 1000 ms, for diffs and partial depth alike (as on Binance, whose spot API has
+    /// no real-time diff).
     Unspecified,
+    /// `@0ms`, diffs only: every engine update, bookcast's real-time extension (SPEC.md, "Names").
+    Ms0,
     Ms100,
+    /// `@1000ms`: another spelling of [`Speed::Unspecified`] (binance-connector sends it).
     Ms1000,
 }
 
@@ -31,6 +37,7 @@ impl Speed {
     fn suffix(self) -> &'static str {
         match self {
             Speed::Unspecified => "",
+            Speed::Ms0 => "@0ms",
             Speed::Ms100 => "@100ms",
             Speed::Ms1000 => "@1000ms",
         }
@@ -98,6 +105,63 @@ impl Topic {
         match self {
             Topic::Symbol { kind, .. } => kind.has_time_fields(),
             Topic::AllMiniTickers | Topic::ServerStats => true,
+        }
+    }
+
+    /// The topic whose events this name carries: `@depth@1000ms` (and `@depth<N>@1000ms`) is
+    /// another spelling of the unsuffixed name, so both share one key, one rendering per event
+    /// and one subscriber list. Every other topic is its own key. Events are published under
+    /// keys only.
+    pub fn fanout_key(self) -> Topic {
+        match self {
+            Topic::Symbol { symbol, kind } => Topic::Symbol {
+                symbol,
+                kind: match kind {
+                    StreamKind::Diff(Speed::Ms1000) => StreamKind::Diff(Speed::Unspecified),
+                    StreamKind::Partial {
+                        levels,
+                        speed: Speed::Ms1000,
+                    } => StreamKind::Partial {
+                        levels,
+                        speed: Speed::Unspecified,
+                    },
+                    kind => kind,
+                },
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this name is the second spelling of its [`fanout_key`](Self::fanout_key).
+    pub fn is_synonym(self) -> bool {
+        self.fanout_key() != self
+    }
+
+    /// The second spelling of a key, if it has one (`btcusdt@depth` -> `btcusdt@depth@1000ms`).
+    pub fn synonym(self) -> Option<Topic> {
+        match self {
+            Topic::Symbol {
+                symbol,
+                kind: StreamKind::Diff(Speed::Unspecified),
+            } => Some(Topic::Symbol {
+                symbol,
+                kind: StreamKind::Diff(Speed::Ms1000),
+            }),
+            Topic::Symbol {
+                symbol,
+                kind:
+                    StreamKind::Partial {
+                        levels,
+                        speed: Speed::Unspecified,
+                    },
+            } => Some(Topic::Symbol {
+                symbol,
+                kind: StreamKind::Partial {
+                    levels,
+                    speed: Speed::Ms1000,
+                },
+            }),
+            _ => None,
         }
     }
 
@@ -237,6 +301,7 @@ pub fn parse(name: &str, symbols: &(impl SymbolTable + ?Sized)) -> Result<Topic,
 fn parse_speed(suffix: Option<&str>) -> Option<Speed> {
     match suffix {
         None => Some(Speed::Unspecified),
+        Some("0ms") => Some(Speed::Ms0),
         Some("100ms") => Some(Speed::Ms100),
         Some("1000ms") => Some(Speed::Ms1000),
         Some(_) => None,
@@ -252,7 +317,8 @@ fn parse_kind(rest: &str) -> Option<StreamKind> {
         let speed = parse_speed(suffix)?;
         return match levels {
             "" => Some(StreamKind::Diff(speed)),
-            "5" | "10" | "20" => Some(StreamKind::Partial {
+            // A partial book is a picture of the book at a tick; it has no real-time form.
+            "5" | "10" | "20" if speed != Speed::Ms0 => Some(StreamKind::Partial {
                 levels: levels.parse().ok()?,
                 speed,
             }),
@@ -287,6 +353,7 @@ mod tests {
             "btcusdt@depth",
             "btcusdt@depth@100ms",
             "btcusdt@depth@1000ms",
+            "btcusdt@depth@0ms",
             "btcusdt@depth5",
             "ethusdt@depth10@100ms",
             "ethusdt@depth20@1000ms",
@@ -309,6 +376,35 @@ mod tests {
         );
     }
 
+    /// `@1000ms` names share their unsuffixed twin's key (one rendering, one subscriber list)
+    /// but keep their own name; `@0ms` and `@100ms` are streams of their own.
+    #[test]
+    fn synonyms_share_a_fanout_key() {
+        let feed = Feed::embedded_default();
+        let topic = |name: &str| parse(name, &feed).unwrap();
+        for (key, synonym) in [
+            ("btcusdt@depth", "btcusdt@depth@1000ms"),
+            ("ethusdt@depth20", "ethusdt@depth20@1000ms"),
+        ] {
+            assert_eq!(topic(synonym).fanout_key(), topic(key));
+            assert!(topic(synonym).is_synonym());
+            assert_eq!(topic(key).synonym(), Some(topic(synonym)));
+            assert_eq!(topic(synonym).name(&feed), synonym);
+        }
+        for name in [
+            "btcusdt@depth",
+            "btcusdt@depth@0ms",
+            "btcusdt@depth@100ms",
+            "btcusdt@depth5@100ms",
+            "btcusdt@trade",
+            "!miniTicker@arr",
+        ] {
+            assert_eq!(topic(name).fanout_key(), topic(name), "{name}");
+            assert!(!topic(name).is_synonym(), "{name}");
+        }
+        assert_eq!(topic("btcusdt@depth@0ms").synonym(), None);
+    }
+
     #[test]
     fn refuses_bad_names() {
         let feed = Feed::embedded_default();
@@ -319,6 +415,8 @@ mod tests {
             "@trade",
             "btcusdt@depth7",
             "btcusdt@depth@10ms",
+            "btcusdt@depth@00ms",
+            "btcusdt@depth5@0ms",
             "btcusdt@trade@100ms",
             "btcusdt@kline_2m",
             "btcusdt@aggtrade",
