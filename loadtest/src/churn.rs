@@ -247,9 +247,9 @@ pub fn print(report: &ChurnReport) {
 /// How a cycle subscribes.
 #[derive(Clone, Copy)]
 enum Subscribe {
-    /// `/ws/<s>@depth`
+    /// `/ws/<s>@depth@0ms`
     RawUrl,
-    /// `/stream?streams=<s>@depth`
+    /// `/stream?streams=<s>@depth@0ms`
     CombinedUrl,
     /// `/ws`, then SUBSCRIBE
     Message,
@@ -382,7 +382,8 @@ async fn one_cycle(
         .map_err(|_| "connect_timeout")?
         .map_err(|_| "connect")?;
     let _ = stream.set_nodelay(true);
-    let name = format!("{symbol}@depth");
+    // Real time: a cycle takes its few diffs in tens of milliseconds, not seconds.
+    let name = format!("{symbol}@depth@0ms");
     let url = match subscribe {
         Subscribe::RawUrl => format!("{}/ws/{name}", plan.base),
         Subscribe::CombinedUrl => format!("{}/stream?streams={name}", plan.base),
@@ -513,7 +514,7 @@ mod tests {
     fn diff_ids_reads_raw_and_combined_diffs_only() {
         let raw = r#"{"e":"depthUpdate","E":1,"s":"BTCUSDT","U":5,"u":7,"b":[],"a":[]}"#;
         assert_eq!(diff_ids(raw), Some((5, 7)));
-        let combined = format!(r#"{{"stream":"btcusdt@depth","data":{raw}}}"#);
+        let combined = format!(r#"{{"stream":"btcusdt@depth@0ms","data":{raw}}}"#);
         assert_eq!(diff_ids(&combined), Some((5, 7)));
         assert_eq!(diff_ids(r#"{"result":null,"id":1}"#), None);
         assert_eq!(diff_ids("not json"), None);

@@ -31,7 +31,9 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     clients: usize,
     /// Streams per client: comma-separated names; `<sym>` takes the feed's symbols round-robin.
-    #[arg(long, default_value = "<sym>@depth")]
+    /// The default is bookcast's real-time diff (every engine update); `<sym>@depth` is the
+    /// 1000 ms diff, as on Binance.
+    #[arg(long, default_value = "<sym>@depth@0ms")]
     streams: String,
     /// Symbols each `<sym>` pattern takes per client.
     #[arg(long, default_value_t = 1)]
@@ -84,8 +86,8 @@ struct Args {
     /// --json, no report printed).
     #[arg(long, hide = true)]
     child: bool,
-    /// Churning clients, besides --clients: each loops connect, subscribe to one `<sym>@depth`
-    /// (in the URL, combined, or with SUBSCRIBE), take --churn-events diffs, leave the
+    /// Churning clients, besides --clients: each loops connect, subscribe to one
+    /// `<sym>@depth@0ms` (in the URL, combined, or with SUBSCRIBE), take --churn-events diffs, leave the
     /// --churn-mix way, reconnect, until the run ends. Use `--clients 0` for churn alone.
     #[arg(long, default_value_t = 0)]
     churn: usize,

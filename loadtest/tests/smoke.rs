@@ -19,7 +19,7 @@ async fn a_few_hundred_clients_see_no_gaps_and_the_report_has_its_keys() {
             "--clients",
             "300",
             "--streams",
-            "<sym>@depth,<sym>@trade",
+            "<sym>@depth@0ms,<sym>@trade",
             "--duration",
             "3s",
             "--slow",
