@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Macro fan-out benchmark: bookcast against its own naive baseline and three relay peers
 # (Node.js + ws, Go + gorilla/websocket, Bun.serve), each loaded by bookcast-load over loopback
-# with N clients on '<sym>$STREAM' (STREAM=@depth unless set: one stream per client, the
-# symbols round-robin).
+# with N clients on '<sym>$STREAM' (STREAM=@depth@0ms unless set: bookcast's real-time diff,
+# every engine update; one stream per client, the symbols round-robin).
 #
 #   benches/fanout.sh                     # SCALES="1000 3000 5000", DURATION=10s, all five servers
 #   SCALES="1000" DURATION=10s benches/fanout.sh
 #   SERVERS="bookcast go" benches/fanout.sh
 #   SERVERS="bookcast bun" benches/fanout.sh
-#   STREAM=@depth@1000ms benches/fanout.sh  # or @trade, @bookTicker, @depth20@100ms, ...
-#   benches/fanout.sh --smoke             # (or SMOKE=1) 200 clients, 3 s, @depth, bookcast +
+#   STREAM=@depth benches/fanout.sh       # Binance's 1000 ms diff (bursts: every symbol's
+#                                         # window closes at once); or @trade, @depth20@100ms, ...
+#   benches/fanout.sh --smoke             # (or SMOKE=1) 200 clients, 3 s, @depth@0ms, bookcast +
 #                                         # SMOKE_PEER (node); fails unless 0 gaps and the
 #                                         # report's keys exist
 #
-# Environment: SCALES, DURATION, SERVERS, STREAM (@depth: the stream name after the symbol,
+# Environment: SCALES, DURATION, SERVERS, STREAM (@depth@0ms: the stream name after the symbol,
 # matching ^@[A-Za-z0-9_@]+$), OUT (/tmp/bookcast-fanout), PORT_BASE (19600), REPEAT (1: runs
 # of each server/scale, each its own row), SMOKE_PEER (node), SKIP_BUILD=1.
 #
@@ -45,12 +46,12 @@ if [[ "$SMOKE" == 1 ]]; then
   SCALES=200
   DURATION=3s
   SERVERS="bookcast ${SMOKE_PEER:-node}"
-  STREAM=@depth
+  STREAM=@depth@0ms
 fi
 SCALES=${SCALES:-1000 3000 5000}
 DURATION=${DURATION:-10s}
 SERVERS=${SERVERS:-bookcast bookcast-naive node go bun}
-STREAM=${STREAM:-@depth}
+STREAM=${STREAM:-@depth@0ms}
 REPEAT=${REPEAT:-1}
 [[ "$SMOKE" == 1 ]] && REPEAT=1
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || { echo "fanout.sh: bad REPEAT '$REPEAT'" >&2; exit 2; }
@@ -67,7 +68,7 @@ done
 for n in $SCALES; do [[ "$n" =~ ^[0-9]+$ ]] || die "bad scale '$n'"; done
 # The suffix after '<sym>' (the peers relay <sym>$STREAM for every symbol); the servers refuse
 # names they don't know, so a typo fails the first run.
-[[ "$STREAM" =~ ^@[A-Za-z0-9_@]+$ ]] || die "STREAM must match ^@[A-Za-z0-9_@]+\$, like @depth@1000ms (got '$STREAM')"
+[[ "$STREAM" =~ ^@[A-Za-z0-9_@]+$ ]] || die "STREAM must match ^@[A-Za-z0-9_@]+\$, like @depth@0ms or @depth (got '$STREAM')"
 wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 relay() { [[ "$1" == node || "$1" == go || "$1" == bun ]]; } # peers fed by the upstream bookcast
 

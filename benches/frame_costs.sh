@@ -3,7 +3,7 @@
 # runtime unparks (eventfd writes), futex calls, socket writes, and hand-offs from a shard's
 # direct write to a connection's task.
 #
-#   benches/frame_costs.sh                       # the release build, 1000 clients on <sym>@depth
+#   benches/frame_costs.sh                       # the release build, 1000 clients on <sym>@depth@0ms
 #   benches/frame_costs.sh path/to/old/bookcast  # another build, e.g. an older commit's
 #   CLIENTS=3000 STREAM=@trade benches/frame_costs.sh
 #
@@ -18,7 +18,7 @@ RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 SERVER=${1:-$RELEASE/bookcast}
 LOAD=$RELEASE/bookcast-load
 CLIENTS=${CLIENTS:-1000}
-STREAM=${STREAM:-@depth}
+STREAM=${STREAM:-@depth@0ms}
 PORT=${PORT:-19720}
 
 log() { printf '[frame_costs] %s\n' "$*" >&2; }

@@ -116,7 +116,7 @@ churn() { # churn DURATION JSON: the churners, bounded by a watchdog
 # Healthy clients for the whole soak; stopped with SIGTERM once the last sample is taken (their
 # own --duration only bounds them if this script dies first).
 HEALTHY_LIMIT=$((WARMUP_S + DUR_S + 3 * SETTLE_S + 60))
-"$BIN/bookcast-load" --url "$URL" --clients "$HEALTHY" --streams '<sym>@depth,<sym>@trade' \
+"$BIN/bookcast-load" --url "$URL" --clients "$HEALTHY" --streams '<sym>@depth@0ms,<sym>@trade' \
     --duration "${HEALTHY_LIMIT}s" --json "$WORK/healthy.json" >"$WORK/healthy.txt" 2>&1 &
 LOAD=$!
 PIDS+=("$LOAD")

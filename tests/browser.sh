@@ -16,7 +16,7 @@ PORT="$(free_port)"
 start_bookcast "$PORT"
 # Bounded: stops by itself after 40 s; the page check takes well under that.
 "$BIN/bookcast-load" --url "ws://127.0.0.1:$PORT" --clients 100 --duration 40s \
-    --streams '<sym>@depth,<sym>@trade' >"$WORK/load.log" 2>&1 &
+    --streams '<sym>@depth@0ms,<sym>@trade' >"$WORK/load.log" 2>&1 &
 PIDS+=($!)
 
 SHOT="$ROOT/target/browser/dashboard.png"

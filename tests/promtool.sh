@@ -15,7 +15,7 @@ start_bookcast "$PORT"
 # Traffic that touches every metric family: streams of several kinds, a slow client, REST
 # errors, a refused upgrade.
 "$BIN/bookcast-load" --url "ws://127.0.0.1:$PORT" --clients 50 --duration 2s \
-    --streams '<sym>@depth,<sym>@trade,<sym>@kline_1s' --slow 2 >/dev/null
+    --streams '<sym>@depth@0ms,<sym>@trade,<sym>@kline_1s' --slow 2 >/dev/null
 curl -s "http://127.0.0.1:$PORT/api/v3/depth?symbol=NOPE" >/dev/null
 curl -s "http://127.0.0.1:$PORT/ws/btcusdt@trade" >/dev/null
 curl -sf "http://127.0.0.1:$PORT/metrics" >"$WORK/metrics.txt"

@@ -1,13 +1,13 @@
 'use strict';
 // The Bun (Bun.serve, uWebSockets inside) peer for benches/fanout.sh.
 //
-// It relays one bookcast stream per symbol, <sym><suffix> (--stream, default @depth; e.g.
-// @depth@1000ms or @trade), like the Node peer: one upstream connection (Bun's built-in
-// WebSocket client) to a bookcast instance carries every symbol's <sym><suffix> as combined
-// messages, and clients connect at /ws/<sym><suffix>. The raw `data` payload of each message
-// is sliced out of the text (not parsed) and handed to server.publish(stream, payload), which
-// uWebSockets' topic tree writes as one text frame to every client that ws.subscribe()d to that
-// stream, in order, corked per socket.
+// It relays one bookcast stream per symbol, <sym><suffix> (--stream, default @depth@0ms,
+// bookcast's real-time diff; e.g. @depth or @trade), like the Node peer: one upstream
+// connection (Bun's built-in WebSocket client) to a bookcast instance carries every symbol's
+// <sym><suffix> as combined messages, and clients connect at /ws/<sym><suffix>. The raw
+// `data` payload of each message is sliced out of the text (not parsed) and handed to
+// server.publish(stream, payload), which uWebSockets' topic tree writes as one text frame to
+// every client that ws.subscribe()d to that stream, in order, corked per socket.
 //
 // Options, chosen to match bookcast and the other peers:
 // - perMessageDeflate: false: nobody compresses.
@@ -22,7 +22,7 @@
 // string, the slice shares its characters, and publish() writes text frames from strings (a
 // Buffer would go out as a binary frame).
 //
-// Run: bun server.js --listen 127.0.0.1:9605 --upstream 127.0.0.1:9600 [--stream @depth]
+// Run: bun server.js --listen 127.0.0.1:9605 --upstream 127.0.0.1:9600 [--stream @depth@0ms]
 
 const MAX_BUFFERED = 256 * 1024; // bookcast's default queue bound
 const IDLE_TIMEOUT_S = 60;
@@ -50,7 +50,7 @@ function canonical(name) {
 async function main() {
   const listen = split(arg('--listen', '127.0.0.1:9605'));
   const upstream = arg('--upstream', '127.0.0.1:9443');
-  const suffix = arg('--stream', '@depth');
+  const suffix = arg('--stream', '@depth@0ms');
   if (!SUFFIX.test(suffix)) throw new Error(`--stream must match ${SUFFIX.source} (got '${suffix}')`);
 
   const res = await fetch(`http://${upstream}/api/v3/exchangeInfo`);

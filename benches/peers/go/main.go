@@ -1,7 +1,7 @@
 // Command peer-go is the Go (gorilla/websocket) peer for benches/fanout.sh.
 //
-// It relays one bookcast stream per symbol, <sym><suffix> (-stream, default @depth; e.g.
-// @depth@1000ms or @trade): one upstream connection to a bookcast instance carries every
+// It relays one bookcast stream per symbol, <sym><suffix> (-stream, default @depth@0ms,
+// bookcast's real-time diff; e.g. @depth or @trade): one upstream connection to a bookcast instance carries every
 // symbol's <sym><suffix> as combined messages, and clients connect at /ws/<sym><suffix>. The
 // raw `data` payload of each message is sliced out (not re-serialized), wrapped once in a
 // websocket.PreparedMessage (the frame is built once and shared), and queued to every client
@@ -12,7 +12,7 @@
 //
 //	GO111MODULE=off GOPATH=/usr/share/gocode go build -o peer-go main.go
 //
-// Run: peer-go -listen 127.0.0.1:9601 -upstream 127.0.0.1:9600 [-stream @depth]
+// Run: peer-go -listen 127.0.0.1:9601 -upstream 127.0.0.1:9600 [-stream @depth@0ms]
 package main
 
 import (
@@ -64,7 +64,7 @@ type topic struct {
 	clients map[*client]struct{}
 }
 
-// hub maps stream names, as the upstream spells them (btcusdt@depth), to subscribers. The map
+// hub maps stream names, as the upstream spells them (btcusdt@depth@0ms), to subscribers. The map
 // itself is fixed at start-up; only each topic's subscriber set changes, under the topic's own
 // lock.
 type hub map[string]*topic
@@ -207,7 +207,7 @@ func relay(h hub, conn *websocket.Conn) {
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9601", "address to serve on")
 	upstream := flag.String("upstream", "127.0.0.1:9443", "bookcast instance to relay from")
-	suffix := flag.String("stream", "@depth", "stream name after the symbol: relays <sym><suffix> for every symbol")
+	suffix := flag.String("stream", "@depth@0ms", "stream name after the symbol: relays <sym><suffix> for every symbol")
 	flag.Parse()
 	if !suffixPattern.MatchString(*suffix) {
 		log.Fatalf("-stream must match %s (got %q)", suffixPattern, *suffix)

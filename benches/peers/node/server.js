@@ -1,8 +1,8 @@
 'use strict';
 // The Node.js (ws) peer for benches/fanout.sh.
 //
-// It relays one bookcast stream per symbol, <sym><suffix> (--stream, default @depth; e.g.
-// @depth@1000ms or @trade): one upstream connection to a bookcast instance carries every
+// It relays one bookcast stream per symbol, <sym><suffix> (--stream, default @depth@0ms,
+// bookcast's real-time diff; e.g. @depth or @trade): one upstream connection to a bookcast instance carries every
 // symbol's <sym><suffix> as combined messages, and clients connect at /ws/<sym><suffix>. The
 // raw `data` payload of each message is sliced out as a Buffer view (not parsed, not copied)
 // and sent with ws.send() to every client subscribed to that stream. For a server (unmasked)
@@ -12,7 +12,7 @@
 // public API. A client whose bufferedAmount passes the bound is a slow consumer and is
 // terminated.
 //
-// Run: node server.js --listen 127.0.0.1:9602 --upstream 127.0.0.1:9600 [--stream @depth]
+// Run: node server.js --listen 127.0.0.1:9602 --upstream 127.0.0.1:9600 [--stream @depth@0ms]
 
 const http = require('http');
 const WebSocket = require('ws');
@@ -63,7 +63,7 @@ function reject(socket, status, text) {
 async function main() {
   const listen = split(arg('--listen', '127.0.0.1:9602'));
   const upstream = arg('--upstream', '127.0.0.1:9443');
-  const suffix = arg('--stream', '@depth');
+  const suffix = arg('--stream', '@depth@0ms');
   if (!SUFFIX.test(suffix)) throw new Error(`--stream must match ${SUFFIX.source} (got '${suffix}')`);
 
   const info = await fetchBody(`http://${upstream}/api/v3/exchangeInfo`);
