@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 /// What a client is told to do.
 pub struct Plan {
@@ -97,20 +97,71 @@ pub fn ws_config(slow: bool) -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(if slow { 4096 } else { 8192 })
 }
 
+/// Longest server message quoted in a connect-failure reason.
+const MAX_QUOTED: usize = 120;
+
+/// Why a client never got its WebSocket, as the report counts it: the step that failed and
+/// the error's kind, or the server's HTTP answer to the upgrade with the Binance error code
+/// and message from its body (`HTTP 429 -1003 Too many connection attempts ...`), so a refusal
+/// names the limit that was hit.
+fn connect_error(step: &str, error: &std::io::Error) -> String {
+    format!("{step}: {}", error.kind())
+}
+
+fn upgrade_error(error: &tungstenite::Error) -> String {
+    match error {
+        tungstenite::Error::Http(response) => {
+            let status = response.status();
+            let mut reason = format!("HTTP {}", status.as_u16());
+            let body = response
+                .body()
+                .as_deref()
+                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok());
+            let code = body.as_ref().and_then(|b| b["code"].as_i64());
+            let msg = body.as_ref().and_then(|b| b["msg"].as_str().map(quote));
+            match (code, msg) {
+                (Some(code), Some(msg)) => reason.push_str(&format!(" {code} {msg}")),
+                (None, Some(msg)) => reason.push_str(&format!(" {msg}")),
+                _ => {
+                    if let Some(text) = status.canonical_reason() {
+                        reason.push_str(&format!(" {text}"));
+                    }
+                }
+            }
+            reason
+        }
+        tungstenite::Error::Io(e) => connect_error("upgrade", e),
+        other => format!("upgrade: {}", quote(&other.to_string())),
+    }
+}
+
+/// Server-supplied text made safe to print and count: printable ASCII, at most [`MAX_QUOTED`]
+/// characters.
+fn quote(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .take(MAX_QUOTED)
+        .collect();
+    if text.chars().count() > MAX_QUOTED {
+        out.push_str("...");
+    }
+    out
+}
+
 pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
     let slow = plan.slow_read_every.is_some();
     let socket = match plan.server {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     };
-    let Ok(socket) = socket else {
-        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-        return;
+    let socket = match socket {
+        Ok(socket) => socket,
+        Err(e) => return stats.connect_failed(connect_error("socket", &e)),
     };
     if let Some(source) = plan.source {
-        if socket.bind(SocketAddr::new(source, 0)).is_err() {
-            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            return;
+        if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
+            return stats.connect_failed(connect_error("bind", &e));
         }
     }
     if plan.recv_buffer > 0 {
@@ -118,7 +169,10 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     }
     let connect_start = Instant::now();
     let connected = async {
-        let stream = socket.connect(plan.server).await.ok()?;
+        let stream = socket
+            .connect(plan.server)
+            .await
+            .map_err(|e| connect_error("connect", &e))?;
         let _ = stream.set_nodelay(true);
         tokio_tungstenite::client_async_with_config(
             plan.url.as_str(),
@@ -126,15 +180,12 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
             Some(ws_config(slow)),
         )
         .await
-        .ok()
+        .map_err(|e| upgrade_error(&e))
     };
     let mut ws = tokio::select! {
         ws = connected => match ws {
-            Some((ws, _)) => ws,
-            None => {
-                stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+            Ok((ws, _)) => ws,
+            Err(reason) => return stats.connect_failed(reason),
         },
         _ = stopped(&mut stop) => return,
     };
@@ -307,6 +358,40 @@ mod tests {
             "trades are tracked apart from diffs"
         );
         assert!(seq.gap(true, "BTCUSDT", 3, 3));
+    }
+
+    #[test]
+    fn connect_failures_name_the_refusal() {
+        let refusal = |status: u16, body: &[u8]| {
+            let response = tungstenite::http::Response::builder()
+                .status(status)
+                .body(Some(body.to_vec()))
+                .unwrap();
+            upgrade_error(&tungstenite::Error::Http(Box::new(response)))
+        };
+        assert_eq!(
+            refusal(
+                429,
+                br#"{"code":-1003,"msg":"Too many connection attempts from this address: at most 300 per 5m."}"#
+            ),
+            "HTTP 429 -1003 Too many connection attempts from this address: at most 300 per 5m."
+        );
+        assert_eq!(
+            refusal(503, b"<html>busy</html>"),
+            "HTTP 503 Service Unavailable"
+        );
+        let long = format!(r#"{{"msg":"\u0007{}"}}"#, "x".repeat(500));
+        let quoted = refusal(403, long.as_bytes());
+        assert!(
+            quoted.starts_with("HTTP 403  xxx") && quoted.ends_with("x..."),
+            "{quoted}"
+        );
+        assert!(quoted.len() < 140);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            connect_error("connect", &refused),
+            "connect: connection refused"
+        );
     }
 
     #[test]

@@ -56,9 +56,12 @@ struct Args {
     /// SO_RCVBUF for slow clients (0: kernel default); small values show backpressure sooner.
     #[arg(long, default_value_t = 0)]
     slow_recv_buffer: usize,
-    /// Connections per loopback source address (127.0.0.1, .2, ...), so ports never run out.
-    #[arg(long, default_value_t = 10_000)]
-    per_source_address: usize,
+    /// Connections per loopback source address (127.0.0.1, .2, ...), so ports never run out
+    /// and each address stays under the server's per-IP limits. Default: 100, a third of a
+    /// default bookcast's 300 connection attempts per IP per 5 minutes, or as few as fit in
+    /// the 250 addresses past 25,000 clients.
+    #[arg(long)]
+    per_source_address: Option<usize>,
     /// First loopback source address is 127.0.0.(1 + offset): give each of several load
     /// processes run side by side its own range (e.g. 0, 2, 4 for 19,000 clients each).
     #[arg(long, default_value_t = 0)]
@@ -179,12 +182,15 @@ async fn run(args: Args) -> Result<(), String> {
     let slow_clients = parse_slow(&args.slow, args.clients)?;
     let slow_every = parse_rate(&args.slow_rate)?;
     let symbols = target::symbols(&target).await?;
-    let sources = target::sources(
-        &target,
-        args.clients,
-        args.per_source_address,
-        args.source_offset,
-    );
+    let per_address =
+        target::per_source_address(args.per_source_address, args.clients, 1, args.source_offset);
+    if let (false, Some(warning)) = (
+        args.child,
+        target::per_address_warning(&target, per_address, args.clients),
+    ) {
+        eprintln!("bookcast-load: {warning}");
+    }
+    let sources = target::sources(&target, args.clients, per_address, args.source_offset);
     let stats = Arc::new(Stats::new(args.clients));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();

@@ -29,8 +29,7 @@ use tokio::task::JoinSet;
 /// File descriptors a load process needs beyond one per client (runtime, stdio, the HTTP fetch
 /// of the symbols); the same margin `run` checks against.
 pub const FD_MARGIN: u64 = 64;
-/// Loopback source addresses the load processes can use: 127.0.0.1 to 127.0.0.250.
-const SOURCE_ADDRESSES: usize = 250;
+use crate::target::SOURCE_ADDRESSES;
 /// What starts a child's progress line on its stdout; the rest of the line is JSON.
 const PROGRESS: &str = "bookcast-load-progress ";
 /// Lines of a child's stderr kept to explain a failure.
@@ -56,6 +55,9 @@ pub struct Share {
     /// meaning the whole run's rate.
     pub ramp: u64,
     pub source_offset: u8,
+    /// `--per-source-address` for it: the coordinator's, resolved once, so every child
+    /// spreads its clients as the plan counted.
+    pub per_source_address: usize,
 }
 
 /// `total` split in `parts` as evenly as possible; the first ones get the remainder.
@@ -119,6 +121,7 @@ pub fn plan(
             },
             // Fits: offset + addresses <= 250 was checked above.
             source_offset: offset as u8,
+            per_source_address,
         });
         first_client += n;
         offset += addresses;
@@ -129,12 +132,13 @@ pub fn plan(
 /// Options the coordinator sets per child; any other option passes through as given (so
 /// `--allow-remote` reaches the children only when it was given, and options added later need
 /// no change here). All of them take a value.
-const PER_CHILD: [&str; 7] = [
+const PER_CHILD: [&str; 8] = [
     "--processes",
     "--clients",
     "--slow",
     "--ramp",
     "--source-offset",
+    "--per-source-address",
     "--json",
     "--html",
 ];
@@ -167,6 +171,7 @@ pub fn child_args(raw: &[OsString], share: &Share, json: &Path) -> Vec<OsString>
         ("--slow", share.slow.clone()),
         ("--ramp", share.ramp.to_string()),
         ("--source-offset", share.source_offset.to_string()),
+        ("--per-source-address", share.per_source_address.to_string()),
     ] {
         out.push(name.into());
         out.push(value.into());
@@ -354,12 +359,14 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
     let mut connect = histogram();
     let mut per_client = Vec::new();
     let mut closes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connect_failure_reasons: BTreeMap<String, u64> = BTreeMap::new();
     let mut slow_closes = Vec::new();
     let mut timelines = Vec::new();
     let mut sum = Report {
         clients: 0,
         connected: 0,
         connect_failures: 0,
+        connect_failure_reasons: BTreeMap::new(),
         duration_s: 0.0,
         events: 0,
         events_per_s: 0.0,
@@ -418,6 +425,10 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
             let entry = closes.entry(code).or_default();
             *entry = entry.saturating_add(n);
         }
+        for (reason, n) in r.connect_failure_reasons {
+            let entry = connect_failure_reasons.entry(reason).or_default();
+            *entry = entry.saturating_add(n);
+        }
         for mut close in r.slow_closes {
             if close.client >= share.clients {
                 return Err(format!(
@@ -455,6 +466,7 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
             connect_ms: Percentiles::of(&connect),
             per_client_events: MinMedianMax::of_sorted(&per_client),
             closes,
+            connect_failure_reasons,
             slow_closes,
             timeline,
             latency_distribution: report::distribution(&latency),
@@ -530,13 +542,22 @@ pub async fn coordinate(args: &Args) -> Result<(), String> {
     let processes = usize::from(args.processes);
     let target = target::parse(&args.url, args.allow_remote)?;
     let loopback_v4 = matches!(target.addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    let per_address = target::per_source_address(
+        args.per_source_address,
+        args.clients,
+        processes,
+        args.source_offset,
+    );
+    if let Some(warning) = target::per_address_warning(&target, per_address, args.clients) {
+        eprintln!("bookcast-load: {warning}");
+    }
     let shares = plan(
         args.clients,
         processes,
         &args.slow,
         args.ramp,
         if loopback_v4 {
-            args.per_source_address
+            per_address
         } else {
             // Sources are not bound off 127.0.0.0/8; any offsets will do.
             usize::MAX
@@ -800,6 +821,7 @@ mod tests {
             "--json=r.json",
             "--streams",
             "<sym>@trade",
+            "--per-source-address=40",
         ]
         .iter()
         .map(OsString::from)
@@ -810,6 +832,7 @@ mod tests {
             slow: "5".into(),
             ramp: 1000,
             source_offset: 3,
+            per_source_address: 40,
         };
         let args = child_args(&raw, &share, Path::new("/tmp/c.json"));
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
@@ -831,6 +854,8 @@ mod tests {
                 "1000",
                 "--source-offset",
                 "3",
+                "--per-source-address",
+                "40",
                 "--json",
                 "/tmp/c.json",
                 "--child"
@@ -878,6 +903,7 @@ mod tests {
                 clients,
                 connected: clients as u64,
                 connect_failures: 1,
+                connect_failure_reasons: [("HTTP 429 -1003 Too many".to_string(), 1)].into(),
                 duration_s: 3.0 + clients as f64 / 100.0,
                 events: counts.iter().sum(),
                 events_per_s: 100.0,
@@ -945,6 +971,10 @@ mod tests {
         assert_eq!((r.connect_ms.p50, r.connect_ms.max), (3, 4));
         assert_eq!(r.clients, 7);
         assert_eq!(r.connect_failures, 2);
+        assert_eq!(
+            r.connect_failure_reasons,
+            [("HTTP 429 -1003 Too many".to_string(), 2)].into()
+        );
         assert_eq!(r.gaps, 4);
         assert_eq!(r.events, 60 + 30);
         assert_eq!(r.events_per_s, 200.0);

@@ -70,6 +70,10 @@ pub struct Report {
     pub clients: usize,
     pub connected: u64,
     pub connect_failures: u64,
+    /// `connect_failures` by why: the server's HTTP answer to the upgrade (status, Binance
+    /// code and message) or the step and error kind (`connect: connection refused`).
+    #[serde(default)]
+    pub connect_failure_reasons: BTreeMap<String, u64>,
     pub duration_s: f64,
     pub events: u64,
     pub events_per_s: f64,
@@ -117,6 +121,7 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         clients: facts.clients,
         connected: facts.peak_connected,
         connect_failures: stats.connect_failures.load(Ordering::Relaxed),
+        connect_failure_reasons: stats.connect_failure_reasons.lock().clone(),
         duration_s: facts.duration_s,
         events,
         events_per_s: events as f64 / duration,
@@ -171,6 +176,28 @@ pub fn write_files(
     Ok(())
 }
 
+/// One line per reason, most frequent first, and what to do about a per-IP refusal.
+fn print_connect_failures(report: &Report) {
+    let mut reasons: Vec<(&String, &u64)> = report.connect_failure_reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (n, (reason, count)) in reasons.iter().enumerate() {
+        let label = if n == 0 { "connect failures" } else { "" };
+        println!("{label:<18} {count} {reason}");
+    }
+    if reasons
+        .iter()
+        .any(|(reason, _)| reason.starts_with("HTTP 429"))
+    {
+        for line in [
+            "429: a per-IP limit of the server (its message names which). A default bookcast",
+            "admits 300 connection attempts per IP per 5 minutes: lower --per-source-address,",
+            "use another --source-offset, or start it with --max-connection-attempts-per-ip 0",
+        ] {
+            println!("{:<18} {line}", "");
+        }
+    }
+}
+
 pub fn print(report: &Report) {
     let l = &report.latency_us;
     let f = &report.fast_latency_us;
@@ -178,6 +205,7 @@ pub fn print(report: &Report) {
         "clients            {} ({} connected at peak, {} failed to connect)",
         report.clients, report.connected, report.connect_failures
     );
+    print_connect_failures(report);
     println!("duration           {:.1} s", report.duration_s);
     println!(
         "events             {} ({:.0}/s), {} bytes ({:.2} MB/s)",

@@ -65,10 +65,19 @@ pub struct ClientCounters {
     pub bytes: AtomicU64,
 }
 
+/// Distinct connect-failure reasons kept; later new ones are counted under [`OTHER_REASONS`].
+/// The reasons quote the server's answers, so a hostile or broken server must not be able to
+/// grow the report without bound.
+const MAX_REASONS: usize = 32;
+/// Where reasons past [`MAX_REASONS`] are counted.
+pub const OTHER_REASONS: &str = "other reasons";
+
 pub struct Stats {
     pub gaps: AtomicU64,
     pub connected: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// [`Stats::connect_failures`] by why: see `client::ConnectError`.
+    pub connect_failure_reasons: Mutex<BTreeMap<String, u64>>,
     pub latency: ShardedHistogram,
     pub fast_latency: ShardedHistogram,
     /// Since the last progress tick; reset by the sampler.
@@ -85,6 +94,7 @@ impl Stats {
             gaps: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            connect_failure_reasons: Mutex::new(BTreeMap::new()),
             latency: ShardedHistogram::new(),
             fast_latency: ShardedHistogram::new(),
             interval_latency: ShardedHistogram::new(),
@@ -107,5 +117,17 @@ impl Stats {
 
     pub fn closed(&self, code: u16) {
         *self.closes.lock().entry(code).or_default() += 1;
+    }
+
+    /// Counts a client that never got its WebSocket, and why.
+    pub fn connect_failed(&self, reason: String) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        let mut reasons = self.connect_failure_reasons.lock();
+        let key = if reasons.len() < MAX_REASONS || reasons.contains_key(&reason) {
+            reason
+        } else {
+            OTHER_REASONS.to_string()
+        };
+        *reasons.entry(key).or_default() += 1;
     }
 }

@@ -36,7 +36,54 @@ pub fn parse(url: &str, allow_remote: bool) -> Result<Target, String> {
     })
 }
 
-/// Source addresses to spread connections over, so ephemeral ports never run out: on loopback
+/// Loopback source addresses the load can use: 127.0.0.1 to 127.0.0.250.
+pub const SOURCE_ADDRESSES: usize = 250;
+
+/// bookcast's default limit of WebSocket connection attempts per client IP per 5 minutes
+/// (SPEC.md, "Limits and lifecycle"; `--max-connection-attempts-per-ip`).
+pub const SERVER_ATTEMPTS_PER_IP: usize = 300;
+
+/// Connections per loopback source address unless `--per-source-address` says otherwise: a
+/// third of [`SERVER_ATTEMPTS_PER_IP`], so a server on its defaults admits every client of a
+/// run, and of the next two if they start within its 5-minute window, with room for other
+/// clients on 127.0.0.1.
+pub const DEFAULT_PER_SOURCE_ADDRESS: usize = 100;
+
+/// Connections per source address: `given`, or [`DEFAULT_PER_SOURCE_ADDRESS`] unless
+/// `clients` need more than the addresses from `offset` on can hold at that rate; then as few
+/// as fit. `processes` load processes each round their share up to whole addresses, which
+/// can take one more address each but the first.
+pub fn per_source_address(
+    given: Option<usize>,
+    clients: usize,
+    processes: usize,
+    offset: u8,
+) -> usize {
+    if let Some(given) = given {
+        return given.max(1);
+    }
+    let addresses = SOURCE_ADDRESSES
+        .saturating_sub(usize::from(offset))
+        .saturating_sub(processes.saturating_sub(1))
+        .max(1);
+    DEFAULT_PER_SOURCE_ADDRESS.max(clients.div_ceil(addresses))
+}
+
+/// The warning to print when each loopback source address of the run opens more WebSocket
+/// connections than a default bookcast admits from one address.
+pub fn per_address_warning(target: &Target, per_address: usize, clients: usize) -> Option<String> {
+    let over = target.addr.ip().is_loopback() && per_address.min(clients) > SERVER_ATTEMPTS_PER_IP;
+    over.then(|| {
+        format!(
+            "note: up to {per_address} connections per loopback source address; a bookcast on \
+             its defaults admits {SERVER_ATTEMPTS_PER_IP} attempts per address per 5 minutes \
+             (start it with --max-connection-attempts-per-ip 0 for this run)"
+        )
+    })
+}
+
+/// Source addresses to spread connections over, so ephemeral ports never run out and each
+/// stays under the server's per-IP limits (see [`per_source_address`]): on loopback
 /// each of 127.0.0.(1 + offset), .(2 + offset), ... carries at most `per_address` connections.
 /// Several load processes side by side take different offsets, so they never share a port range.
 pub fn sources(
@@ -50,7 +97,7 @@ pub fn sources(
             let count = clients.div_ceil(per_address.max(1)).max(1);
             (0..count)
                 .map(|i| {
-                    let last = 1 + (usize::from(offset) + i) % 250;
+                    let last = 1 + (usize::from(offset) + i) % SOURCE_ADDRESSES;
                     Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
                 })
                 .collect()
@@ -132,6 +179,26 @@ pub fn streams_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On defaults each address stays at 100 (a default bookcast admits 300 per 5 minutes)
+    /// while the 250 addresses can hold the clients at that rate; past that, as few as fit.
+    #[test]
+    fn default_spread_keeps_addresses_under_the_servers_limit() {
+        assert_eq!(per_source_address(None, 2000, 1, 0), 100);
+        assert_eq!(per_source_address(None, 25_000, 1, 0), 100);
+        assert_eq!(per_source_address(None, 38_000, 2, 0), 153);
+        assert_eq!(per_source_address(None, 100, 1, 249), 100);
+        assert_eq!(per_source_address(None, 1000, 1, 249), 1000);
+        assert_eq!(per_source_address(Some(5000), 2000, 1, 0), 5000);
+        assert_eq!(per_source_address(Some(0), 2000, 1, 0), 1);
+        let target = parse("ws://127.0.0.1:9443", false).unwrap();
+        let spread = sources(&target, 2000, per_source_address(None, 2000, 1, 0), 0);
+        assert_eq!(spread.len(), 20);
+        assert_eq!(spread[19], Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 20))));
+        assert!(per_address_warning(&target, 100, 2000).is_none());
+        assert!(per_address_warning(&target, 5000, 200).is_none());
+        assert!(per_address_warning(&target, 5000, 2000).is_some());
+    }
 
     #[test]
     fn refuses_remote_targets_unless_allowed() {

@@ -19,17 +19,22 @@ pub struct Server {
     task: JoinHandle<io::Result<()>>,
 }
 
-/// Starts bookcast with `config`, except that the per-IP connection-attempt limit is off:
-/// every client of a load run comes from 127.0.0.1.
+/// Starts bookcast with `config`, except that the per-IP connection-attempt limit is off, so
+/// runs can pick any `--per-source-address`.
 pub async fn start_server(config: Config) -> Server {
+    start_server_as_configured(Config {
+        max_connection_attempts_per_ip: 0,
+        ..config
+    })
+    .await
+}
+
+/// Starts bookcast with `config` exactly as given, per-IP limits included.
+pub async fn start_server_as_configured(config: Config) -> Server {
     let feed =
         Feed::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../feeds/small.toml")).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = Config {
-        max_connection_attempts_per_ip: 0,
-        ..config
-    };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(bookcast::front::server::run(
         listener,
