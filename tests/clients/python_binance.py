@@ -1,4 +1,4 @@
-"""python-binance: DepthCacheManager (ws_interval=0, i.e. <s>@depth real time) + trade socket.
+"""python-binance: DepthCacheManager (ws_interval=0, i.e. <s>@depth: 1000 ms, as on Binance) + trade socket.
 
 Strong check: the DepthCacheManager's own last applied update id (_last_update_id) is brought to
 exactly a fresh snapshot's lastUpdateId, then its top levels must equal the snapshot's. Resyncs are
