@@ -5,6 +5,7 @@
 //! then on reads nothing but [`Step`]s: each step's changed levels are applied to its own book,
 //! so partial depth, bookTicker, tickers and REST snapshots never look at a simulation.
 
+use serde::{Deserialize, Serialize};
 use super::payload;
 use super::stats::kline::{KlineBuilder, KlineInterval};
 use super::stats::rolling::{self, Rolling24h, TickerStats};
@@ -28,6 +29,7 @@ const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
 pub type BestQuotes = ((u64, u64), (u64, u64));
 
 /// The derivation state of one symbol.
+#[derive(Serialize, Deserialize)]
 pub struct SymbolStreams {
     id: SymbolId,
     spec: SymbolSpec,
@@ -37,6 +39,7 @@ pub struct SymbolStreams {
     window_100ms: DiffWindow,
     window_1000ms: DiffWindow,
     /// A drained window, reused so flushing never allocates once warm.
+    #[serde(skip)]
     merged: Step,
     rolling: Rolling24h,
     /// One builder per [`KlineInterval::ALL`], in that order.

@@ -5,11 +5,12 @@
 //! level changed twice keeps only its last lots, exactly as Binance merges its windowed diffs.
 //! Draining it yields one `depthUpdate` covering `U = first update id .. u = last update id`.
 
+use serde::{Deserialize, Serialize};
 use crate::market::sim::Step;
 use std::collections::HashMap;
 
 /// Depth changes merged over one window, tick -> final lots per side.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DiffWindow {
     /// Update id of the first step in the window; 0 while the window is empty (real update ids
     /// start at 1, for the initial book, so no step carries 0).

@@ -5,6 +5,7 @@
 //! which every consumer reads on every update, costs O(1), and a level whose lots reach zero is
 //! removed rather than stored, so "present" always means "has liquidity".
 
+use serde::{Deserialize, Serialize};
 use std::collections::btree_map;
 use std::collections::BTreeMap;
 
@@ -22,7 +23,7 @@ pub enum Side {
 }
 
 /// Price levels of one symbol: tick -> lots per side, with the best tick of each side cached.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderBook {
     bids: BTreeMap<u64, u64>,
     asks: BTreeMap<u64, u64>,

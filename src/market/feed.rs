@@ -4,12 +4,12 @@
 //! and the field. Prices and sizes are decimal strings (never TOML floats) and are converted once
 //! to integer e8 units and ticks, the only forms the rest of the server uses.
 
+use serde::{Deserialize, Serialize};
 use crate::protocol::stream::{SymbolId, SymbolTable};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 
-use serde::Deserialize;
 
 use crate::market::book::MAX_LEVEL_LOTS;
 use crate::protocol::decimal::{format_e8, parse_e8};
@@ -39,7 +39,7 @@ pub struct Feed {
 }
 
 /// One validated symbol. Prices are in ticks and sizes in lots from here on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SymbolSpec {
     /// Upper-case exchange symbol, `base_asset` followed by `quote_asset`.
     pub symbol: String,

@@ -9,6 +9,7 @@
 //! Everything is integer (ticks, lots, and `random_ratio`/`random_range` over integers) and the
 //! generator is `Pcg64Mcg`, so a seed yields the same market on every platform and build.
 
+use serde::{Deserialize, Serialize};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
@@ -16,7 +17,7 @@ use crate::market::book::{OrderBook, Side, MAX_LEVEL_LOTS};
 use crate::market::feed::SymbolSpec;
 
 /// One execution against a resting level.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trade {
     /// Per-symbol trade id: 1 for the first trade, then +1 per trade.
     pub id: u64,
@@ -32,7 +33,7 @@ pub struct Trade {
 /// `bids` and `asks` list each changed level once, best first. The vectors are cleared and
 /// refilled by every [`MarketSim::step`], so one `Step` reused across calls never reallocates
 /// once warm.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     pub update_id: u64,
     pub bids: Vec<(u64, u64)>,
@@ -63,6 +64,7 @@ const TREND_PCT_PER_NOTCH: i32 = 4;
 const PRICE_BAND_DIVISOR: u64 = 10;
 
 /// The market of one symbol: its book, its random state and its id counters.
+#[derive(Serialize, Deserialize)]
 pub struct MarketSim {
     rng: Pcg64Mcg,
     book: OrderBook,

@@ -196,7 +196,7 @@ impl Topic {
 }
 
 /// The kline intervals bookcast serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KlineInterval {
     S1,
     M1,

@@ -7,6 +7,7 @@
 //! `"x":true` payload is handed out exactly once, even when several intervals close between two
 //! pushes (an engine stall, or a burst of trades crossing boundaries before the next tick).
 
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 use super::{signed_id, Notional, TradePrint};
@@ -22,7 +23,7 @@ const MAX_CLOSED: usize = 16;
 /// One kline, open or closed.
 ///
 /// Quote volumes are kept exact and exposed truncated to 8 decimals through methods.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Kline {
     pub interval: KlineInterval,
     /// Interval start, aligned to the interval on the wall clock.
@@ -159,6 +160,7 @@ impl Kline {
 /// while let Some(closed) = builder.pop_closed() { closed.write(..) }   // "x":true, once each
 /// builder.write(..)                                                    // the open kline
 /// ```
+#[derive(Serialize, Deserialize)]
 pub struct KlineBuilder {
     current: Kline,
     closed: VecDeque<Kline>,

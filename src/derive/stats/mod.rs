@@ -8,6 +8,7 @@
 pub mod kline;
 pub mod rolling;
 
+use serde::{Deserialize, Serialize};
 use crate::protocol::decimal::SCALE;
 
 /// One trade as the statistics see it.
@@ -28,7 +29,7 @@ pub struct TradePrint {
 /// The product of two e8 numbers is in e16 units and overflows `u64` for ordinary trades, while a
 /// `u128` per accumulator would bloat every rolling-window bucket. Carrying the remainder (< 1e8)
 /// in a `u32` keeps the sum exact in 12 bytes; it saturates instead of wrapping on absurd input.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Notional {
     e8: u64,
     rem: u32,

@@ -6,6 +6,7 @@
 //! window opens on a bucket boundary, so it is up to one bucket wider than `window_us`; that is
 //! the price of not keeping every trade.
 
+use serde::{Deserialize, Serialize};
 use super::{signed_id, Notional, TradePrint};
 use crate::protocol::decimal::SCALE;
 use crate::protocol::json::{
@@ -38,7 +39,7 @@ pub struct TickerStats {
 }
 
 /// The trades of one bucket. `count == 0` marks a free slot whatever its other fields hold.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 struct Bucket {
     /// Absolute bucket number (`time_us / bucket_us`), so stale slots are recognisable.
     index: u64,
@@ -86,6 +87,7 @@ impl Bucket {
 }
 
 /// Rolling-window statistics for one symbol.
+#[derive(Serialize, Deserialize)]
 pub struct Rolling24h {
     /// Slot `index % len` holds bucket `index`; the length covers a whole window plus the bucket
     /// being filled, so no bucket inside the window is ever overwritten.
