@@ -67,3 +67,15 @@ pub trait Publisher {
     /// listens), and renders the same event every time.
     fn publish(&mut self, topic: Topic, render: &mut dyn FnMut(&mut Vec<u8>, TimeUnit));
 }
+
+/// A [`Publisher`] nobody listens to: a stage kept current only for its state (a cluster
+/// engine's, for snapshots; a restarted engine replaying steps).
+pub struct Discard;
+
+impl Publisher for Discard {
+    fn wants(&self, _: &Topic) -> bool {
+        false
+    }
+
+    fn publish(&mut self, _: Topic, _: &mut dyn FnMut(&mut Vec<u8>, TimeUnit)) {}
+}

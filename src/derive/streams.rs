@@ -32,6 +32,28 @@ impl Streams {
         }
     }
 
+    /// A stage that continues from `symbols` (each restored from a snapshot taken at the
+    /// same tick) after `seconds` 1000 ms ticks.
+    pub fn restore(symbols: Vec<SymbolStreams>, seconds: u64) -> Self {
+        let mut streams = Self::new(symbols);
+        streams.seconds = seconds;
+        streams
+    }
+
+    /// 1000 ms ticks since the stage started: part of its state, for snapshots.
+    pub fn seconds(&self) -> u64 {
+        self.seconds
+    }
+
+    /// Every symbol rebased on `snapshot`, a later state of the same feed: see
+    /// [`SymbolStreams::rebase`].
+    pub fn rebase<P: Publisher + ?Sized>(&mut self, snapshot: Streams, now_us: u64, out: &mut P) {
+        self.seconds = snapshot.seconds;
+        for (symbol, later) in self.symbols.iter_mut().zip(snapshot.symbols) {
+            symbol.rebase(later, now_us, out);
+        }
+    }
+
     pub fn symbols(&self) -> &[SymbolStreams] {
         &self.symbols
     }

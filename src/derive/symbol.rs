@@ -5,7 +5,6 @@
 //! then on reads nothing but [`Step`]s: each step's changed levels are applied to its own book,
 //! so partial depth, bookTicker, tickers and REST snapshots never look at a simulation.
 
-use serde::{Deserialize, Serialize};
 use super::payload;
 use super::stats::kline::{KlineBuilder, KlineInterval};
 use super::stats::rolling::{self, Rolling24h, TickerStats};
@@ -17,6 +16,7 @@ use crate::market::feed::SymbolSpec;
 use crate::market::sim::Step;
 use crate::protocol::stream::{Speed, StreamKind, SymbolId, Topic};
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// The rolling ticker's window: 24 hours.
 const DAY_US: u64 = 86_400_000_000;
@@ -195,6 +195,80 @@ impl SymbolStreams {
             rolling::write_mini_ticker(buf, symbol, &stats, now_us, unit)
         });
         Some(stats)
+    }
+
+    /// Takes `snapshot`'s state (a later point of the same symbol) in place of steps that can
+    /// no longer be fetched, and publishes one diff that bridges the gap on the real-time diff
+    /// stream and in both diff windows: every level that differs between this book and the
+    /// snapshot's, numbered `U` = this stage's last update id + 1 to `u` = the snapshot's. A
+    /// client following the diffs sees no gap and ends with the snapshot's book. Trades in the
+    /// gap are not replayed: trade streams resume at the snapshot's trade ids.
+    ///
+    /// Does nothing when the snapshot is not ahead of this stage.
+    pub fn rebase<P: Publisher + ?Sized>(
+        &mut self,
+        snapshot: SymbolStreams,
+        now_us: u64,
+        out: &mut P,
+    ) {
+        if snapshot.last_update_id <= self.last_update_id {
+            return;
+        }
+        let mut bridge = Step {
+            update_id: snapshot.last_update_id,
+            ..Step::default()
+        };
+        for side in [Side::Bid, Side::Ask] {
+            let levels = match side {
+                Side::Bid => &mut bridge.bids,
+                Side::Ask => &mut bridge.asks,
+            };
+            let mut changed: Vec<(u64, u64)> = snapshot
+                .book
+                .top(side)
+                .filter(|&(tick, lots)| self.book.get(side, tick) != lots)
+                .collect();
+            changed.extend(
+                self.book
+                    .top(side)
+                    .filter(|&(tick, _)| snapshot.book.get(side, tick) == 0)
+                    .map(|(tick, _)| (tick, 0)),
+            );
+            match side {
+                Side::Bid => changed.sort_unstable_by_key(|level| std::cmp::Reverse(level.0)),
+                Side::Ask => changed.sort_unstable_by_key(|level| level.0),
+            }
+            *levels = changed;
+        }
+        let first = self.last_update_id + 1;
+        self.window_100ms.add_from(first, &bridge);
+        self.window_1000ms.add_from(first, &bridge);
+        let spec = &self.spec;
+        out.publish(
+            self.topic(StreamKind::Diff(Speed::Unspecified)),
+            &mut |buf, unit| payload::write_diff(buf, spec, &bridge, first, now_us, unit),
+        );
+        let SymbolStreams {
+            book,
+            last_update_id,
+            rolling,
+            klines,
+            next_agg_id,
+            ..
+        } = snapshot;
+        self.book = book;
+        self.last_update_id = last_update_id;
+        self.rolling = rolling;
+        self.klines = klines;
+        self.next_agg_id = next_agg_id;
+        let best = self.best();
+        if self.last_book_ticker != Some(best) {
+            self.last_book_ticker = Some(best);
+            let symbol = self.spec.symbol.as_str();
+            out.publish(self.topic(StreamKind::BookTicker), &mut |buf, _| {
+                payload::write_book_ticker(buf, symbol, last_update_id, best)
+            });
+        }
     }
 
     fn topic(&self, kind: StreamKind) -> Topic {

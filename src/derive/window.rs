@@ -5,8 +5,8 @@
 //! level changed twice keeps only its last lots, exactly as Binance merges its windowed diffs.
 //! Draining it yields one `depthUpdate` covering `U = first update id .. u = last update id`.
 
-use serde::{Deserialize, Serialize};
 use crate::market::sim::Step;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Depth changes merged over one window, tick -> final lots per side.
@@ -29,6 +29,15 @@ impl DiffWindow {
         self.last_update_id = step.update_id;
         self.bids.extend(step.bids.iter().copied());
         self.asks.extend(step.asks.iter().copied());
+    }
+
+    /// Merges a delta that covers update ids `first..=step.update_id` (a gateway's bridge over
+    /// steps it could not fetch), so the drained window still starts where the last one ended.
+    pub fn add_from(&mut self, first_update_id: u64, step: &Step) {
+        if self.first_update_id == 0 {
+            self.first_update_id = first_update_id;
+        }
+        self.add(step);
     }
 
     /// True when no step arrived since the last drain.

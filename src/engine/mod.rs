@@ -16,12 +16,12 @@
 //! subscription is live and a depth snapshot is taken exactly at the last published update id:
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
 
-use crate::derive::{Publisher, Streams, SymbolStreams};
+use crate::derive::{Publisher, Streams};
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
 use crate::fanout::shard::{ConnId, ShardLink};
 use crate::market::feed::Feed;
-use crate::market::sim::{MarketSim, Step};
+use crate::market::sim::Step;
 use crate::metrics::live_stats::{self, LiveStats, StatsWindow};
 use crate::metrics::{EngineMetrics, ShardMetrics};
 use crate::protocol::control::Change;
@@ -29,10 +29,12 @@ use crate::protocol::json::TimeUnit;
 use crate::protocol::stream::{SymbolId, Topic};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+pub mod simulate;
 
 /// How many commands may wait for the engine; beyond that, senders are told the server is busy.
 pub const COMMAND_CAPACITY: usize = 65_536;
@@ -85,12 +87,30 @@ impl EngineHandle {
     }
 }
 
+/// Wakes the engine thread from outside its command channel: whoever feeds a [`Market`] from
+/// another thread (a gateway's follower) calls it after handing something over. Before the
+/// thread has started it does nothing; the thread's first turn looks anyway.
+#[derive(Clone, Default)]
+pub struct EngineWaker(Arc<OnceLock<std::thread::Thread>>);
+
+impl EngineWaker {
+    pub fn wake(&self) {
+        if let Some(thread) = self.0.get() {
+            thread.unpark();
+        }
+    }
+}
+
 /// Starts the engine thread. It stops when every [`EngineHandle`] is dropped.
-/// `naive_fanout` makes the hub serialize per subscriber (see [`Hub::new`]).
-/// `live` is where connections count what `!stats@1s` reports; `shards` are the write path's
-/// threads, in order, and `shard_metrics` their counters.
+///
+/// `market` drives it and `streams` is the derivation stage it starts from (see
+/// [`simulate::Simulation::new`] for the all-in-one server's). `naive_fanout` makes the hub
+/// serialize per subscriber (see [`Hub::new`]). `live` is where connections count what
+/// `!stats@1s` reports; `shards` are the write path's threads, in order, and `shard_metrics`
+/// their counters.
 pub fn spawn(
     feed: Arc<Feed>,
+    start: Start,
     naive_fanout: bool,
     live: Arc<LiveStats>,
     shards: Vec<ShardLink>,
@@ -101,43 +121,85 @@ pub fn spawn(
         .name("bookcast-engine".into())
         .spawn(move || {
             let hub = Hub::new(feed.clone(), naive_fanout, shards, shard_metrics);
-            Engine::new(feed, hub, live).run(rx)
+            let Start {
+                streams,
+                market,
+                waker,
+            } = start;
+            let _ = waker.0.set(std::thread::current());
+            let stage = Stage {
+                streams,
+                hub,
+                metrics: EngineMetrics::new(&feed),
+                live,
+                stats_window: StatsWindow::new(Instant::now()),
+                updates_total: 0,
+            };
+            Engine { stage, market }.run(rx)
         })?;
     let engine = thread.thread().clone();
     Ok((EngineHandle { tx, engine }, thread))
 }
 
-/// One symbol's simulation and its clock.
-struct SimSymbol {
-    sim: MarketSim,
-    period: Duration,
-    next_step: Instant,
+/// What an engine thread starts with: the derivation stage's state and what drives it.
+pub struct Start {
+    pub streams: Streams,
+    pub market: Box<dyn Market>,
+    /// Set to the engine thread once it runs.
+    pub waker: EngineWaker,
 }
 
-/// When a symbol first steps, as an offset into its period: symbol `index` of `count` starts
-/// `index / count` of the way in.
+impl Start {
+    /// The all-in-one server's: a fresh simulation of `feed`.
+    pub fn simulate(feed: &Feed) -> Self {
+        let (simulation, streams) = simulate::Simulation::new(feed, None);
+        Start {
+            streams,
+            market: Box::new(simulation),
+            waker: EngineWaker::default(),
+        }
+    }
+}
+
+/// What drives the derivation stage: a local simulation ([`simulate::Simulation`]) or steps
+/// that arrive from elsewhere (a cluster gateway's follower).
 ///
-/// The feed's rates divide a second evenly (10 to 100 Hz), so symbols started together would
-/// all step at once every 100 ms and every subscriber's frame would be queued in the same
-/// instant. The writers then drain the whole burst one socket at a time, and the last
-/// subscriber waits for all the others (measured: publish-to-socket p99 5-10 ms at 1,000
-/// subscribers on 2 cores). Spread over the period, each step wakes only its own symbol's
-/// subscribers. Real venues don't tick in lockstep either. Offsets are fixed per feed, so
-/// event contents stay deterministic per seed.
-fn first_step_offset(index: usize, count: usize, period: Duration) -> Duration {
-    let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
-    let index = u32::try_from(index).unwrap_or(0) % count;
-    period / count * index
+/// The engine loop calls [`advance`](Market::advance) once per turn, between command batches.
+/// Everything it hands to the [`Stage`] is published at once, and the shards are woken at the
+/// end of the turn.
+pub trait Market: Send + 'static {
+    /// Hands every step and tick due by now to `stage`; returns when to be called again
+    /// (`None`: when woken, or within [`IDLE_WAIT`] at the latest).
+    fn advance(&mut self, stage: &mut Stage) -> Option<Instant>;
 }
 
-struct Engine {
-    sims: Vec<SimSymbol>,
+/// How long the engine sleeps at most when its market names no deadline: commands and
+/// records wake it sooner, and a dropped command channel is noticed within this.
+pub const IDLE_WAIT: Duration = Duration::from_millis(100);
+
+/// One timer tick: every 100 ms, and every tenth of them is also the 1000 ms tick.
+///
+/// Numbered from 1 since the stage started, so a follower can tell a missing tick from a
+/// repeated one, and all-in-one servers and gateways put the same ticks between the same steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tick {
+    pub number: u64,
+    pub now_us: u64,
+}
+
+impl Tick {
+    /// Whether this tick also closes a second (`@depth@1000ms`, klines, tickers, `!stats@1s`).
+    pub fn closes_second(&self) -> bool {
+        self.number % 10 == 0
+    }
+}
+
+/// The derivation stage and the hub it publishes to, as a [`Market`] sees them.
+pub struct Stage {
     /// The derivation stage: every step is handed to it, and it publishes through `hub`.
     streams: Streams,
     hub: Hub,
     metrics: EngineMetrics,
-    /// The step being handed from a simulation to the derivation stage, reused.
-    step: Step,
     live: Arc<LiveStats>,
     stats_window: StatsWindow,
     /// Engine updates since start, all symbols (the per-symbol Prometheus counters can't be
@@ -145,159 +207,39 @@ struct Engine {
     updates_total: u64,
 }
 
-impl Engine {
-    fn new(feed: Arc<Feed>, hub: Hub, live: Arc<LiveStats>) -> Self {
-        let now = Instant::now();
-        let now_us = crate::clock::wall_us();
-        let count = feed.symbols.len();
-        let mut sims = Vec::with_capacity(count);
-        let mut symbols = Vec::with_capacity(count);
-        for (index, spec) in feed.symbols.iter().enumerate() {
-            let sim = MarketSim::new(spec);
-            // The derivation stage starts from the simulation's freshly built book, exactly as
-            // a gateway starts from the engine's snapshot.
-            symbols.push(SymbolStreams::from_snapshot(
-                index as SymbolId,
-                spec.clone(),
-                sim.book().clone(),
-                sim.last_update_id(),
-                now_us,
-            ));
-            let period = Duration::from_secs(1) / spec.rate_hz.max(1);
-            sims.push(SimSymbol {
-                sim,
-                period,
-                next_step: now + first_step_offset(index, count, period),
-            });
-        }
-        let metrics = EngineMetrics::new(&feed);
-        Engine {
-            sims,
-            streams: Streams::new(symbols),
-            hub,
-            metrics,
-            step: Step::default(),
-            live,
-            stats_window: StatsWindow::new(now),
-            updates_total: 0,
-        }
-    }
-
-    fn run(mut self, rx: Receiver<Command>) {
-        let start = Instant::now();
-        let mut next_100ms = start + Duration::from_millis(100);
-        let mut next_1000ms = start + Duration::from_secs(1);
-        loop {
-            for _ in 0..COMMANDS_PER_TURN {
-                match rx.try_recv() {
-                    Ok(command) => self.apply(command),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return,
-                }
-            }
-            let now = Instant::now();
-            let now_us = crate::clock::wall_us();
-            for index in 0..self.sims.len() {
-                let state = &mut self.sims[index];
-                if state.next_step <= now {
-                    state.next_step += state.period;
-                    if state.next_step + Duration::from_secs(1) < now {
-                        // Fell far behind (a stalled machine): skip instead of bursting.
-                        state.next_step = now + state.period;
-                    }
-                    self.step_symbol(index, now_us);
-                }
-            }
-            if now >= next_100ms {
-                next_100ms += Duration::from_millis(100);
-                if next_100ms < now {
-                    next_100ms = now + Duration::from_millis(100);
-                }
-                self.every_100ms(now_us);
-            }
-            if now >= next_1000ms {
-                next_1000ms += Duration::from_secs(1);
-                if next_1000ms < now {
-                    next_1000ms = now + Duration::from_secs(1);
-                }
-                self.every_1000ms(now_us);
-            }
-            let next_step = self
-                .sims
-                .iter()
-                .map(|s| s.next_step)
-                .min()
-                .unwrap_or(next_100ms);
-            let deadline = next_step.min(next_100ms).min(next_1000ms);
-            // Everything this turn published is in the shards' channels: wake those parked.
-            self.hub.end_batch();
-            // Parked rather than blocked in `recv_deadline`: crossbeam spins and yields before
-            // it sleeps, which cost thousands of `sched_yield` calls a second at ~2,000 wakeups a
-            // second. Senders unpark the thread; a send between this check and the park leaves
-            // the unpark token set, so the park returns at once. Once every sender is gone,
-            // `try_recv` at the top of the loop sees it within one timer period (100 ms).
-            if rx.is_empty() {
-                if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
-                    std::thread::park_timeout(wait);
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, command: Command) {
-        match command {
-            Command::Attach {
-                conn,
-                shard,
-                outbox,
-                combined,
-                unit,
-                topics,
-                ready,
-            } => self
-                .hub
-                .attach(conn, shard, outbox, combined, unit, &topics, ready),
-            Command::Control {
-                conn,
-                change,
-                reply,
-            } => self.hub.control(conn, change, reply),
-            Command::Detach { conn } => self.hub.detach(conn),
-            Command::Snapshot {
-                symbol,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(self.snapshot(symbol, limit));
-            }
-        }
-    }
-
-    fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {
-        self.streams.snapshot(symbol, limit)
-    }
-
-    /// Steps one symbol's simulation and hands the step to the derivation stage.
-    fn step_symbol(&mut self, index: usize, now_us: u64) {
-        let started = std::time::Instant::now();
-        self.sims[index].sim.step(&mut self.step);
-        self.metrics.updated(index);
+impl Stage {
+    /// Hands one symbol's step to the derivation stage, which publishes what it derives.
+    pub fn step(&mut self, symbol: SymbolId, step: &Step, now_us: u64) {
+        self.metrics.updated(usize::from(symbol));
         self.updates_total += 1;
-        self.streams
-            .on_step(index as SymbolId, &self.step, now_us, &mut self.hub);
-        self.metrics
-            .step_seconds
-            .record(started.elapsed().as_secs_f64());
+        self.streams.on_step(symbol, step, now_us, &mut self.hub);
     }
 
-    fn every_100ms(&mut self, now_us: u64) {
-        self.streams.every_100ms(now_us, &mut self.hub);
+    /// One timer tick: the 100 ms streams, and on every tenth tick the 1000 ms ones, this
+    /// server's `!stats@1s` and the hub's sweep.
+    pub fn tick(&mut self, tick: Tick) {
+        self.streams.every_100ms(tick.now_us, &mut self.hub);
+        if tick.closes_second() {
+            self.streams.every_1000ms(tick.now_us, &mut self.hub);
+            self.publish_server_stats(tick.now_us);
+            self.hub.sweep();
+        }
     }
 
-    fn every_1000ms(&mut self, now_us: u64) {
-        self.streams.every_1000ms(now_us, &mut self.hub);
-        self.publish_server_stats(now_us);
-        self.hub.sweep();
+    /// Replaces every symbol's state with `snapshot`'s (a gateway that lost steps it can no
+    /// longer fetch), publishing per symbol one diff that bridges its book to the snapshot's:
+    /// see [`Streams::rebase`].
+    pub fn rebase(&mut self, snapshot: Streams, now_us: u64) {
+        self.streams.rebase(snapshot, now_us, &mut self.hub);
+    }
+
+    /// The derivation stage, for snapshots of its state.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
     }
 
     /// `!stats@1s`. The window is sampled every second even with nobody listening, so a first
@@ -312,6 +254,69 @@ impl Engine {
         self.hub.publish(Topic::ServerStats, |out, unit| {
             live_stats::write_stats(out, &sample, now_us, unit)
         });
+    }
+}
+
+struct Engine {
+    stage: Stage,
+    market: Box<dyn Market>,
+}
+
+impl Engine {
+    fn run(mut self, rx: Receiver<Command>) {
+        loop {
+            for _ in 0..COMMANDS_PER_TURN {
+                match rx.try_recv() {
+                    Ok(command) => self.apply(command),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            }
+            let deadline = self
+                .market
+                .advance(&mut self.stage)
+                .unwrap_or_else(|| Instant::now() + IDLE_WAIT);
+            // Everything this turn published is in the shards' channels: wake those parked.
+            self.stage.hub.end_batch();
+            // Parked rather than blocked in `recv_deadline`: crossbeam spins and yields before
+            // it sleeps, which cost thousands of `sched_yield` calls a second at ~2,000 wakeups a
+            // second. Senders unpark the thread; a send between this check and the park leaves
+            // the unpark token set, so the park returns at once. Once every sender is gone,
+            // `try_recv` at the top of the loop sees it within one timer period (100 ms).
+            if rx.is_empty() {
+                if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                    std::thread::park_timeout(wait.min(IDLE_WAIT));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        let hub = &mut self.stage.hub;
+        match command {
+            Command::Attach {
+                conn,
+                shard,
+                outbox,
+                combined,
+                unit,
+                topics,
+                ready,
+            } => hub.attach(conn, shard, outbox, combined, unit, &topics, ready),
+            Command::Control {
+                conn,
+                change,
+                reply,
+            } => hub.control(conn, change, reply),
+            Command::Detach { conn } => hub.detach(conn),
+            Command::Snapshot {
+                symbol,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.stage.streams.snapshot(symbol, limit));
+            }
+        }
     }
 }
 

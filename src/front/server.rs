@@ -30,11 +30,25 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-/// Serves `listener` until `shutdown` resolves, then closes every client and returns.
+/// Serves `listener` until `shutdown` resolves, then closes every client and returns: the
+/// all-in-one server, simulating `feed` itself.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     feed: Feed,
+    shutdown: impl Future,
+) -> io::Result<()> {
+    let start = engine::Start::simulate(&feed);
+    run_with(listener, config, feed, start, shutdown).await
+}
+
+/// [`run`] with the engine thread started from `start`: a cluster gateway follows steps from
+/// NATS, a cluster engine journals its simulation to NATS.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    feed: Feed,
+    start: engine::Start,
     shutdown: impl Future,
 ) -> io::Result<()> {
     // First, so a bad token file fails startup before anything is spawned.
@@ -76,6 +90,7 @@ pub async fn run(
     let (shards, links) = Shards::start(config.shard_count(), &shard_metrics)?;
     let (engine, engine_thread) = engine::spawn(
         feed.clone(),
+        start,
         config.naive_fanout,
         live,
         links,

@@ -8,8 +8,8 @@
 pub mod kline;
 pub mod rolling;
 
-use serde::{Deserialize, Serialize};
 use crate::protocol::decimal::SCALE;
+use serde::{Deserialize, Serialize};
 
 /// One trade as the statistics see it.
 #[derive(Clone, Copy, Debug)]

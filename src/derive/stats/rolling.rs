@@ -6,12 +6,12 @@
 //! window opens on a bucket boundary, so it is up to one bucket wider than `window_us`; that is
 //! the price of not keeping every trade.
 
-use serde::{Deserialize, Serialize};
 use super::{signed_id, Notional, TradePrint};
 use crate::protocol::decimal::SCALE;
 use crate::protocol::json::{
     push_e8_str, push_event_head, push_i64, push_signed_e8_str, push_time, push_u64, TimeUnit,
 };
+use serde::{Deserialize, Serialize};
 
 /// Upper bound on ring slots; a finer bucket than this allows is coarsened instead of allocating
 /// an arbitrarily large ring for a misconfigured window.
