@@ -133,6 +133,11 @@ pub struct Config {
     /// On SIGTERM/Ctrl-C, how long to wait for clients to be closed before exiting anyway.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
+
+    /// Set by `bookcast engine`: serve only `/metrics` and `/api/v3/ping` (a cluster engine has
+    /// no clients of its own).
+    #[arg(skip)]
+    pub engine_only: bool,
 }
 
 impl Config {
@@ -181,6 +186,7 @@ impl Default for Config {
             shards: 0,
             test_echo_route: false,
             shutdown_timeout: Duration::from_secs(10),
+            engine_only: false,
         }
     }
 }

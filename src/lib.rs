@@ -20,6 +20,7 @@
 //! and [`clock`].
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod derive;
 pub mod engine;

@@ -1,8 +1,12 @@
 //! The `bookcast` binary: parse the command line, load the feed, serve until Ctrl-C or SIGTERM.
+//!
+//! With no subcommand it is the all-in-one server; `engine` and `gateway` are the two roles of a
+//! cluster over NATS (see `bookcast::cluster`).
 
+use bookcast::cluster::ClusterArgs;
 use bookcast::config::Config;
 use bookcast::market::feed::Feed;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 
@@ -52,14 +56,54 @@ fn fit_connections_to_fd_limit(config: &mut Config) {
     }
 }
 
+#[derive(Parser)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+#[derive(Subcommand)]
+enum Role {
+    /// Cluster engine: simulate the feed and publish every step to NATS JetStream; serves only
+    /// /metrics and /api/v3/ping.
+    Engine {
+        #[command(flatten)]
+        config: Config,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Cluster gateway: serve clients everything the all-in-one server does, derived from the
+    /// engine's steps in NATS (the feed comes from the engine too).
+    Gateway {
+        #[command(flatten)]
+        config: Config,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut config = Config::parse();
+    let cli = Cli::parse();
+    let (mut config, role) = match cli.role {
+        None => (cli.config, None),
+        Some(Role::Engine { config, cluster }) => (config, Some((true, cluster))),
+        Some(Role::Gateway { config, cluster }) => (config, Some((false, cluster))),
+    };
     fit_connections_to_fd_limit(&mut config);
+    if let Some((_, cluster)) = &role {
+        if let Err(e) = cluster.validate() {
+            eprintln!("bookcast: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let feed = match &config.feed {
         Some(path) => match Feed::load(path) {
             Ok(feed) => feed,
@@ -99,6 +143,26 @@ fn main() -> ExitCode {
             }
         };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        if let Some((is_engine, cluster)) = role {
+            let nats = cluster.nats.clone();
+            let result = if is_engine {
+                println!("bookcast engine of cluster '{}' on {nats}: {} symbols; http://{addr}/metrics", cluster.cluster, feed.symbols.len());
+                bookcast::cluster::roles::engine(listener, config, feed, cluster, shutdown_signal()).await
+            } else {
+                if config.feed.is_some() {
+                    tracing::warn!("--feed is ignored by a gateway: the feed comes from the engine");
+                }
+                println!("bookcast gateway of cluster '{}' on {nats}, listening on {addr}", cluster.cluster);
+                bookcast::cluster::roles::gateway(listener, config, cluster, shutdown_signal()).await
+            };
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bookcast: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         let symbols = feed.symbols.len();
         let (ws, http) = if config.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
         println!(

@@ -84,6 +84,16 @@ pub async fn serve<S: Transport>(
             }
         };
         buf.advance(consumed);
+        if ctx.config.engine_only && !serves_on_cluster_engine(&head.path) {
+            crate::metrics::rejected("cluster_engine_only");
+            let response = Response::error(
+                404,
+                -1000,
+                "A cluster engine serves only /metrics and /api/v3/ping: connect clients to a gateway.",
+            );
+            let _ = write_response(&mut stream, &response, true).await;
+            return;
+        }
         if is_websocket_path(&head.path) && (head.upgrade_websocket || head.ws_key.is_some()) {
             if !ctx.attempts.admit(peer) {
                 crate::metrics::rejected(Rejection::IpAttemptLimit);
@@ -174,4 +184,11 @@ pub async fn serve<S: Transport>(
         served = true;
         idle_deadline = Instant::now() + timeout;
     }
+}
+
+/// What a cluster engine (`bookcast engine`) serves: it has no clients, only its metrics and a
+/// liveness check.
+fn serves_on_cluster_engine(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    path == "/metrics" || path == "/api/v3/ping"
 }

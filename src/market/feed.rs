@@ -4,12 +4,11 @@
 //! and the field. Prices and sizes are decimal strings (never TOML floats) and are converted once
 //! to integer e8 units and ticks, the only forms the rest of the server uses.
 
-use serde::{Deserialize, Serialize};
 use crate::protocol::stream::{SymbolId, SymbolTable};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
-
 
 use crate::market::book::MAX_LEVEL_LOTS;
 use crate::protocol::decimal::{format_e8, parse_e8};

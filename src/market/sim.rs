@@ -9,9 +9,9 @@
 //! Everything is integer (ticks, lots, and `random_ratio`/`random_range` over integers) and the
 //! generator is `Pcg64Mcg`, so a seed yields the same market on every platform and build.
 
-use serde::{Deserialize, Serialize};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
+use serde::{Deserialize, Serialize};
 
 use crate::market::book::{OrderBook, Side, MAX_LEVEL_LOTS};
 use crate::market::feed::SymbolSpec;

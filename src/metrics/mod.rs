@@ -6,6 +6,7 @@
 //! labels are known in advance is registered at 0 when the recorder is installed
 //! ([`known_series`]), so `/metrics` shows it before its first event.
 
+pub mod cluster;
 pub mod live_stats;
 
 use live_stats::LiveStats;
