@@ -245,7 +245,7 @@ impl SymbolStreams {
         self.window_1000ms.add_from(first, &bridge);
         let spec = &self.spec;
         out.publish(
-            self.topic(StreamKind::Diff(Speed::Unspecified)),
+            self.topic(StreamKind::Diff(Speed::Ms0)),
             &mut |buf, unit| payload::write_diff(buf, spec, &bridge, first, now_us, unit),
         );
         let SymbolStreams {

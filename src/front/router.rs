@@ -85,7 +85,7 @@ pub async fn serve<S: Transport>(
         };
         buf.advance(consumed);
         if ctx.config.engine_only && !serves_on_cluster_engine(&head.path) {
-            crate::metrics::rejected("cluster_engine_only");
+            crate::metrics::rejected(Rejection::ClusterEngineOnly);
             let response = Response::error(
                 404,
                 -1000,

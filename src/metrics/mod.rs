@@ -660,6 +660,8 @@ rejections! {
     TlsHandshake => "tls_handshake",
     /// A connection beyond `--max-connections` (503).
     ConnectionCap => "connection_cap",
+    /// A cluster engine (`bookcast engine`) asked for anything but `/metrics` or `/api/v3/ping`.
+    ClusterEngineOnly => "cluster_engine_only",
 }
 
 /// A connection refused before the WebSocket upgrade.
