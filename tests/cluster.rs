@@ -168,7 +168,13 @@ impl Node {
             .map_while(Result::ok)
             .find(|line| line.starts_with("bookcast "))
             .expect("bookcast prints its banner");
-        std::thread::spawn(move || for _ in lines {});
+        // Warnings and errors (RUST_LOG=warn) stay visible in the test's output.
+        let role = role[0].to_string();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("[{role}] {line}");
+            }
+        });
         node.addr = banner
             .split(|c: char| c.is_whitespace() || c == '/')
             .filter_map(|word| {

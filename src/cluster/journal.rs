@@ -163,8 +163,11 @@ pub async fn publish(
 ) {
     let mut publisher = Publisher {
         js,
+        stream: names.steps_stream.clone(),
         in_flight: VecDeque::new(),
+        history: VecDeque::new(),
         last_seq: steps_seq,
+        tail: steps_seq,
         metrics,
     };
     while let Some(outbound) = rx.recv().await {
@@ -205,32 +208,59 @@ pub async fn publish(
 
 struct Publisher {
     js: jetstream::Context,
-    in_flight: VecDeque<(Pending, PublishAckFuture)>,
+    stream: String,
+    /// Records sent and not yet acknowledged, each with the stream sequence it must get.
+    in_flight: VecDeque<(u64, Pending, PublishAckFuture)>,
+    /// The newest acknowledged records, kept for [`HISTORY`] records: a broker killed right
+    /// after acknowledging can lose them (it acknowledges before its writes reach the disk),
+    /// and the engine then publishes them again from here.
+    history: VecDeque<(u64, Pending)>,
     /// Stream sequence of the newest acknowledged record.
     last_seq: u64,
+    /// The sequence of the newest record sent: the engine is the stream's only writer, so every
+    /// record's place is known when it is sent.
+    tail: u64,
     metrics: ClusterMetrics,
 }
 
+/// Acknowledged records kept for republishing (about a minute of the default feed).
+const HISTORY: usize = 65_536;
+
 impl Publisher {
-    async fn send(&self, pending: &Pending) -> Result<PublishAckFuture, async_nats::Error> {
-        let publish = PublishMessage::build()
+    /// Sends one message. A record carries `Nats-Expected-Last-Sequence`: JetStream refuses it
+    /// unless the record before it is stored, so the stream never holds a record whose
+    /// predecessor was lost. Message ids are checked first, so sending a stored record again
+    /// is a harmless duplicate whatever its expectation.
+    async fn send(
+        &self,
+        pending: &Pending,
+        after: Option<u64>,
+    ) -> Result<PublishAckFuture, async_nats::Error> {
+        let mut publish = PublishMessage::build()
             .payload(pending.payload.clone())
             .message_id(&pending.id);
+        if let Some(after) = after {
+            publish = publish.expected_last_sequence(after);
+        }
         Ok(self
             .js
             .send_publish(pending.subject.clone(), publish)
             .await?)
     }
 
-    /// Publishes without waiting for the ack, unless [`MAX_IN_FLIGHT`] are already waiting.
+    /// Publishes a record without waiting for the ack, unless [`MAX_IN_FLIGHT`] are already
+    /// waiting.
     async fn pipelined(&mut self, pending: Pending) {
-        loop {
-            match self.send(&pending).await {
-                Ok(ack) => {
-                    self.in_flight.push_back((pending, ack));
-                    break;
-                }
-                Err(e) => self.retry_later(&e).await,
+        let seq = self.tail + 1;
+        match self.send(&pending, Some(seq - 1)).await {
+            Ok(ack) => {
+                self.in_flight.push_back((seq, pending, ack));
+                self.tail = seq;
+            }
+            Err(e) => {
+                self.note_failure(&e);
+                self.tail = seq;
+                self.recover(Some((seq, pending))).await;
             }
         }
         while self.in_flight.len() > MAX_IN_FLIGHT {
@@ -244,50 +274,126 @@ impl Publisher {
         }
     }
 
-    /// Waits for the oldest ack. On failure, publishes it and every later one again, in
-    /// order and one at a time, until each is acknowledged: message ids make the ones already
-    /// stored duplicates, and the order stays the engine's.
+    /// Waits for the oldest ack; on failure, [`recover`](Self::recover)s.
     async fn settle_oldest(&mut self) {
-        let Some((pending, ack)) = self.in_flight.pop_front() else {
+        let Some((seq, pending, ack)) = self.in_flight.pop_front() else {
             return;
         };
         match ack.await {
-            Ok(ack) => {
-                self.last_seq = ack.sequence;
-                self.metrics.records_published.increment(1);
-            }
+            Ok(ack) => self.stored(ack.sequence, pending),
             Err(e) => {
-                tracing::warn!(
-                    "JetStream did not acknowledge {}: {e}; publishing again",
-                    pending.id
-                );
-                let mut again: Vec<Pending> = vec![pending];
-                again.extend(self.in_flight.drain(..).map(|(pending, _)| pending));
-                for pending in again {
-                    self.last_seq = self.acknowledged(pending).await;
-                    self.metrics.records_published.increment(1);
+                let e = async_nats::Error::from(e);
+                self.note_failure(&e);
+                self.recover(Some((seq, pending))).await;
+            }
+        }
+    }
+
+    fn stored(&mut self, seq: u64, pending: Pending) {
+        self.last_seq = seq;
+        self.metrics.records_published.increment(1);
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((seq, pending));
+    }
+
+    /// Brings the stream back to the engine's order after a failure: asks JetStream for its
+    /// last sequence, then publishes every record after it again (from the history, the
+    /// in-flight ones, and `extra`), in order, one at a time, each expecting its predecessor.
+    /// Repeats from the start whenever a publish fails, so it ends with every record stored.
+    async fn recover(&mut self, extra: Option<(u64, Pending)>) {
+        let mut records: Vec<(u64, Pending)> = self
+            .in_flight
+            .drain(..)
+            .map(|(seq, pending, _)| (seq, pending))
+            .collect();
+        records.extend(extra);
+        records.sort_by_key(|(seq, _)| *seq);
+        loop {
+            let last = self.stream_last_seq().await;
+            let mut redo: Vec<(u64, Pending)> = self
+                .history
+                .iter()
+                .filter(|(seq, _)| *seq > last)
+                .cloned()
+                .collect();
+            redo.extend(records.iter().filter(|(seq, _)| *seq > last).cloned());
+            if let Some(&(first, _)) = redo.first() {
+                if first > last + 1 {
+                    // Lost before what the history reaches: renumber after the hole. Gateways
+                    // see the jump in update ids and rebase on a snapshot.
+                    tracing::error!(
+                        "JetStream lost records {}..{first} and they are no longer kept here: gateways will rebase",
+                        last + 1
+                    );
+                    for (n, record) in redo.iter_mut().enumerate() {
+                        record.0 = last + 1 + n as u64;
+                    }
+                }
+            }
+            self.history.retain(|(seq, _)| *seq <= last);
+            let mut failed = false;
+            for (seq, pending) in redo {
+                let result = match self.send(&pending, Some(seq - 1)).await {
+                    Ok(ack) => ack.await.map_err(async_nats::Error::from),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(ack) => self.stored(ack.sequence, pending),
+                    Err(e) => {
+                        self.note_failure(&e);
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if !failed {
+                self.tail = self.last_seq;
+                return;
+            }
+            records = Vec::new(); // everything left is in the history or was never stored
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The steps stream's last sequence, asked until JetStream answers.
+    async fn stream_last_seq(&self) -> u64 {
+        loop {
+            let answer = async {
+                let mut stream = self.js.get_stream(&self.stream).await?;
+                Ok::<u64, async_nats::Error>(stream.info().await?.state.last_sequence)
+            };
+            match answer.await {
+                Ok(last) => return last,
+                Err(e) => {
+                    tracing::warn!("cannot read the steps stream's state: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
         }
     }
 
     /// Publishes and waits for the ack, retrying until there is one; returns its sequence.
+    /// For snapshots and manifests, which go to their own stream.
     async fn acknowledged(&mut self, pending: Pending) -> u64 {
         loop {
-            let result = match self.send(&pending).await {
+            let result = match self.send(&pending, None).await {
                 Ok(ack) => ack.await.map_err(async_nats::Error::from),
                 Err(e) => Err(e),
             };
             match result {
                 Ok(ack) => return ack.sequence,
-                Err(e) => self.retry_later(&e).await,
+                Err(e) => {
+                    self.note_failure(&e);
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
         }
     }
 
-    async fn retry_later(&self, error: &async_nats::Error) {
+    fn note_failure(&self, error: &async_nats::Error) {
         self.metrics.publish_retries.increment(1);
-        tracing::warn!("publishing to JetStream failed: {error}; retrying");
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tracing::warn!("publishing to JetStream failed: {error}; publishing again");
     }
 }
