@@ -87,10 +87,11 @@ const MAX_HELD: usize = 64;
 
 /// What every churner shares.
 pub struct Plan {
-    pub addr: SocketAddr,
-    pub base: String,
+    /// The `--url` entries: churner i cycles against URL i % n, as client i would.
+    pub targets: Vec<Target>,
     pub symbols: Vec<String>,
-    /// Loopback source addresses, rotated per cycle so TIME_WAIT never exhausts one's ports.
+    /// Loopback source addresses, rotated per cycle so TIME_WAIT never exhausts one's ports
+    /// (used only towards IPv4 loopback targets: see `target::source_for`).
     pub sources: Vec<Option<IpAddr>>,
     /// Diff events to receive before leaving.
     pub events: usize,
@@ -103,10 +104,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(target: &Target, symbols: Vec<String>, sources: Vec<Option<IpAddr>>) -> Self {
+    pub fn new(targets: Vec<Target>, symbols: Vec<String>, sources: Vec<Option<IpAddr>>) -> Self {
         Plan {
-            addr: target.addr,
-            base: target.base.clone(),
+            targets,
             symbols,
             sources,
             events: 3,
@@ -264,6 +264,12 @@ pub async fn run(
     stats: Arc<ChurnStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Some(target) = plan
+        .targets
+        .get(crate::target::url_index(id, plan.targets.len()))
+    else {
+        return;
+    };
     let mut held = JoinSet::new();
     for cycle in 0usize.. {
         while let Some(done) = held.try_join_next() {
@@ -288,12 +294,12 @@ pub async fn run(
             Subscribe::Message,
         ][(id + cycle) % 3];
         let symbol = &plan.symbols[n % plan.symbols.len()];
-        let source = plan.sources[n % plan.sources.len()];
+        let source = crate::target::source_for(target, &plan.sources, n);
         let outcome = async {
             if let Some(pace) = plan.pace {
                 sleep_until(stats.slot(pace)).await;
             }
-            one_cycle(&plan, &stats, ending, subscribe, symbol, source).await
+            one_cycle(&plan, target, &stats, ending, subscribe, symbol, source).await
         };
         let result = tokio::select! {
             result = outcome => result,
@@ -355,6 +361,7 @@ fn diff_ids(text: &str) -> Option<(u64, u64)> {
 /// longer read, for the caller to hold.
 async fn one_cycle(
     plan: &Plan,
+    target: &Target,
     stats: &ChurnStats,
     ending: Ending,
     subscribe: Subscribe,
@@ -362,7 +369,7 @@ async fn one_cycle(
     source: Option<IpAddr>,
 ) -> Result<Option<WebSocketStream<TcpStream>>, &'static str> {
     let deadline = Instant::now() + plan.timeout;
-    let socket = match plan.addr {
+    let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
@@ -377,7 +384,7 @@ async fn one_cycle(
         let _ = socket.set_recv_buffer_size(1024);
     }
     let started = Instant::now();
-    let stream = timeout_at(deadline, socket.connect(plan.addr))
+    let stream = timeout_at(deadline, socket.connect(target.addr))
         .await
         .map_err(|_| "connect_timeout")?
         .map_err(|_| "connect")?;
@@ -385,9 +392,9 @@ async fn one_cycle(
     // Real time: a cycle takes its few diffs in tens of milliseconds, not seconds.
     let name = format!("{symbol}@depth@0ms");
     let url = match subscribe {
-        Subscribe::RawUrl => format!("{}/ws/{name}", plan.base),
-        Subscribe::CombinedUrl => format!("{}/stream?streams={name}", plan.base),
-        Subscribe::Message => format!("{}/ws", plan.base),
+        Subscribe::RawUrl => format!("{}/ws/{name}", target.base),
+        Subscribe::CombinedUrl => format!("{}/stream?streams={name}", target.base),
+        Subscribe::Message => format!("{}/ws", target.base),
     };
     let upgrade = tokio_tungstenite::client_async_with_config(
         url,

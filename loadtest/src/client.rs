@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 /// What a client is told to do.
 pub struct Plan {
     pub id: usize,
+    /// Index of its target in `--url`, for the per-URL breakdown.
+    pub url_index: usize,
     pub url: String,
     pub server: SocketAddr,
     pub source: Option<IpAddr>,
@@ -157,11 +159,11 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     };
     let socket = match socket {
         Ok(socket) => socket,
-        Err(e) => return stats.connect_failed(connect_error("socket", &e)),
+        Err(e) => return stats.connect_failed(plan.url_index, connect_error("socket", &e)),
     };
     if let Some(source) = plan.source {
         if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
-            return stats.connect_failed(connect_error("bind", &e));
+            return stats.connect_failed(plan.url_index, connect_error("bind", &e));
         }
     }
     if plan.recv_buffer > 0 {
@@ -185,7 +187,7 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     let mut ws = tokio::select! {
         ws = connected => match ws {
             Ok((ws, _)) => ws,
-            Err(reason) => return stats.connect_failed(reason),
+            Err(reason) => return stats.connect_failed(plan.url_index, reason),
         },
         _ = stopped(&mut stop) => return,
     };
@@ -194,9 +196,14 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
         .lock()
         .saturating_record(connect_start.elapsed().as_millis().max(1) as u64);
     stats.connected.fetch_add(1, Ordering::Relaxed);
+    stats
+        .url(plan.url_index)
+        .connected
+        .fetch_add(1, Ordering::Relaxed);
 
     let mut checker = Checker {
         id: plan.id,
+        url_index: plan.url_index,
         slow,
         sequences: Sequences::default(),
         latencies: Vec::with_capacity(LATENCY_BATCH),
@@ -282,6 +289,7 @@ const FLUSH_EVERY_US: u64 = 200_000;
 /// Per-client checking state: gap tracking, buffered latencies, reusable parse buffers.
 struct Checker {
     id: usize,
+    url_index: usize,
     slow: bool,
     sequences: Sequences,
     latencies: Vec<u32>,
@@ -317,6 +325,10 @@ impl Checker {
         };
         if gap {
             stats.gaps.fetch_add(1, Ordering::Relaxed);
+            stats
+                .url(self.url_index)
+                .gaps
+                .fetch_add(1, Ordering::Relaxed);
         }
         if self.latencies.len() >= LATENCY_BATCH
             || received_us.saturating_sub(self.flushed_at_us) >= FLUSH_EVERY_US
@@ -332,6 +344,11 @@ impl Checker {
         }
         stats.latency.record_all(self.id, &self.latencies);
         stats.interval_latency.record_all(self.id, &self.latencies);
+        // A URL's clients have every n-th id: by id / n they spread over all its shards.
+        stats
+            .url(self.url_index)
+            .latency
+            .record_all(self.id / stats.per_url.len().max(1), &self.latencies);
         if !self.slow {
             stats.fast_latency.record_all(self.id, &self.latencies);
         }
@@ -396,9 +413,10 @@ mod tests {
 
     #[test]
     fn checks_raw_and_combined_payloads() {
-        let stats = Stats::new(1);
+        let stats = Stats::new(1, 1, |_| 0);
         let mut checker = Checker {
             id: 0,
+            url_index: 0,
             slow: false,
             sequences: Sequences::default(),
             latencies: Vec::new(),
@@ -418,6 +436,7 @@ mod tests {
         checker.check(&mut combined.into_bytes(), now + 100, &stats);
         checker.flush(&stats);
         assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.url(0).gaps.load(Ordering::Relaxed), 1);
         let mut merged = crate::stats::histogram();
         stats.latency.merge_into(&mut merged, false);
         assert_eq!(merged.len(), 4);

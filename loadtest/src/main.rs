@@ -24,7 +24,10 @@ use tokio::sync::watch;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Server base URL (ws://host:port); only loopback unless --allow-remote.
+    /// Server base URL (ws://host:port), or a comma-separated list of them (e.g. the gateways
+    /// of a bookcast cluster): client i takes URL i % n, across --processes too, and the report
+    /// adds a per-URL breakdown. The servers must list the same symbols. Only loopback unless
+    /// --allow-remote; a URL may be listed twice to give it two shares.
     #[arg(long, default_value = "ws://127.0.0.1:9443")]
     url: String,
     /// Number of clients.
@@ -89,6 +92,10 @@ struct Args {
     /// --json, no report printed).
     #[arg(long, hide = true)]
     child: bool,
+    /// Internal: a child's first client's id in the whole run, so its clients take the URLs
+    /// round-robin as one process would (client i takes URL i % n).
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_client: usize,
     /// Churning clients, besides --clients: each loops connect, subscribe to one
     /// `<sym>@depth@0ms` (in the URL, combined, or with SUBSCRIBE), take --churn-events diffs, leave the
     /// --churn-mix way, reconnect, until the run ends. Use `--clients 0` for churn alone.
@@ -169,7 +176,8 @@ async fn run(args: Args) -> Result<(), String> {
         }
         return processes::coordinate(&args).await;
     }
-    let target = target::parse(&args.url, args.allow_remote)?;
+    let targets = target::parse_list(&args.url, args.allow_remote)?;
+    let url_of = |id: usize| target::url_index(args.first_client + id, targets.len());
     // One fd per client plus a few: raise the soft limit to the hard one.
     let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     processes::check_clients_fit(
@@ -181,17 +189,17 @@ async fn run(args: Args) -> Result<(), String> {
     let churn_mix = churn::parse_mix(&args.churn_mix)?;
     let slow_clients = parse_slow(&args.slow, args.clients)?;
     let slow_every = parse_rate(&args.slow_rate)?;
-    let symbols = target::symbols(&target).await?;
+    let symbols = target::common_symbols(&targets).await?;
     let per_address =
         target::per_source_address(args.per_source_address, args.clients, 1, args.source_offset);
     if let (false, Some(warning)) = (
         args.child,
-        target::per_address_warning(&target, per_address, args.clients),
+        target::per_address_warning(&targets, per_address, args.clients),
     ) {
         eprintln!("bookcast-load: {warning}");
     }
-    let sources = target::sources(&target, args.clients, per_address, args.source_offset);
-    let stats = Arc::new(Stats::new(args.clients));
+    let sources = target::sources(&targets, args.clients, per_address, args.source_offset);
+    let stats = Arc::new(Stats::new(args.clients, targets.len(), url_of));
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
 
@@ -216,9 +224,9 @@ async fn run(args: Args) -> Result<(), String> {
             pace: (args.churn_rate > 0)
                 .then(|| Duration::from_secs_f64(1.0 / args.churn_rate as f64)),
             ..churn::Plan::new(
-                &target,
+                targets.clone(),
                 symbols.clone(),
-                target::sources(&target, args.churn_sources, 1, args.source_offset),
+                target::sources(&targets, args.churn_sources, 1, args.source_offset),
             )
         });
         for id in 0..args.churn {
@@ -256,6 +264,8 @@ async fn run(args: Args) -> Result<(), String> {
         if args.micros {
             query.push("timeUnit=MICROSECOND".into());
         }
+        let url_index = url_of(id);
+        let target = &targets[url_index];
         let url = if query.is_empty() {
             format!("{}{path}", target.base)
         } else {
@@ -263,9 +273,10 @@ async fn run(args: Args) -> Result<(), String> {
         };
         let plan = client::Plan {
             id,
+            url_index,
             url,
             server: target.addr,
-            source: sources[id % sources.len()],
+            source: target::source_for(target, &sources, id),
             slow_read_every: (id >= args.clients - slow_clients).then_some(slow_every),
             recv_buffer: if id >= args.clients - slow_clients {
                 args.slow_recv_buffer
@@ -290,12 +301,19 @@ async fn run(args: Args) -> Result<(), String> {
     let ramped = started.elapsed();
     let measure_from = Instant::now();
     let events_at_ramp = stats.totals().0;
+    let url_events_at_ramp = stats.events_by_url();
     tokio::select! {
         _ = tokio::time::sleep(args.duration) => {}
         _ = interrupted() => eprintln!("bookcast-load: interrupted, stopping early"),
     }
     let measured = measure_from.elapsed();
     let events_in_window = stats.totals().0 - events_at_ramp;
+    let url_events_in_window: Vec<u64> = stats
+        .events_by_url()
+        .iter()
+        .zip(&url_events_at_ramp)
+        .map(|(now, at_ramp)| now.saturating_sub(*at_ramp))
+        .collect();
     let _ = stop_tx.send(true);
     let churned = started.elapsed();
     let deadline = tokio::time::Instant::now() + args.grace;
@@ -311,6 +329,7 @@ async fn run(args: Args) -> Result<(), String> {
         &stats,
         RunFacts {
             clients: args.clients,
+            urls: targets.iter().map(|t| t.url.clone()).collect(),
             slow_clients,
             peak_connected,
             duration_s: measured.as_secs_f64(),
@@ -319,6 +338,9 @@ async fn run(args: Args) -> Result<(), String> {
     );
     // Throughput over the measured window only (after the ramp).
     report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
+    for (url, events) in report.per_url.iter_mut().zip(url_events_in_window) {
+        url.events_per_s = events as f64 / measured.as_secs_f64().max(1e-9);
+    }
     if args.churn > 0 {
         report.churn = Some(churn_stats.report(args.churn, churned));
     }

@@ -7,7 +7,7 @@
 //! The children's output is treated as untrusted input: every malformed or inconsistent piece
 //! is a clear error naming the child, never a panic.
 
-use crate::report::{self, MinMedianMax, Percentiles, Report, Sample};
+use crate::report::{self, MinMedianMax, Percentiles, Report, Sample, UrlReport};
 use crate::stats::{histogram, Stats};
 use crate::{target, Args};
 use hdrhistogram::Histogram;
@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -132,9 +131,10 @@ pub fn plan(
 /// Options the coordinator sets per child; any other option passes through as given (so
 /// `--allow-remote` reaches the children only when it was given, and options added later need
 /// no change here). All of them take a value.
-const PER_CHILD: [&str; 8] = [
+const PER_CHILD: [&str; 9] = [
     "--processes",
     "--clients",
+    "--first-client",
     "--slow",
     "--ramp",
     "--source-offset",
@@ -168,6 +168,7 @@ pub fn child_args(raw: &[OsString], share: &Share, json: &Path) -> Vec<OsString>
     for (name, value) in [
         ("--processes", "1".to_string()),
         ("--clients", share.clients.to_string()),
+        ("--first-client", share.first_client.to_string()),
         ("--slow", share.slow.clone()),
         ("--ramp", share.ramp.to_string()),
         ("--source-offset", share.source_offset.to_string()),
@@ -211,6 +212,9 @@ pub struct RawHistograms {
     pub latency_us: Buckets,
     pub fast_latency_us: Buckets,
     pub connect_ms: Buckets,
+    /// Latency by `--url` entry, in their order, for exact per-URL percentiles.
+    #[serde(default)]
+    pub per_url_latency_us: Vec<Buckets>,
 }
 
 /// A child's `--json`: its ordinary report plus what the merge needs.
@@ -243,6 +247,7 @@ pub fn finish_child(
             latency_us: sharded(&stats.latency),
             fast_latency_us: sharded(&stats.fast_latency),
             connect_ms: encode(&stats.connect_ms.lock()),
+            per_url_latency_us: stats.per_url.iter().map(|u| sharded(&u.latency)).collect(),
         },
         per_client_event_counts: stats
             .per_client
@@ -352,8 +357,28 @@ pub fn merge_timelines(timelines: &[Vec<Sample>]) -> Vec<Sample> {
 /// are exact; per-client events min/median/max are exact over all clients; events/s and
 /// bytes/s add up (the children measure over the same window); the duration is the longest.
 /// `connected` is the peak of the merged timeline, as a single process takes the peak of its
-/// own (the sum of the children's peaks when no second was sampled).
-pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f64), String> {
+/// own (the sum of the children's peaks when no second was sampled). The per-URL breakdown
+/// (every child covers every one of `urls`) adds up the same way, with exact percentiles from
+/// the children's per-URL histograms.
+pub fn merge(
+    shares: &[Share],
+    urls: &[String],
+    children: Vec<ChildReport>,
+) -> Result<(Report, f64), String> {
+    let mut url_latency: Vec<Histogram<u64>> = urls.iter().map(|_| histogram()).collect();
+    let mut per_url: Vec<UrlReport> = urls
+        .iter()
+        .map(|url| UrlReport {
+            url: url.clone(),
+            clients: 0,
+            connected: 0,
+            connect_failures: 0,
+            events: 0,
+            events_per_s: 0.0,
+            latency_us: Percentiles::default(),
+            gaps: 0,
+        })
+        .collect();
     let mut latency = histogram();
     let mut fast = histogram();
     let mut connect = histogram();
@@ -383,6 +408,7 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
         slow_closes: Vec::new(),
         timeline: Vec::new(),
         latency_distribution: Vec::new(),
+        per_url: Vec::new(),
         churn: None,
     };
     let mut ramp_s: f64 = 0.0;
@@ -420,6 +446,43 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
             &child.raw_histograms.connect_ms,
             "connect time",
         )?;
+        let raw_per_url = &child.raw_histograms.per_url_latency_us;
+        if r.per_url.len() != urls.len() || raw_per_url.len() != urls.len() {
+            return Err(format!(
+                "{name}: its report covers {} URLs ({} histograms), the run has {}",
+                r.per_url.len(),
+                raw_per_url.len(),
+                urls.len()
+            ));
+        }
+        let url_clients: usize = r.per_url.iter().map(|u| u.clients).sum();
+        if url_clients != share.clients {
+            return Err(format!(
+                "{name}: its URLs have {url_clients} clients, it ran {}",
+                share.clients
+            ));
+        }
+        for ((into, theirs), (h, buckets)) in per_url
+            .iter_mut()
+            .zip(&r.per_url)
+            .zip(url_latency.iter_mut().zip(raw_per_url))
+        {
+            if theirs.url != into.url {
+                return Err(format!(
+                    "{name}: its report has URL {} where the run has {}",
+                    theirs.url, into.url
+                ));
+            }
+            add(h, buckets, &format!("{} latency", into.url))?;
+            into.clients += theirs.clients;
+            into.connected = into.connected.saturating_add(theirs.connected);
+            into.connect_failures = into
+                .connect_failures
+                .saturating_add(theirs.connect_failures);
+            into.events = into.events.saturating_add(theirs.events);
+            into.events_per_s += theirs.events_per_s;
+            into.gaps = into.gaps.saturating_add(theirs.gaps);
+        }
         per_client.extend(child.per_client_event_counts);
         for (code, n) in r.closes {
             let entry = closes.entry(code).or_default();
@@ -459,6 +522,9 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
     if let Some(peak) = timeline.iter().map(|s| s.connected).max() {
         sum.connected = peak;
     }
+    for (url, h) in per_url.iter_mut().zip(&url_latency) {
+        url.latency_us = Percentiles::of(h);
+    }
     Ok((
         Report {
             latency_us: Percentiles::of(&latency),
@@ -470,6 +536,7 @@ pub fn merge(shares: &[Share], children: Vec<ChildReport>) -> Result<(Report, f6
             slow_closes,
             timeline,
             latency_distribution: report::distribution(&latency),
+            per_url,
             ..sum
         },
         ramp_s,
@@ -540,15 +607,18 @@ pub async fn coordinate(args: &Args) -> Result<(), String> {
         return Err("--child is for the children of --processes; it takes --processes 1".into());
     }
     let processes = usize::from(args.processes);
-    let target = target::parse(&args.url, args.allow_remote)?;
-    let loopback_v4 = matches!(target.addr.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    // The children parse --url again (it passes through); parsed here too, so a bad list fails
+    // before any child starts, and for the URLs the merge checks their reports against.
+    let targets = target::parse_list(&args.url, args.allow_remote)?;
+    let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+    let loopback_v4 = targets.iter().any(target::Target::binds_loopback_source);
     let per_address = target::per_source_address(
         args.per_source_address,
         args.clients,
         processes,
         args.source_offset,
     );
-    if let Some(warning) = target::per_address_warning(&target, per_address, args.clients) {
+    if let Some(warning) = target::per_address_warning(&targets, per_address, args.clients) {
         eprintln!("bookcast-load: {warning}");
     }
     let shares = plan(
@@ -687,7 +757,7 @@ pub async fn coordinate(args: &Args) -> Result<(), String> {
             processes,
         )?);
     }
-    let (report, ramp) = merge(&shares, children)?;
+    let (report, ramp) = merge(&shares, &urls, children)?;
     println!("ramp               {ramp:.1} s");
     println!("processes          {processes}");
     report::print(&report);
@@ -848,6 +918,8 @@ mod tests {
                 "1",
                 "--clients",
                 "150",
+                "--first-client",
+                "150",
                 "--slow",
                 "5",
                 "--ramp",
@@ -885,7 +957,15 @@ mod tests {
         assert!(decode(&[(u64::MAX, 1)]).is_err());
     }
 
+    /// The two URLs of the merge tests.
+    fn urls() -> Vec<String> {
+        vec!["ws://127.0.0.1:1".into(), "ws://127.0.0.1:2".into()]
+    }
+
+    /// A child's report of `clients` clients from global id `first_client` on, over
+    /// [`urls`]: the first URL's clients see `latencies`, the second's 5 µs each.
     fn child(
+        first_client: usize,
         clients: usize,
         latencies: std::ops::RangeInclusive<u64>,
         closes: &[(&str, u64)],
@@ -898,6 +978,32 @@ mod tests {
         let mut connect = histogram();
         connect.record(clients as u64).unwrap();
         let counts: Vec<u64> = (0..clients as u64).map(|c| c * 10).collect();
+        let mut url_latency = vec![h.clone(), histogram()];
+        let mut per_url: Vec<UrlReport> = urls()
+            .into_iter()
+            .map(|url| UrlReport {
+                url,
+                clients: 0,
+                connected: 0,
+                connect_failures: 0,
+                events: 0,
+                events_per_s: 50.0,
+                latency_us: Percentiles::default(),
+                gaps: 1,
+            })
+            .collect();
+        for (id, events) in counts.iter().enumerate() {
+            let u = target::url_index(first_client + id, 2);
+            per_url[u].clients += 1;
+            per_url[u].connected += 1;
+            per_url[u].events += events;
+            if u == 1 {
+                url_latency[1].record(5).unwrap();
+            }
+        }
+        for (u, h) in per_url.iter_mut().zip(&url_latency) {
+            u.latency_us = Percentiles::of(h);
+        }
         ChildReport {
             report: Report {
                 clients,
@@ -924,6 +1030,7 @@ mod tests {
                 }],
                 timeline,
                 latency_distribution: Vec::new(),
+                per_url,
                 churn: None,
             },
             ramp_s: clients as f64 / 1000.0,
@@ -931,6 +1038,7 @@ mod tests {
                 latency_us: encode(&h),
                 fast_latency_us: encode(&h),
                 connect_ms: encode(&connect),
+                per_url_latency_us: url_latency.iter().map(encode).collect(),
             },
             per_client_event_counts: counts,
         }
@@ -954,13 +1062,20 @@ mod tests {
     fn merged_reports_have_exact_percentiles_and_summed_counts() {
         let shares = plan(7, 2, "2", 0, 10_000, 0).unwrap();
         let a = child(
+            0,
             4,
             1..=1000,
             &[("1000", 3), ("4008", 1)],
             vec![second(1.0, 4, 0, 50), second(2.0, 4, 1, 70)],
         );
-        let b = child(3, 1001..=2000, &[("1000", 2)], vec![second(1.1, 3, 1, 90)]);
-        let (r, ramp) = merge(&shares, vec![a, b]).unwrap();
+        let b = child(
+            4,
+            3,
+            1001..=2000,
+            &[("1000", 2)],
+            vec![second(1.1, 3, 1, 90)],
+        );
+        let (r, ramp) = merge(&shares, &urls(), vec![a, b]).unwrap();
         // Values below 2048 are exact at 3 significant digits: these are 1..=2000's own.
         let p = r.latency_us;
         assert_eq!(
@@ -1007,20 +1122,62 @@ mod tests {
         assert!(!r.latency_distribution.is_empty());
         let json = serde_json::to_string(&r).unwrap();
         assert!(!json.contains("raw_histograms") && !json.contains("per_client_event_counts"));
+        // Per URL: clients 0, 2, 4, 6 on the first (child a's 0 and 2, b's 4 and 6), 1, 3, 5 on
+        // the second; counts summed, percentiles exact over both children.
+        let [first, second] = &r.per_url[..] else {
+            panic!("two URLs: {:?}", r.per_url)
+        };
+        assert_eq!(
+            (first.url.as_str(), second.url.as_str()),
+            ("ws://127.0.0.1:1", "ws://127.0.0.1:2")
+        );
+        assert_eq!((first.clients, second.clients), (4, 3));
+        assert_eq!((first.connected, second.connected), (4, 3));
+        // a: 0 + 20; b (its own ids 0, 2): 0 + 20. a: 10 + 30; b: 10.
+        assert_eq!((first.events, second.events), (40, 50));
+        assert_eq!(first.events + second.events, r.events);
+        assert_eq!((first.events_per_s, first.gaps), (100.0, 2));
+        assert_eq!((first.latency_us.p50, first.latency_us.max), (1000, 2000));
+        assert_eq!((second.latency_us.p50, second.latency_us.p99), (5, 5));
     }
 
     #[test]
     fn inconsistent_child_reports_are_errors_naming_the_child() {
         let shares = plan(7, 2, "0", 0, 10_000, 0).unwrap();
-        let a = child(4, 1..=10, &[], Vec::new());
-        let b = child(4, 1..=10, &[], Vec::new());
-        let error = merge(&shares, vec![a, b]).unwrap_err();
+        let a = child(0, 4, 1..=10, &[], Vec::new());
+        let b = child(4, 4, 1..=10, &[], Vec::new());
+        let error = merge(&shares, &urls(), vec![a, b]).unwrap_err();
         assert!(error.starts_with("child 2 of 2"), "{error}");
-        let a = child(4, 1..=10, &[], Vec::new());
-        let mut b = child(3, 1..=10, &[], Vec::new());
+        let a = child(0, 4, 1..=10, &[], Vec::new());
+        let mut b = child(4, 3, 1..=10, &[], Vec::new());
         b.raw_histograms.latency_us.push((u64::MAX, 1));
-        let error = merge(&shares, vec![a, b]).unwrap_err();
+        let error = merge(&shares, &urls(), vec![a, b]).unwrap_err();
         assert!(error.contains("child 2 of 2: latency histogram"), "{error}");
+        // The per-URL breakdown must match the run's URLs, and the child's clients.
+        let a = child(0, 4, 1..=10, &[], Vec::new());
+        let mut b = child(4, 3, 1..=10, &[], Vec::new());
+        b.report.per_url[1].url = "ws://127.0.0.1:3".into();
+        let error = merge(&shares, &urls(), vec![a, b]).unwrap_err();
+        assert!(
+            error.contains("child 2 of 2: its report has URL ws://127.0.0.1:3"),
+            "{error}"
+        );
+        let a = child(0, 4, 1..=10, &[], Vec::new());
+        let mut b = child(4, 3, 1..=10, &[], Vec::new());
+        b.raw_histograms.per_url_latency_us.pop();
+        let error = merge(&shares, &urls(), vec![a, b]).unwrap_err();
+        assert!(
+            error.contains("child 2 of 2: its report covers 2 URLs (1 histograms)"),
+            "{error}"
+        );
+        let a = child(0, 4, 1..=10, &[], Vec::new());
+        let mut b = child(4, 3, 1..=10, &[], Vec::new());
+        b.report.per_url[0].clients += 1;
+        let error = merge(&shares, &urls(), vec![a, b]).unwrap_err();
+        assert!(
+            error.contains("its URLs have 4 clients, it ran 3"),
+            "{error}"
+        );
         assert!(parse_progress("bookcast-load-progress {\"connected\":").is_none());
     }
 }

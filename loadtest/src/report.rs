@@ -65,6 +65,24 @@ impl MinMedianMax {
     }
 }
 
+/// The clients of one `--url` entry, so a run over several gateways shows whether one of them
+/// lags, drops or refuses while the totals look fine.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct UrlReport {
+    /// The URL as given to `--url`.
+    pub url: String,
+    /// Clients assigned to it (client i takes URL i % n).
+    pub clients: usize,
+    /// Of those, how many got their WebSocket (not a peak: each client connects once).
+    pub connected: u64,
+    pub connect_failures: u64,
+    pub events: u64,
+    /// Over the measured window, as the run's `events_per_s`.
+    pub events_per_s: f64,
+    pub latency_us: Percentiles,
+    pub gaps: u64,
+}
+
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Report {
     pub clients: usize,
@@ -91,6 +109,9 @@ pub struct Report {
     pub timeline: Vec<Sample>,
     /// The latency distribution as (percentile, µs) points, for a percentile plot.
     pub latency_distribution: Vec<(f64, u64)>,
+    /// The same run by `--url` entry, in their order (one entry for a single URL).
+    #[serde(default)]
+    pub per_url: Vec<UrlReport>,
     /// `--churn`: connect/leave cycles (one process only: not read back by --processes).
     #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub churn: Option<crate::churn::ChurnReport>,
@@ -98,6 +119,8 @@ pub struct Report {
 
 pub struct RunFacts {
     pub clients: usize,
+    /// The `--url` entries, in order.
+    pub urls: Vec<String>,
     pub slow_clients: usize,
     pub peak_connected: u64,
     pub duration_s: f64,
@@ -117,6 +140,27 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
     let (events, bytes) = stats.totals();
     let slow_closes = stats.slow_closed.lock().clone();
     let duration = facts.duration_s.max(1e-9);
+    let url_events = stats.events_by_url();
+    let url_clients = stats.clients_by_url();
+    let per_url = facts
+        .urls
+        .iter()
+        .zip(&stats.per_url)
+        .enumerate()
+        .map(|(i, (url, u))| {
+            let events = url_events.get(i).copied().unwrap_or(0);
+            UrlReport {
+                url: url.clone(),
+                clients: url_clients.get(i).copied().unwrap_or(0),
+                connected: u.connected.load(Ordering::Relaxed),
+                connect_failures: u.connect_failures.load(Ordering::Relaxed),
+                events,
+                events_per_s: events as f64 / duration,
+                latency_us: Percentiles::merged(&u.latency).0,
+                gaps: u.gaps.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
     Report {
         clients: facts.clients,
         connected: facts.peak_connected,
@@ -143,6 +187,7 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         slow_closes,
         timeline: facts.timeline,
         latency_distribution: distribution(&all),
+        per_url,
         churn: None,
     }
 }
@@ -239,4 +284,45 @@ pub fn print(report: &Report) {
             report.slow_clients, report.slow_closed
         );
     }
+    if report.per_url.len() > 1 {
+        print!("{}", per_url_table(&report.per_url));
+    }
+}
+
+/// The per-URL breakdown as a table, one row per `--url` entry. Printed only for more than
+/// one URL: with one, every row would repeat the totals.
+pub fn per_url_table(per_url: &[UrlReport]) -> String {
+    let width = per_url
+        .iter()
+        .map(|u| u.url.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("per url".len());
+    let mut out = format!(
+        "{:<width$}  {:>8} {:>9} {:>7} {:>10} {:>9} {:>8} {:>8} {:>6}\n",
+        "per url",
+        "clients",
+        "connected",
+        "failed",
+        "events",
+        "events/s",
+        "p50 µs",
+        "p99 µs",
+        "gaps"
+    );
+    for u in per_url {
+        out.push_str(&format!(
+            "{:<width$}  {:>8} {:>9} {:>7} {:>10} {:>9.0} {:>8} {:>8} {:>6}\n",
+            u.url,
+            u.clients,
+            u.connected,
+            u.connect_failures,
+            u.events,
+            u.events_per_s,
+            u.latency_us.p50,
+            u.latency_us.p99,
+            u.gaps
+        ));
+    }
+    out
 }

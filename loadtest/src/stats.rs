@@ -21,14 +21,21 @@ pub struct ShardedHistogram {
 
 impl ShardedHistogram {
     pub fn new() -> Self {
+        Self::with_shards(SHARDS)
+    }
+
+    /// With `shards` shards (at least one): each holds a full histogram (about 140 KB).
+    pub fn with_shards(shards: usize) -> Self {
         ShardedHistogram {
-            shards: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(histogram()))
+                .collect(),
         }
     }
 
     /// Records a batch of latencies under one lock.
     pub fn record_all(&self, shard: usize, values_us: &[u32]) {
-        let mut histogram = self.shards[shard % SHARDS].lock();
+        let mut histogram = self.shards[shard % self.shards.len()].lock();
         for &value in values_us {
             histogram.saturating_record(u64::from(value).clamp(1, MAX_LATENCY_US));
         }
@@ -63,6 +70,32 @@ pub struct SlowClose {
 pub struct ClientCounters {
     pub events: AtomicU64,
     pub bytes: AtomicU64,
+    /// Index of the URL it loads (see `target::url_index`), for the per-URL event counts.
+    pub url: usize,
+}
+
+/// Shards of each URL's latency histogram: fewer than the run's [`SHARDS`], since a URL has
+/// a share of the clients and each shard costs a full histogram.
+const URL_SHARDS: usize = 8;
+
+/// What the clients of one URL measured; their events are summed from [`ClientCounters`].
+pub struct UrlStats {
+    /// Clients that got their WebSocket (each client connects once).
+    pub connected: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub gaps: AtomicU64,
+    pub latency: ShardedHistogram,
+}
+
+impl UrlStats {
+    fn new() -> Self {
+        UrlStats {
+            connected: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            latency: ShardedHistogram::with_shards(URL_SHARDS),
+        }
+    }
 }
 
 /// Distinct connect-failure reasons kept; later new ones are counted under [`OTHER_REASONS`].
@@ -86,10 +119,15 @@ pub struct Stats {
     pub closes: Mutex<BTreeMap<u16, u64>>,
     pub slow_closed: Mutex<Vec<SlowClose>>,
     pub per_client: Vec<ClientCounters>,
+    /// By URL index, as `--url` lists them.
+    pub per_url: Vec<UrlStats>,
 }
 
 impl Stats {
-    pub fn new(clients: usize) -> Self {
+    /// For `clients` clients over `urls` URLs, client `i` loading URL `url_of(i)` (an index
+    /// below `urls`; larger ones are counted under the last URL rather than lost).
+    pub fn new(clients: usize, urls: usize, url_of: impl Fn(usize) -> usize) -> Self {
+        let urls = urls.max(1);
         Stats {
             gaps: AtomicU64::new(0),
             connected: AtomicU64::new(0),
@@ -101,8 +139,41 @@ impl Stats {
             connect_ms: Mutex::new(histogram()),
             closes: Mutex::new(BTreeMap::new()),
             slow_closed: Mutex::new(Vec::new()),
-            per_client: (0..clients).map(|_| ClientCounters::default()).collect(),
+            per_client: (0..clients)
+                .map(|i| ClientCounters {
+                    url: url_of(i).min(urls - 1),
+                    ..ClientCounters::default()
+                })
+                .collect(),
+            per_url: (0..urls).map(|_| UrlStats::new()).collect(),
         }
+    }
+
+    /// Events received so far by the clients of each URL.
+    pub fn events_by_url(&self) -> Vec<u64> {
+        let mut events = vec![0; self.per_url.len()];
+        for client in &self.per_client {
+            if let Some(sum) = events.get_mut(client.url) {
+                *sum += client.events.load(Ordering::Relaxed);
+            }
+        }
+        events
+    }
+
+    /// Clients of each URL.
+    pub fn clients_by_url(&self) -> Vec<usize> {
+        let mut clients = vec![0; self.per_url.len()];
+        for client in &self.per_client {
+            if let Some(n) = clients.get_mut(client.url) {
+                *n += 1;
+            }
+        }
+        clients
+    }
+
+    /// The stats of URL `url` (the last one for an index past the end, as in [`Stats::new`]).
+    pub fn url(&self, url: usize) -> &UrlStats {
+        &self.per_url[url.min(self.per_url.len() - 1)]
     }
 
     /// Events and bytes received so far, over all clients.
@@ -119,9 +190,12 @@ impl Stats {
         *self.closes.lock().entry(code).or_default() += 1;
     }
 
-    /// Counts a client that never got its WebSocket, and why.
-    pub fn connect_failed(&self, reason: String) {
+    /// Counts a client of URL `url` that never got its WebSocket, and why.
+    pub fn connect_failed(&self, url: usize, reason: String) {
         self.connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.url(url)
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
         let mut reasons = self.connect_failure_reasons.lock();
         let key = if reasons.len() < MAX_REASONS || reasons.contains_key(&reason) {
             reason

@@ -1,5 +1,5 @@
-//! Where the load goes: URL checks (loopback only unless allowed), the feed's symbols from
-//! `/api/v3/exchangeInfo`, and stream lists per client.
+//! Where the load goes: URL checks (loopback only unless allowed), which URL each client
+//! takes, the feed's symbols from `/api/v3/exchangeInfo`, and stream lists per client.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -7,9 +7,47 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The server to load: its socket address and the URL prefix for WebSocket paths.
+#[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub base: String,
+    /// The URL as given, naming the target in the report's per-URL breakdown.
+    pub url: String,
+}
+
+impl Target {
+    /// Whether connections to it bind a 127.0.0.x source address (see [`sources`]): only an
+    /// IPv4 loopback target can be reached from one.
+    pub fn binds_loopback_source(&self) -> bool {
+        matches!(self.addr.ip(), IpAddr::V4(ip) if ip.is_loopback())
+    }
+}
+
+/// Parses `--url`: one URL or a comma-separated list, each held to [`parse`]'s rule. An empty
+/// entry is refused rather than skipped, since `a,,b` or a trailing comma is more likely a
+/// mistake than a wish. The same URL may appear more than once: it then takes that many shares
+/// of the clients.
+pub fn parse_list(urls: &str, allow_remote: bool) -> Result<Vec<Target>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .enumerate()
+        .map(|(i, url)| {
+            if url.is_empty() {
+                Err(format!(
+                    "--url {urls}: entry {} is empty; give comma-separated ws:// URLs",
+                    i + 1
+                ))
+            } else {
+                parse(url, allow_remote)
+            }
+        })
+        .collect()
+}
+
+/// Which of `urls` targets client `client` (its id over the whole run, across --processes):
+/// round-robin, so the clients spread evenly however they are split between processes.
+pub fn url_index(client: usize, urls: usize) -> usize {
+    client % urls.max(1)
 }
 
 /// Parses `ws://host:port[/...]` and refuses anything outside 127.0.0.0/8 and ::1 unless
@@ -33,6 +71,7 @@ pub fn parse(url: &str, allow_remote: bool) -> Result<Target, String> {
     Ok(Target {
         addr,
         base: format!("ws://{authority}"),
+        url: url.to_string(),
     })
 }
 
@@ -70,9 +109,16 @@ pub fn per_source_address(
 }
 
 /// The warning to print when each loopback source address of the run opens more WebSocket
-/// connections than a default bookcast admits from one address.
-pub fn per_address_warning(target: &Target, per_address: usize, clients: usize) -> Option<String> {
-    let over = target.addr.ip().is_loopback() && per_address.min(clients) > SERVER_ATTEMPTS_PER_IP;
+/// connections than a default bookcast admits from one address. With several URLs each server
+/// sees only its share, but the same server may be listed twice: the warning stays on the
+/// safe side and counts them all.
+pub fn per_address_warning(
+    targets: &[Target],
+    per_address: usize,
+    clients: usize,
+) -> Option<String> {
+    let over = targets.iter().any(|t| t.addr.ip().is_loopback())
+        && per_address.min(clients) > SERVER_ATTEMPTS_PER_IP;
     over.then(|| {
         format!(
             "note: up to {per_address} connections per loopback source address; a bookcast on \
@@ -83,27 +129,72 @@ pub fn per_address_warning(target: &Target, per_address: usize, clients: usize) 
 }
 
 /// Source addresses to spread connections over, so ephemeral ports never run out and each
-/// stays under the server's per-IP limits (see [`per_source_address`]): on loopback
-/// each of 127.0.0.(1 + offset), .(2 + offset), ... carries at most `per_address` connections.
-/// Several load processes side by side take different offsets, so they never share a port range.
+/// stays under the server's per-IP limits (see [`per_source_address`]): when any target is
+/// IPv4 loopback, each of 127.0.0.(1 + offset), .(2 + offset), ... carries at most
+/// `per_address` connections. Several load processes side by side take different offsets, so
+/// they never share a port range. Connections to other targets pick no source
+/// ([`source_for`]).
 pub fn sources(
-    target: &Target,
+    targets: &[Target],
     clients: usize,
     per_address: usize,
     offset: u8,
 ) -> Vec<Option<IpAddr>> {
-    match target.addr.ip() {
-        IpAddr::V4(ip) if ip.is_loopback() => {
-            let count = clients.div_ceil(per_address.max(1)).max(1);
-            (0..count)
-                .map(|i| {
-                    let last = 1 + (usize::from(offset) + i) % SOURCE_ADDRESSES;
-                    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
-                })
-                .collect()
-        }
-        _ => vec![None],
+    if !targets.iter().any(Target::binds_loopback_source) {
+        return vec![None];
     }
+    let count = clients.div_ceil(per_address.max(1)).max(1);
+    (0..count)
+        .map(|i| {
+            let last = 1 + (usize::from(offset) + i) % SOURCE_ADDRESSES;
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last as u8)))
+        })
+        .collect()
+}
+
+/// The source address of connection `n` to `target`: the next of `spread` for an IPv4 loopback
+/// target, none (the kernel's choice) for any other, which a 127.0.0.x source cannot reach.
+pub fn source_for(target: &Target, spread: &[Option<IpAddr>], n: usize) -> Option<IpAddr> {
+    if !target.binds_loopback_source() || spread.is_empty() {
+        return None;
+    }
+    spread[n % spread.len()]
+}
+
+/// The symbols every target lists, in the first one's order. Clients on different URLs must
+/// get the same streams for the per-URL numbers to compare, so targets that list different
+/// symbols are an error rather than a skewed run. Each distinct address is asked once.
+pub async fn common_symbols(targets: &[Target]) -> Result<Vec<String>, String> {
+    let first = targets.first().ok_or("--url names no server")?;
+    let symbols = symbols_of(first).await?;
+    let mut sorted = symbols.clone();
+    sorted.sort_unstable();
+    let mut asked = vec![first.addr];
+    for target in targets.iter().skip(1) {
+        if asked.contains(&target.addr) {
+            continue;
+        }
+        asked.push(target.addr);
+        let mut other = symbols_of(target).await?;
+        other.sort_unstable();
+        if other != sorted {
+            return Err(format!(
+                "{} lists other symbols than {} ({} against {}); every --url must serve the \
+                 same feed",
+                target.url,
+                first.url,
+                other.len(),
+                sorted.len()
+            ));
+        }
+    }
+    Ok(symbols)
+}
+
+async fn symbols_of(target: &Target) -> Result<Vec<String>, String> {
+    symbols(target)
+        .await
+        .map_err(|e| format!("{}: {e}", target.url))
 }
 
 /// The symbols the server lists in `/api/v3/exchangeInfo`, lower-cased for stream names.
@@ -191,7 +282,7 @@ mod tests {
         assert_eq!(per_source_address(None, 1000, 1, 249), 1000);
         assert_eq!(per_source_address(Some(5000), 2000, 1, 0), 5000);
         assert_eq!(per_source_address(Some(0), 2000, 1, 0), 1);
-        let target = parse("ws://127.0.0.1:9443", false).unwrap();
+        let target = parse_list("ws://127.0.0.1:9443", false).unwrap();
         let spread = sources(&target, 2000, per_source_address(None, 2000, 1, 0), 0);
         assert_eq!(spread.len(), 20);
         assert_eq!(spread[19], Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 20))));
@@ -211,6 +302,65 @@ mod tests {
     }
 
     #[test]
+    fn url_lists_hold_every_entry_to_the_same_rule() {
+        let two = parse_list("ws://127.0.0.1:9501,ws://127.0.0.1:9502", false).unwrap();
+        let urls: Vec<&str> = two.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(urls, ["ws://127.0.0.1:9501", "ws://127.0.0.1:9502"]);
+        assert_eq!(two[1].addr.port(), 9502);
+        // Spaces around entries are fine; a path stays in the name but not in the base.
+        let spaced = parse_list(" ws://127.0.0.1:1/ws , ws://[::1]:2", false).unwrap();
+        assert_eq!(spaced[0].url, "ws://127.0.0.1:1/ws");
+        assert_eq!(spaced[0].base, "ws://127.0.0.1:1");
+        // Duplicates are allowed: that URL takes two shares.
+        let twice = parse_list("ws://127.0.0.1:1,ws://127.0.0.1:1", false).unwrap();
+        assert_eq!(twice.len(), 2);
+        // An empty entry is refused, not skipped, and named.
+        for bad in [
+            "ws://127.0.0.1:1,,ws://127.0.0.1:2",
+            "ws://127.0.0.1:1,",
+            ",ws://127.0.0.1:1",
+            "",
+            " , ",
+        ] {
+            let error = parse_list(bad, false).unwrap_err();
+            assert!(error.contains("is empty"), "{bad}: {error}");
+        }
+        let error = parse_list("ws://127.0.0.1:1,,ws://127.0.0.1:2", false).unwrap_err();
+        assert!(error.contains("entry 2 is empty"), "{error}");
+        // One remote entry spoils the list unless --allow-remote.
+        let error = parse_list("ws://127.0.0.1:1,ws://10.0.0.1:2", false).unwrap_err();
+        assert!(
+            error.starts_with("ws://10.0.0.1:2: 10.0.0.1 is not a loopback"),
+            "{error}"
+        );
+        assert_eq!(
+            parse_list("ws://127.0.0.1:1,ws://10.0.0.1:2", true)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_list("ws://127.0.0.1:1,http://127.0.0.1:2", false).is_err());
+    }
+
+    #[test]
+    fn clients_take_the_urls_round_robin_and_sources_only_where_they_reach() {
+        assert_eq!(
+            (0..5).map(|i| url_index(i, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+        assert_eq!(url_index(7, 1), 0);
+        // A child of --processes from client 21 on continues the rotation.
+        assert_eq!(url_index(21, 2), 1);
+        let mixed = parse_list("ws://127.0.0.1:1,ws://[::1]:2,ws://10.0.0.1:3", true).unwrap();
+        let spread = sources(&mixed, 200, 100, 0);
+        assert_eq!(spread.len(), 2);
+        assert_eq!(source_for(&mixed[0], &spread, 3), spread[1]);
+        assert_eq!(source_for(&mixed[1], &spread, 3), None);
+        assert_eq!(source_for(&mixed[2], &spread, 3), None);
+        assert_eq!(sources(&mixed[1..], 200, 100, 0), [None]);
+    }
+
+    #[test]
     fn patterns_spread_over_symbols() {
         let symbols: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         assert_eq!(streams_for(0, "<sym>@depth", &symbols, 1), ["a@depth"]);
@@ -227,7 +377,7 @@ mod tests {
 
     #[test]
     fn sources_cap_connections_per_address() {
-        let target = parse("ws://127.0.0.1:9443", false).unwrap();
+        let target = parse_list("ws://127.0.0.1:9443", false).unwrap();
         assert_eq!(sources(&target, 100, 10_000, 0).len(), 1);
         let many = sources(&target, 25_000, 10_000, 0);
         assert_eq!(many.len(), 3);
