@@ -64,8 +64,13 @@ pub fn report_path(name: &str) -> PathBuf {
 /// off the runtime, asserts it succeeded (showing its stdout and stderr if not) and returns
 /// its stdout.
 pub async fn run_load(addr: SocketAddr, args: &[&str], json: &Path, html: Option<&Path>) -> String {
+    run_load_urls(&format!("ws://{addr}"), args, json, html).await
+}
+
+/// [`run_load`] with `--url {urls}` as given (e.g. a comma-separated list).
+pub async fn run_load_urls(urls: &str, args: &[&str], json: &Path, html: Option<&Path>) -> String {
     let binary = env!("CARGO_BIN_EXE_bookcast-load");
-    let mut all = vec!["--url".to_string(), format!("ws://{addr}")];
+    let mut all = vec!["--url".to_string(), urls.to_string()];
     all.extend(args.iter().map(|a| a.to_string()));
     all.extend(["--json".into(), json.display().to_string()]);
     if let Some(html) = html {
