@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Checks dashboards/: promtool accepts the Prometheus config and alert rules, every query of the
-# Grafana dashboard filters on its `instance` variable, and every PromQL expression of the
-# dashboard and the alerts parses and returns data from a real Prometheus (Debian's) scraping,
-# every second on loopback, an all-in-one bookcast and a small cluster (Debian's nats-server with
-# JetStream, one `bookcast engine`, one `bookcast gateway`), both under load.
+# Checks dashboards/: promtool accepts the Prometheus config and alert rules, and the alerts' unit
+# tests (alerts_test.yml) pass; every query of the Grafana dashboard filters on its `instance`
+# variable; and every PromQL expression of the dashboard and the alerts parses and returns data
+# from a real Prometheus (Debian's) scraping, every second on loopback, an all-in-one bookcast
+# and a small cluster (Debian's nats-server with JetStream, one `bookcast engine`, one
+# `bookcast gateway`), both under load.
 set -euo pipefail
 CHECK=dashboards
 source "$(dirname "$0")/lib.sh"
@@ -12,6 +13,8 @@ ensure_prometheus
 ensure_nats
 promtool check config "$ROOT/dashboards/prometheus.yml"
 promtool check rules "$ROOT/dashboards/alerts.yml"
+# The cluster alerts fire after their `for` on the node concerned (synthetic series).
+promtool test rules "$ROOT/dashboards/alerts_test.yml"
 
 build_release
 BC_PORT="$(free_port)"
