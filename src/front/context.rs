@@ -3,6 +3,7 @@
 
 use super::admission::{AttemptLimiter, IpConnections};
 use super::auth::TokenSet;
+use super::weight::WeightLimiter;
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::market::feed::Feed;
@@ -23,6 +24,9 @@ pub struct Context {
     pub attempts: AttemptLimiter,
     /// Open WebSocket connections per IP (`--max-connections-per-ip`).
     pub ip_connections: Arc<IpConnections>,
+    /// Request weight per IP per minute, spent by WebSocket API requests (SPEC.md; Binance
+    /// counts REST and the WebSocket API against one budget, so REST belongs here too).
+    pub weights: WeightLimiter,
     /// The accepted tokens when `--auth-tokens` is set.
     pub tokens: Option<TokenSet>,
     /// Flips to true once, when shutdown begins.

@@ -27,7 +27,9 @@ pub async fn handle(head: &Head, ctx: &Context) -> Response {
     response
 }
 
-async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
+/// The REST dispatch itself, uncounted: the metric label and the response. The WebSocket API
+/// ([`super::ws_api`]) answers through it too, so a method means exactly what its endpoint does.
+pub(crate) async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
     if head.method != "GET" && head.method != "HEAD" {
         return (
             "other",
@@ -50,6 +52,51 @@ async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
         }
         path => crate::front::dashboard::route(path)
             .unwrap_or_else(|| ("other", Response::error(404, -1000, "Unknown path."))),
+    }
+}
+
+/// Binance's request weight of an endpoint (the same over REST and the WebSocket API), before
+/// its parameters are validated: a request that fails validation still costs its weight.
+pub(crate) fn weight(head: &Head) -> u32 {
+    let symbols = || {
+        head.param("symbols")
+            .map(|list| list.split(',').filter(|s| !s.trim().is_empty()).count())
+    };
+    let one_symbol = head.param("symbol").is_some();
+    match head.path.as_str() {
+        "/api/v3/exchangeInfo" => 20,
+        "/api/v3/depth" => {
+            let limit = head
+                .param("limit")
+                .and_then(|text| depth_limit(&text).ok())
+                .unwrap_or(DEFAULT_DEPTH_LIMIT);
+            match limit {
+                0..=100 => 5,
+                101..=500 => 25,
+                501..=1000 => 50,
+                _ => 250,
+            }
+        }
+        "/api/v3/trades" => 25,
+        "/api/v3/aggTrades" => 4,
+        "/api/v3/klines" | "/api/v3/avgPrice" => 2,
+        "/api/v3/ticker/24hr" if one_symbol => 2,
+        "/api/v3/ticker/24hr" => match symbols() {
+            Some(0..=20) => 2,
+            Some(21..=100) => 40,
+            _ => 80,
+        },
+        "/api/v3/ticker/price" | "/api/v3/ticker/bookTicker" if one_symbol => 2,
+        "/api/v3/ticker/price" | "/api/v3/ticker/bookTicker" => 4,
+        "/api/v3/ticker" => {
+            let count = if one_symbol {
+                1
+            } else {
+                symbols().unwrap_or(1)
+            };
+            u32::try_from(count).map_or(200, |n| n.saturating_mul(4).min(200))
+        }
+        _ => 1,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::front::admission::{AttemptLimiter, IpConnections};
 use crate::front::auth::TokenSet;
 use crate::front::context::Context;
 use crate::front::transport;
+use crate::front::weight::{WeightLimiter, REQUEST_WEIGHT_PER_MINUTE};
 use crate::front::{http, router};
 use crate::market::feed::Feed;
 use crate::metrics::live_stats::LiveStats;
@@ -110,6 +111,7 @@ pub async fn run_with(
             config.connection_attempt_window,
         ),
         ip_connections: IpConnections::new(config.max_connections_per_ip),
+        weights: WeightLimiter::new(REQUEST_WEIGHT_PER_MINUTE),
         tokens,
         config,
         shutdown: shutdown_rx,

@@ -10,12 +10,18 @@ use crate::protocol::stream::{self, Topic};
 pub struct Upgrade {
     /// The `/echo` conformance route (only with `--test-echo-route`).
     pub echo: bool,
+    /// The WebSocket API (`/ws-api/v3`): requests answered through the REST dispatch
+    /// ([`super::ws_api`]) instead of control messages, and no streams.
+    pub api: bool,
     pub combined: bool,
     pub unit: TimeUnit,
     pub topics: Vec<Topic>,
 }
 
-/// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
+/// Binance's WebSocket API path (SPEC.md), the one version bookcast serves.
+pub const WS_API_PATH: &str = "/ws-api/v3";
+
+/// Parses `/ws-api/v3`, `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
 ///
 /// Like Binance, names in the URL that are not streams are ignored rather than refused (ccxt
 /// connects to `/ws/<n>` with a number and subscribes afterwards); the count limit holds.
@@ -23,42 +29,53 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     if head.path == "/echo" && ctx.config.test_echo_route {
         return Ok(Upgrade {
             echo: true,
+            api: false,
             combined: false,
             unit: TimeUnit::Millisecond,
             topics: Vec::new(),
         });
     }
-    let (combined, names): (bool, Vec<String>) =
-        if head.path == "/stream" || head.path == "/stream/" {
-            let streams = head.param("streams").unwrap_or_default();
-            (
-                true,
-                streams
-                    .split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            )
-        } else if head.path == "/ws" || head.path.starts_with("/ws/") {
-            let rest = head.path.strip_prefix("/ws").unwrap_or_default();
-            let decoded: Vec<String> = rest
+    if head.path == WS_API_PATH {
+        return Ok(Upgrade {
+            echo: false,
+            api: true,
+            combined: false,
+            unit: TimeUnit::Millisecond,
+            topics: Vec::new(),
+        });
+    }
+    let (combined, names): (bool, Vec<String>) = if head.path == "/stream"
+        || head.path == "/stream/"
+    {
+        let streams = head.param("streams").unwrap_or_default();
+        (
+            true,
+            streams
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    form_urlencoded::parse(format!("x={s}").as_bytes())
-                        .map(|(_, v)| v.into_owned())
-                        .next()
-                        .unwrap_or_default()
-                })
-                .collect();
-            (false, decoded)
-        } else {
-            return Err(Response::error(
-                404,
-                -1000,
-                "Unknown WebSocket path; use /ws, /ws/<stream> or /stream?streams=<a>/<b>.",
-            ));
-        };
+                .map(str::to_string)
+                .collect(),
+        )
+    } else if head.path == "/ws" || head.path.starts_with("/ws/") {
+        let rest = head.path.strip_prefix("/ws").unwrap_or_default();
+        let decoded: Vec<String> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .map(|(_, v)| v.into_owned())
+                    .next()
+                    .unwrap_or_default()
+            })
+            .collect();
+        (false, decoded)
+    } else {
+        return Err(Response::error(
+            404,
+            -1000,
+            "Unknown WebSocket path; use /ws, /ws/<stream>, /stream?streams=<a>/<b> or /ws-api/v3.",
+        ));
+    };
     let unit = match head.param("timeUnit") {
         None => TimeUnit::Millisecond,
         Some(value) => TimeUnit::parse(&value).ok_or_else(|| {
@@ -86,6 +103,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     }
     Ok(Upgrade {
         echo: false,
+        api: false,
         combined,
         unit,
         topics,
@@ -141,6 +159,7 @@ pub(crate) fn is_websocket_path(path: &str) -> bool {
         || path == "/stream"
         || path == "/stream/"
         || path == "/echo"
+        || path == WS_API_PATH
 }
 
 #[cfg(test)]
