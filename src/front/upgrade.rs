@@ -44,38 +44,37 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             topics: Vec::new(),
         });
     }
-    let (combined, names): (bool, Vec<String>) = if head.path == "/stream"
-        || head.path == "/stream/"
-    {
-        let streams = head.param("streams").unwrap_or_default();
-        (
-            true,
-            streams
+    let (combined, names): (bool, Vec<String>) =
+        if head.path == "/stream" || head.path == "/stream/" {
+            let streams = head.param("streams").unwrap_or_default();
+            (
+                true,
+                streams
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            )
+        } else if head.path == "/ws" || head.path.starts_with("/ws/") {
+            let rest = head.path.strip_prefix("/ws").unwrap_or_default();
+            let decoded: Vec<String> = rest
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-        )
-    } else if head.path == "/ws" || head.path.starts_with("/ws/") {
-        let rest = head.path.strip_prefix("/ws").unwrap_or_default();
-        let decoded: Vec<String> = rest
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                form_urlencoded::parse(format!("x={s}").as_bytes())
-                    .map(|(_, v)| v.into_owned())
-                    .next()
-                    .unwrap_or_default()
-            })
-            .collect();
-        (false, decoded)
-    } else {
-        return Err(Response::error(
-            404,
-            -1000,
-            "Unknown WebSocket path; use /ws, /ws/<stream>, /stream?streams=<a>/<b> or /ws-api/v3.",
-        ));
-    };
+                .map(|s| {
+                    form_urlencoded::parse(format!("x={s}").as_bytes())
+                        .map(|(_, v)| v.into_owned())
+                        .next()
+                        .unwrap_or_default()
+                })
+                .collect();
+            (false, decoded)
+        } else {
+            return Err(Response::error(
+                404,
+                -1000,
+                "Unknown WebSocket path; use /ws, /ws/<s>, /stream?streams=<a>/<b> or /ws-api/v3.",
+            ));
+        };
     let unit = match head.param("timeUnit") {
         None => TimeUnit::Millisecond,
         Some(value) => TimeUnit::parse(&value).ok_or_else(|| {
