@@ -166,6 +166,7 @@ pub async fn upgrade<S: Transport>(
         subscriptions: Subscriptions {
             topics: upgrade.topics,
             combined: upgrade.combined,
+            snapshot: upgrade.snapshot,
         },
         unit: upgrade.unit,
         ctx,
@@ -198,6 +199,7 @@ async fn handshake<S: Transport>(
         outbox: outbox.clone(),
         combined: upgrade.combined,
         unit: upgrade.unit,
+        snapshot: upgrade.snapshot,
         topics: upgrade.topics.clone(),
         ready,
     };

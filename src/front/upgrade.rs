@@ -15,6 +15,8 @@ pub struct Upgrade {
     pub api: bool,
     pub combined: bool,
     pub unit: TimeUnit,
+    /// `snapshot=true` (bookcast's addition): diff streams start with a `depthSnapshot`.
+    pub snapshot: bool,
     pub topics: Vec<Topic>,
 }
 
@@ -32,6 +34,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             api: false,
             combined: false,
             unit: TimeUnit::Millisecond,
+            snapshot: false,
             topics: Vec::new(),
         });
     }
@@ -41,6 +44,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             api: true,
             combined: false,
             unit: TimeUnit::Millisecond,
+            snapshot: false,
             topics: Vec::new(),
         });
     }
@@ -85,6 +89,17 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             )
         })?,
     };
+    let snapshot = match head.param("snapshot").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Response::error(
+                400,
+                -1100,
+                "Invalid snapshot; use true or false.",
+            ))
+        }
+    };
     if names.len() > ctx.config.max_streams {
         let msg = format!(
             "Too many streams: at most {} per connection.",
@@ -105,6 +120,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
         api: false,
         combined,
         unit,
+        snapshot,
         topics,
     })
 }
