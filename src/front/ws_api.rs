@@ -19,7 +19,7 @@ use super::context::Context;
 use super::http::Head;
 use super::rest;
 use super::weight::Charge;
-use crate::protocol::json::push_escaped_str;
+use crate::protocol::json::{self, push_escaped_str};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 use std::net::IpAddr;
@@ -229,32 +229,6 @@ fn push_rate_limits(json: &mut Vec<u8>, charge: &Charge) {
     );
 }
 
-/// Nesting depth of JSON text, ignoring brackets inside strings.
-fn nesting_depth(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &byte in text {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 /// Reads a request. `text` is scratch: simd-json parses in place.
 fn parse(text: &mut [u8]) -> Parsed {
     let invalid = |refusal: Refusal| Parsed {
@@ -262,7 +236,7 @@ fn parse(text: &mut [u8]) -> Parsed {
         method: INVALID_REQUEST,
         request: Err(refusal),
     };
-    if nesting_depth(text) > MAX_DEPTH {
+    if json::nesting_depth(text) > MAX_DEPTH {
         return invalid(Refusal::bad_json("Invalid JSON Request: nested too deep."));
     }
     let value = match simd_json::to_borrowed_value(text) {

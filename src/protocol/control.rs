@@ -6,7 +6,7 @@
 //! Binance's documented ones; error codes are SPEC.md's: 0 unknown property, 1 invalid value
 //! type, 2 invalid request, 3 invalid JSON.
 
-use crate::protocol::json::push_escaped_str;
+use crate::protocol::json::{self, push_escaped_str};
 use crate::protocol::stream::{self, StreamNameError, SymbolTable, Topic};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
@@ -98,32 +98,6 @@ fn result(change: Change, result_json: &[u8], id: &Id<'_>) -> Outcome {
     }
 }
 
-/// Nesting depth of JSON text, ignoring brackets inside strings.
-fn nesting_depth(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &byte in text {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 /// Handles one text message. `text` is scratch: simd-json parses in place.
 pub fn handle(
     text: &mut [u8],
@@ -143,7 +117,7 @@ fn handle_request(
     max_streams: usize,
     label: &mut &'static str,
 ) -> Outcome {
-    if nesting_depth(text) > MAX_DEPTH {
+    if json::nesting_depth(text) > MAX_DEPTH {
         return error(3, "Invalid JSON: nesting too deep", &Id::Null);
     }
     let value = match simd_json::to_borrowed_value(text) {

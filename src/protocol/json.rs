@@ -141,6 +141,33 @@ pub fn push_levels(out: &mut Vec<u8>, levels: impl Iterator<Item = (u64, u64)>) 
     out.push(b']');
 }
 
+/// Nesting depth of JSON text, ignoring brackets inside strings: control messages and WebSocket
+/// API requests refuse hostile nesting before parsing.
+pub fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in text {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
