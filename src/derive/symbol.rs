@@ -14,7 +14,7 @@ use super::Publisher;
 use crate::market::book::{OrderBook, Side};
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::Step;
-use crate::protocol::stream::{Speed, StreamKind, SymbolId, Topic};
+use crate::protocol::stream::{Speed, StreamKind, SymbolId, TickerWindow, Topic, UTC8_OFFSET_US};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 const DAY_US: u64 = 86_400_000_000;
 /// The rolling ticker's bucket: one minute.
 const MINUTE_US: u64 = 60_000_000;
+/// `@avgPrice`'s window: five minutes, as on Binance.
+pub const AVG_PRICE_WINDOW_US: u64 = 5 * MINUTE_US;
 /// Levels of the partial depth streams (`depth5`, `depth10`, `depth20`).
 const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
 
@@ -44,6 +46,15 @@ pub struct SymbolStreams {
     rolling: Rolling24h,
     /// One builder per [`KlineInterval::ALL`], in that order.
     klines: Vec<KlineBuilder>,
+    /// One UTC+8 builder per interval an 8-hour shift moves ([`utc8_intervals`]), in
+    /// [`KlineInterval::ALL`] order; the other intervals' `@+08:00` streams carry the UTC
+    /// builders' klines, which are the same.
+    klines_utc8: Vec<KlineBuilder>,
+    /// Whether a trade printed since the last 1000 ms tick: the `!…@arr` streams carry only
+    /// the symbols that did. Part of the state, so it never depends on who listens.
+    traded: bool,
+    /// Time of the last trade (`@avgPrice`'s `T`), the stage's start before any.
+    last_trade_us: u64,
     last_book_ticker: Option<BestQuotes>,
     next_agg_id: u64,
 }
@@ -79,6 +90,13 @@ impl SymbolStreams {
                 .iter()
                 .map(|&interval| KlineBuilder::new(interval, start_us, reference))
                 .collect(),
+            klines_utc8: utc8_intervals()
+                .map(|interval| {
+                    KlineBuilder::in_zone(interval, UTC8_OFFSET_US, start_us, reference)
+                })
+                .collect(),
+            traded: false,
+            last_trade_us: start_us,
             last_book_ticker: None,
             next_agg_id: 1,
             spec,
@@ -169,6 +187,49 @@ impl SymbolStreams {
             self.publish_partial(levels, Speed::Unspecified, out);
         }
         self.publish_klines(now_us, second, out);
+        self.publish_avg_price(now_us, out);
+    }
+
+    /// Whether a trade printed since the last call, which starts the next second's count: the
+    /// 1000 ms tick asks once per symbol.
+    pub fn take_traded(&mut self) -> bool {
+        std::mem::take(&mut self.traded)
+    }
+
+    /// The rolling-window statistics of `window` ending at `now_us` (see
+    /// [`Rolling24h::stats_within`]).
+    pub fn window_stats(&self, now_us: u64, window: TickerWindow) -> TickerStats {
+        self.rolling.stats_within(now_us, window.micros())
+    }
+
+    /// Publishes `@ticker_<window>` with `stats` (from [`window_stats`](Self::window_stats)).
+    pub fn publish_rolling_ticker<P: Publisher + ?Sized>(
+        &self,
+        window: TickerWindow,
+        stats: &TickerStats,
+        now_us: u64,
+        out: &mut P,
+    ) {
+        let symbol = self.spec.symbol.as_str();
+        out.publish(
+            self.topic(StreamKind::RollingTicker(window)),
+            &mut |buf, unit| {
+                rolling::write_rolling_ticker(buf, window.event(), symbol, stats, now_us, unit)
+            },
+        );
+    }
+
+    /// Publishes `@avgPrice` if anyone listens: the average price of the last five minutes.
+    fn publish_avg_price<P: Publisher + ?Sized>(&self, now_us: u64, out: &mut P) {
+        let topic = self.topic(StreamKind::AvgPrice);
+        if !out.wants(&topic) {
+            return;
+        }
+        let stats = self.rolling.stats_within(now_us, AVG_PRICE_WINDOW_US);
+        let (symbol, last_trade_us) = (self.spec.symbol.as_str(), self.last_trade_us);
+        out.publish(topic, &mut |buf, unit| {
+            rolling::write_avg_price(buf, symbol, &stats, last_trade_us, now_us, unit)
+        });
     }
 
     /// Publishes `@ticker` and `@miniTicker` for the 24h window ending at `now_us`, if anyone
@@ -253,6 +314,9 @@ impl SymbolStreams {
             last_update_id,
             rolling,
             klines,
+            klines_utc8,
+            traded,
+            last_trade_us,
             next_agg_id,
             ..
         } = snapshot;
@@ -260,6 +324,9 @@ impl SymbolStreams {
         self.last_update_id = last_update_id;
         self.rolling = rolling;
         self.klines = klines;
+        self.klines_utc8 = klines_utc8;
+        self.traded = traded;
+        self.last_trade_us = last_trade_us;
         self.next_agg_id = next_agg_id;
         let best = self.best();
         if self.last_book_ticker != Some(best) {
@@ -315,10 +382,12 @@ impl SymbolStreams {
                 buyer_is_maker: trade.buyer_is_maker,
             };
             self.rolling.record(&print);
-            for kline in &mut self.klines {
+            for kline in self.klines.iter_mut().chain(&mut self.klines_utc8) {
                 kline.record(&print);
             }
         }
+        self.traded = true;
+        self.last_trade_us = now_us;
         let trade_topic = self.topic(StreamKind::Trade);
         let agg_topic = self.topic(StreamKind::AggTrade);
         let spec = &self.spec;
@@ -381,28 +450,63 @@ impl SymbolStreams {
         );
     }
 
+    /// Closes and pushes every kline stream: each closed kline once (`"x":true`), then the open
+    /// one every push period. An interval UTC+8 does not move is published under its
+    /// `@+08:00` name from the UTC builder.
     fn publish_klines<P: Publisher + ?Sized>(&mut self, now_us: u64, second: u64, out: &mut P) {
         let symbol = self.spec.symbol.as_str();
-        for (&interval, kline) in KlineInterval::ALL.iter().zip(&mut self.klines) {
-            let topic = Topic::Symbol {
-                symbol: self.id,
-                kind: StreamKind::Kline(interval),
+        let id = self.id;
+        let topics = |interval: KlineInterval| {
+            (
+                Topic::Symbol {
+                    symbol: id,
+                    kind: StreamKind::Kline(interval),
+                },
+                Topic::Symbol {
+                    symbol: id,
+                    kind: StreamKind::KlineUtc8(interval),
+                },
+            )
+        };
+        let builders = self
+            .klines
+            .iter_mut()
+            .map(|kline| (false, kline))
+            .chain(self.klines_utc8.iter_mut().map(|kline| (true, kline)));
+        for (utc8, kline) in builders {
+            let interval = kline.current().interval;
+            let (utc_topic, utc8_topic) = topics(interval);
+            let names: &[Topic] = match (utc8, interval.offset_neutral(UTC8_OFFSET_US)) {
+                (true, _) => &[utc8_topic],
+                (false, true) => &[utc_topic, utc8_topic],
+                (false, false) => &[utc_topic],
             };
             kline.roll(now_us);
             while let Some(closed) = kline.pop_closed() {
-                out.publish(topic, &mut |buf, unit| {
-                    closed.write(buf, symbol, now_us, unit)
-                });
+                for &topic in names {
+                    out.publish(topic, &mut |buf, unit| {
+                        closed.write(buf, symbol, now_us, unit)
+                    });
+                }
             }
             let period_s = (interval.push_period_us() / 1_000_000).max(1);
             if second % period_s == 0 {
                 let kline = &*kline;
-                out.publish(topic, &mut |buf, unit| {
-                    kline.write(buf, symbol, now_us, unit)
-                });
+                for &topic in names {
+                    out.publish(topic, &mut |buf, unit| {
+                        kline.write(buf, symbol, now_us, unit)
+                    });
+                }
             }
         }
     }
+}
+
+/// The intervals whose UTC+8 klines open at other instants than their UTC ones.
+fn utc8_intervals() -> impl Iterator<Item = KlineInterval> {
+    KlineInterval::ALL
+        .into_iter()
+        .filter(|interval| !interval.offset_neutral(UTC8_OFFSET_US))
 }
 
 #[cfg(test)]

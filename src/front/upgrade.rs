@@ -15,6 +15,16 @@ pub struct Upgrade {
     pub topics: Vec<Topic>,
 }
 
+/// Percent-decodes stream names from a URL, keeping `+` a plus: in `btcusdt@kline_1d@+08:00`
+/// it is part of the name (Binance reads it so), not a form-encoded space.
+fn decode_name(raw: &str) -> String {
+    let plus_kept = raw.replace('+', "%2B");
+    form_urlencoded::parse(format!("x={plus_kept}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .next()
+        .unwrap_or_default()
+}
+
 /// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
 ///
 /// Like Binance, names in the URL that are not streams are ignored rather than refused (ccxt
@@ -30,7 +40,12 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     }
     let (combined, names): (bool, Vec<String>) =
         if head.path == "/stream" || head.path == "/stream/" {
-            let streams = head.param("streams").unwrap_or_default();
+            let streams = head
+                .query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("streams="))
+                .map(decode_name)
+                .unwrap_or_default();
             (
                 true,
                 streams
@@ -44,12 +59,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             let decoded: Vec<String> = rest
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    form_urlencoded::parse(format!("x={s}").as_bytes())
-                        .map(|(_, v)| v.into_owned())
-                        .next()
-                        .unwrap_or_default()
-                })
+                .map(decode_name)
                 .collect();
             (false, decoded)
         } else {

@@ -279,6 +279,9 @@ pub const SUBSCRIPTION_KINDS: &[&str] = &[
     "miniTicker",
     "ticker",
     "miniTicker_arr",
+    "rollingTicker",
+    "avgPrice",
+    "rollingTicker_arr",
     "stats",
 ];
 
