@@ -39,6 +39,7 @@
 //! - to start with the engine, or to be given the state a snapshot does not carry (aggTrade ids,
 //!   kline and ticker statistics, the tick count).
 
+pub mod history;
 pub mod payload;
 pub mod stats;
 pub mod streams;

@@ -13,6 +13,8 @@ pub struct Streams {
     symbols: Vec<SymbolStreams>,
     /// 1000 ms ticks since start, to push non-1s klines every other second as Binance does.
     seconds: u64,
+    /// REST history bounds (trades, klines): this server's configuration, not derived state.
+    history: (usize, usize),
 }
 
 impl Streams {
@@ -29,6 +31,7 @@ impl Streams {
         Streams {
             symbols,
             seconds: 0,
+            history: (0, 0),
         }
     }
 
@@ -51,6 +54,7 @@ impl Streams {
         self.seconds = snapshot.seconds;
         for (symbol, later) in self.symbols.iter_mut().zip(snapshot.symbols) {
             symbol.rebase(later, now_us, out);
+            symbol.set_history(self.history.0, self.history.1);
         }
     }
 
@@ -151,6 +155,15 @@ impl Streams {
                     })
                 });
             }
+        }
+    }
+
+    /// Keeps at most `trades` trades (and aggregates) and `klines` closed klines per interval
+    /// for REST, in every symbol, from now on (also across [`rebase`](Self::rebase)).
+    pub fn set_history(&mut self, trades: usize, klines: usize) {
+        self.history = (trades, klines);
+        for symbol in &mut self.symbols {
+            symbol.set_history(trades, klines);
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Context {
     pub attempts: AttemptLimiter,
     /// Open WebSocket connections per IP (`--max-connections-per-ip`).
     pub ip_connections: Arc<IpConnections>,
+    /// REST weight used per IP this minute (`--rest-weight-limit`).
+    pub rest_weights: super::weights::RestWeights,
     /// The accepted tokens when `--auth-tokens` is set.
     pub tokens: Option<TokenSet>,
     /// Flips to true once, when shutdown begins.

@@ -14,3 +14,4 @@ pub mod server;
 pub mod session;
 pub mod transport;
 pub mod upgrade;
+pub mod weights;

@@ -48,9 +48,12 @@ pub async fn run_with(
     listener: TcpListener,
     config: Config,
     feed: Feed,
-    start: engine::Start,
+    mut start: engine::Start,
     shutdown: impl Future,
 ) -> io::Result<()> {
+    start
+        .streams
+        .set_history(config.trade_history, config.kline_history);
     // First, so a bad token file fails startup before anything is spawned.
     let tokens = match &config.auth_tokens {
         Some(path) => {
@@ -110,6 +113,7 @@ pub async fn run_with(
             config.connection_attempt_window,
         ),
         ip_connections: IpConnections::new(config.max_connections_per_ip),
+        rest_weights: crate::front::weights::RestWeights::new(config.rest_weight_limit),
         tokens,
         config,
         shutdown: shutdown_rx,

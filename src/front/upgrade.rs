@@ -117,7 +117,7 @@ pub(crate) fn check_handshake(head: &Head) -> Result<String, Response> {
             -1000,
             "This path serves WebSocket only: send an Upgrade: websocket request.",
         );
-        response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+        response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".into();
         return Err(response);
     }
     if head.ws_version.as_deref() != Some("13") {
@@ -126,7 +126,7 @@ pub(crate) fn check_handshake(head: &Head) -> Result<String, Response> {
             -1000,
             "Unsupported Sec-WebSocket-Version; this server speaks 13.",
         );
-        response.extra_headers = "Sec-WebSocket-Version: 13\r\n";
+        response.extra_headers = "Sec-WebSocket-Version: 13\r\n".into();
         return Err(response);
     }
     let key = head.ws_key.clone().unwrap_or_default();

@@ -103,6 +103,70 @@ impl Kline {
         self.taker_buy_quote.e8()
     }
 
+    /// This kline's minutes regrouped into the kline of `interval` opening at `open_us` and
+    /// ending at `end_us` (another time zone's): its data, under the new interval and times.
+    pub fn regrouped(&self, interval: KlineInterval, open_us: u64, end_us: u64) -> Kline {
+        Kline {
+            interval,
+            open_time_us: open_us,
+            end_us,
+            ..*self
+        }
+    }
+
+    /// Folds `later`, the next kline of a finer interval inside this one, into this one.
+    pub fn merge(&mut self, later: &Kline) {
+        if later.count > 0 {
+            if self.count == 0 {
+                self.open_e8 = later.open_e8;
+                self.high_e8 = later.high_e8;
+                self.low_e8 = later.low_e8;
+                self.first_id = later.first_id;
+            } else {
+                self.high_e8 = self.high_e8.max(later.high_e8);
+                self.low_e8 = self.low_e8.min(later.low_e8);
+            }
+            self.last_id = later.last_id;
+        }
+        self.close_e8 = later.close_e8;
+        self.count = self.count.saturating_add(later.count);
+        self.volume_e8 = self.volume_e8.saturating_add(later.volume_e8);
+        self.taker_buy_volume_e8 = self
+            .taker_buy_volume_e8
+            .saturating_add(later.taker_buy_volume_e8);
+        self.quote.merge(later.quote);
+        self.taker_buy_quote.merge(later.taker_buy_quote);
+        self.closed = later.closed && later.end_us == self.end_us;
+    }
+
+    /// Appends the `/api/v3/klines` row: `[t,"o","h","l","c","v",T,"q",n,"V","Q","0"]`, times
+    /// in milliseconds.
+    pub fn write_row(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        push_u64(out, self.open_time_us / 1000);
+        for price in [
+            self.open_e8,
+            self.high_e8,
+            self.low_e8,
+            self.close_e8,
+            self.volume_e8,
+        ] {
+            out.push(b',');
+            push_e8_str(out, price);
+        }
+        out.push(b',');
+        push_u64(out, (self.end_us / 1000).saturating_sub(1));
+        out.push(b',');
+        push_e8_str(out, self.quote_volume_e8());
+        out.push(b',');
+        push_u64(out, self.count);
+        out.push(b',');
+        push_e8_str(out, self.taker_buy_volume_e8);
+        out.push(b',');
+        push_e8_str(out, self.taker_buy_quote_volume_e8());
+        out.extend_from_slice(b",\"0\"]");
+    }
+
     /// Last microsecond of the interval.
     pub fn close_time_us(&self) -> u64 {
         self.end_us.saturating_sub(1)
