@@ -85,6 +85,7 @@ fn hub_with(feed: &Arc<Feed>, naive: bool, n: usize) -> (Rig, Vec<Arc<Outbox>>) 
             outbox.clone(),
             false,
             TimeUnit::Millisecond,
+            false,
             &[TOPIC],
             ready,
         );

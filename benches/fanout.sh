@@ -155,6 +155,18 @@ install_go() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang golang-github-gorilla-websocket-dev >/dev/null
 }
 
+# npm ci in DIR, three tries: the registry fetch can fail for a moment (seen once in CI as a bare
+# exit status 228 with --silent), and a red CI for that would say nothing about bookcast.
+npm_ci() {
+  local dir=$1 try
+  for try in 1 2 3; do
+    (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null) && return 0
+    log "npm ci in ${dir#"$ROOT"/} failed (try $try of 3)"
+    sleep $((try * 5))
+  done
+  die "npm ci in ${dir#"$ROOT"/} failed three times"
+}
+
 # The bun executable npm ci put in benches/peers/bun: bun's postinstall moves the platform
 # package's binary (@oven/bun-linux-x64, or -baseline on CPUs without AVX2) over the
 # bin/bun.exe placeholder that node_modules/.bin/bun links to; without the postinstall
@@ -184,7 +196,7 @@ install_bun() {
     return 0
   fi
   log "npm ci (benches/peers/bun)"
-  (cd "$dir" && npm ci --silent --no-audit --no-fund >/dev/null)
+  npm_ci "$dir"
   bun_bin >/dev/null || die "npm ci in benches/peers/bun left no runnable bun binary"
   echo "$stamp" >"$dir/node_modules/.bookcast-stamp"
 }
@@ -195,7 +207,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   if wants node; then
     command -v npm >/dev/null || die "the node peer needs node and npm"
     log "npm ci (benches/peers/node)"
-    (cd "$PEERS/node" && npm ci --silent --no-audit --no-fund >/dev/null)
+    npm_ci "$PEERS/node"
   fi
   if wants go; then
     install_go

@@ -1,6 +1,6 @@
 # Shared by the shell checks in tests/ (source it after setting CHECK to the check's name):
 # paths, a temporary directory and process cleanup, free loopback ports, starting bookcast,
-# installing Debian packages (prometheus, chromium).
+# installing Debian packages (prometheus, chromium, nats-server), starting nats-server.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Where cargo puts release binaries (CI sets CARGO_TARGET_DIR to share builds between runs).
@@ -36,7 +36,17 @@ build_release() {
 start_bookcast() {
     local port="$1"
     shift
-    "$BIN/bookcast" --listen "127.0.0.1:$port" --feed "$ROOT/feeds/small.toml" \
+    start_bookcast_role "" "$port" --feed "$ROOT/feeds/small.toml" "$@"
+}
+
+# start_bookcast_role ROLE PORT [ARGS...]: `bookcast ROLE` (engine or gateway; "" for the
+# all-in-one server) on 127.0.0.1:PORT with no per-IP attempt limit, stopped on exit; fails the
+# check (showing its log) if /api/v3/ping does not answer within 15 s (a gateway answers once it
+# has loaded the cluster's snapshots). Pass the feed, NATS and cluster options in ARGS.
+start_bookcast_role() {
+    local role="$1" port="$2"
+    shift 2
+    "$BIN/bookcast" ${role:+"$role"} --listen "127.0.0.1:$port" \
         --max-connection-attempts-per-ip 0 "$@" >"$WORK/bookcast-$port.log" 2>&1 &
     PIDS+=($!)
     wait_http "http://127.0.0.1:$port/api/v3/ping" || { cat "$WORK/bookcast-$port.log" >&2; exit 1; }
@@ -71,4 +81,23 @@ ensure_debian_package() {
 # Debian's prometheus package (prometheus and promtool).
 ensure_prometheus() {
     ensure_debian_package prometheus prometheus promtool
+}
+
+# Debian's nats-server (JetStream; the cluster's transport).
+ensure_nats() {
+    ensure_debian_package nats-server nats-server
+}
+
+# start_nats PORT: nats-server with JetStream on 127.0.0.1:PORT, its store under $WORK, stopped
+# on exit; fails the check (showing its log) if it does not accept connections within 10 s.
+start_nats() {
+    local port="$1"
+    nats-server -js -sd "$WORK/nats-$port" -a 127.0.0.1 -p "$port" >"$WORK/nats-$port.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    cat "$WORK/nats-$port.log" >&2
+    exit 1
 }

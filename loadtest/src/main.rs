@@ -314,6 +314,9 @@ async fn run(args: Args) -> Result<(), String> {
         .zip(&url_events_at_ramp)
         .map(|(now, at_ramp)| now.saturating_sub(*at_ramp))
         .collect();
+    // Read before the clients stop: a run shorter than the 1 s sampling tick may have no
+    // timeline sample at all, and its peak must not read 0 (seen as a flaky test).
+    let connected_at_end = stats.connected.load(Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let churned = started.elapsed();
     let deadline = tokio::time::Instant::now() + args.grace;
@@ -324,7 +327,12 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let timeline = sampler.await.unwrap_or_default();
     progress.finish_and_clear();
-    let peak_connected = timeline.iter().map(|s| s.connected).max().unwrap_or(0);
+    let peak_connected = timeline
+        .iter()
+        .map(|s| s.connected)
+        .max()
+        .unwrap_or(0)
+        .max(connected_at_end);
     let mut report = report::build(
         &stats,
         RunFacts {

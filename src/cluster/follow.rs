@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, watch};
 /// Records waiting for the engine thread at most: a gateway that falls behind stops reading
 /// JetStream (its consumer lags, visibly) instead of buffering without bound.
 pub const CHANNEL_CAPACITY: usize = 8_192;
+/// How often the consumer lag is measured against the stream's last sequence.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 /// Records applied per engine turn at most, so commands are never starved.
 const RECORDS_PER_TURN: usize = 2_048;
 
@@ -137,10 +139,17 @@ impl Follower {
                 }
             };
             self.metrics.consumers_created.increment(1);
+            // The lag is also measured on a timer: set only as records arrive, it would freeze
+            // at its last (small) value exactly when the gateway stops receiving.
+            let mut lag_tick = tokio::time::interval(LAG_EVERY);
             let gap = loop {
                 let message = tokio::select! {
                     message = messages.next() => message,
                     _ = self.reconnected.changed() => break false,
+                    _ = lag_tick.tick() => {
+                        self.measure_lag().await;
+                        continue;
+                    }
                 };
                 let Some(message) = message else { break false };
                 let message = match message {
@@ -211,6 +220,20 @@ impl Follower {
             })
             .await?;
         Ok(consumer.messages().await?)
+    }
+
+    /// `consumer_lag` = records in the steps stream after the last one handed over; left as it
+    /// was when JetStream does not answer (`nats_connected` says why).
+    async fn measure_lag(&self) {
+        if let Ok(mut stream) = self.js.get_stream(&self.names.steps_stream).await {
+            if let Ok(info) = stream.info().await {
+                let lag = info
+                    .state
+                    .last_sequence
+                    .saturating_sub(self.position.applied_seq);
+                self.metrics.consumer_lag.set(lag as f64);
+            }
+        }
     }
 
     /// Whether the steps stream no longer holds record `seq` (retention deleted it).

@@ -21,6 +21,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -206,11 +207,47 @@ pub async fn publish(
     publisher.settle_all().await;
 }
 
+/// Sends one message. A record carries `Nats-Expected-Last-Sequence`: JetStream refuses it
+/// unless the record before it is stored, so the stream never holds a record whose predecessor
+/// was lost. Message ids are checked first, so sending a stored record again is a harmless
+/// duplicate whatever its expectation. (A free function: the publisher's pending
+/// acknowledgements are not `Sync`, so no `&Publisher` may be held across an await.)
+async fn send(
+    js: &jetstream::Context,
+    pending: &Pending,
+    after: Option<u64>,
+) -> Result<PublishAckFuture, async_nats::Error> {
+    let mut publish = PublishMessage::build()
+        .payload(pending.payload.clone())
+        .message_id(&pending.id);
+    if let Some(after) = after {
+        publish = publish.expected_last_sequence(after);
+    }
+    Ok(js.send_publish(pending.subject.clone(), publish).await?)
+}
+
+/// The steps stream's last sequence, asked until JetStream answers.
+async fn stream_last_seq(js: &jetstream::Context, name: &str) -> u64 {
+    loop {
+        let answer = async {
+            let mut stream = js.get_stream(name).await?;
+            Ok::<u64, async_nats::Error>(stream.info().await?.state.last_sequence)
+        };
+        match answer.await {
+            Ok(last) => return last,
+            Err(e) => {
+                tracing::warn!("cannot read the steps stream's state: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
 struct Publisher {
     js: jetstream::Context,
     stream: String,
     /// Records sent and not yet acknowledged, each with the stream sequence it must get.
-    in_flight: VecDeque<(u64, Pending, PublishAckFuture)>,
+    in_flight: VecDeque<(u64, Pending, AckFuture)>,
     /// The newest acknowledged records, kept for [`HISTORY`] records: a broker killed right
     /// after acknowledging can lose them (it acknowledges before its writes reach the disk),
     /// and the engine then publishes them again from here.
@@ -223,38 +260,20 @@ struct Publisher {
     metrics: ClusterMetrics,
 }
 
+/// An acknowledgement being waited for (polled without blocking by [`Publisher::settle_ready`]).
+type AckFuture = <PublishAckFuture as std::future::IntoFuture>::IntoFuture;
+
 /// Acknowledged records kept for republishing (about a minute of the default feed).
 const HISTORY: usize = 65_536;
 
 impl Publisher {
-    /// Sends one message. A record carries `Nats-Expected-Last-Sequence`: JetStream refuses it
-    /// unless the record before it is stored, so the stream never holds a record whose
-    /// predecessor was lost. Message ids are checked first, so sending a stored record again
-    /// is a harmless duplicate whatever its expectation.
-    async fn send(
-        &self,
-        pending: &Pending,
-        after: Option<u64>,
-    ) -> Result<PublishAckFuture, async_nats::Error> {
-        let mut publish = PublishMessage::build()
-            .payload(pending.payload.clone())
-            .message_id(&pending.id);
-        if let Some(after) = after {
-            publish = publish.expected_last_sequence(after);
-        }
-        Ok(self
-            .js
-            .send_publish(pending.subject.clone(), publish)
-            .await?)
-    }
-
     /// Publishes a record without waiting for the ack, unless [`MAX_IN_FLIGHT`] are already
     /// waiting.
     async fn pipelined(&mut self, pending: Pending) {
         let seq = self.tail + 1;
-        match self.send(&pending, Some(seq - 1)).await {
+        match send(&self.js, &pending, Some(seq - 1)).await {
             Ok(ack) => {
-                self.in_flight.push_back((seq, pending, ack));
+                self.in_flight.push_back((seq, pending, ack.into_future()));
                 self.tail = seq;
             }
             Err(e) => {
@@ -265,6 +284,30 @@ impl Publisher {
         }
         while self.in_flight.len() > MAX_IN_FLIGHT {
             self.settle_oldest().await;
+        }
+        self.settle_ready().await;
+    }
+
+    /// Settles the acknowledgements that have already arrived, oldest first, without waiting:
+    /// the published counter stays current and a failure is noticed at once.
+    async fn settle_ready(&mut self) {
+        while let Some((_, _, ack)) = self.in_flight.front_mut() {
+            match futures_util::FutureExt::now_or_never(&mut *ack) {
+                None => return,
+                Some(Ok(ack)) => {
+                    if let Some((_, pending, _)) = self.in_flight.pop_front() {
+                        self.stored(ack.sequence, pending);
+                    }
+                }
+                Some(Err(e)) => {
+                    let e = async_nats::Error::from(e);
+                    self.note_failure(&e);
+                    if let Some((seq, pending, _)) = self.in_flight.pop_front() {
+                        self.recover(Some((seq, pending))).await;
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -311,7 +354,7 @@ impl Publisher {
         records.extend(extra);
         records.sort_by_key(|(seq, _)| *seq);
         loop {
-            let last = self.stream_last_seq().await;
+            let last = stream_last_seq(&self.js, &self.stream).await;
             let mut redo: Vec<(u64, Pending)> = self
                 .history
                 .iter()
@@ -335,7 +378,7 @@ impl Publisher {
             self.history.retain(|(seq, _)| *seq <= last);
             let mut failed = false;
             for (seq, pending) in redo {
-                let result = match self.send(&pending, Some(seq - 1)).await {
+                let result = match send(&self.js, &pending, Some(seq - 1)).await {
                     Ok(ack) => ack.await.map_err(async_nats::Error::from),
                     Err(e) => Err(e),
                 };
@@ -357,28 +400,11 @@ impl Publisher {
         }
     }
 
-    /// The steps stream's last sequence, asked until JetStream answers.
-    async fn stream_last_seq(&self) -> u64 {
-        loop {
-            let answer = async {
-                let mut stream = self.js.get_stream(&self.stream).await?;
-                Ok::<u64, async_nats::Error>(stream.info().await?.state.last_sequence)
-            };
-            match answer.await {
-                Ok(last) => return last,
-                Err(e) => {
-                    tracing::warn!("cannot read the steps stream's state: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
-    }
-
     /// Publishes and waits for the ack, retrying until there is one; returns its sequence.
     /// For snapshots and manifests, which go to their own stream.
     async fn acknowledged(&mut self, pending: Pending) -> u64 {
         loop {
-            let result = match self.send(&pending, None).await {
+            let result = match send(&self.js, &pending, None).await {
                 Ok(ack) => ack.await.map_err(async_nats::Error::from),
                 Err(e) => Err(e),
             };

@@ -54,6 +54,27 @@ pub fn write_diff(
     out.push(b'}');
 }
 
+/// Levels of a side an in-band `depthSnapshot` carries at most (as `/api/v3/depth`'s limit).
+pub const SNAPSHOT_LEVELS: usize = 5000;
+
+/// `{"e":"depthSnapshot","E":..,"s":..,"lastUpdateId":..,"bids":[..],"asks":[..]}`: the first
+/// event of a diff stream on a connection with `snapshot=true` (bookcast's addition, SPEC.md).
+pub fn write_depth_snapshot(
+    out: &mut Vec<u8>,
+    spec: &SymbolSpec,
+    book: &OrderBook,
+    last_update_id: u64,
+    now_us: u64,
+    unit: TimeUnit,
+) {
+    push_event_head(out, "depthSnapshot", now_us, unit, &spec.symbol);
+    out.push(b',');
+    // The partial-depth body without its opening brace continues the object.
+    let body_at = out.len();
+    write_partial(out, spec, book, last_update_id, SNAPSHOT_LEVELS);
+    out.remove(body_at);
+}
+
 /// `{"lastUpdateId":..,"bids":[..],"asks":[..]}`: partial depth streams and REST snapshots.
 pub fn write_partial(
     out: &mut Vec<u8>,

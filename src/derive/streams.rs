@@ -4,7 +4,8 @@
 use super::stats::rolling::{self, TickerStats};
 use super::symbol::SymbolStreams;
 use super::Publisher;
-use crate::market::sim::Step;
+use crate::market::feed::SymbolSpec;
+use crate::market::sim::{MarketSim, Step};
 use crate::protocol::stream::{StreamKind, SymbolId, TickerWindow, Topic};
 use bytes::Bytes;
 
@@ -33,6 +34,27 @@ impl Streams {
             seconds: 0,
             history: (0, 0),
         }
+    }
+
+    /// The stage for freshly built simulations `sims` of `specs` (both in feed order), at
+    /// `start_us`: each symbol starts from a copy of its simulation's book, exactly as a gateway
+    /// starts from the engine's snapshot.
+    pub fn from_simulations(specs: &[SymbolSpec], sims: &[MarketSim], start_us: u64) -> Self {
+        Self::new(
+            sims.iter()
+                .zip(specs)
+                .enumerate()
+                .map(|(index, (sim, spec))| {
+                    SymbolStreams::from_snapshot(
+                        index as SymbolId,
+                        spec.clone(),
+                        sim.book().clone(),
+                        sim.last_update_id(),
+                        start_us,
+                    )
+                })
+                .collect(),
+        )
     }
 
     /// A stage that continues from `symbols` (each restored from a snapshot taken at the
@@ -209,23 +231,7 @@ mod tests {
         // Half a minute in, so the first minute closes early in the run.
         let start = T0 + 30_000_000;
         let mut sims: Vec<MarketSim> = feed.symbols[..SYMBOLS].iter().map(MarketSim::new).collect();
-        let stage = |sims: &[MarketSim]| {
-            Streams::new(
-                sims.iter()
-                    .zip(&feed.symbols)
-                    .enumerate()
-                    .map(|(index, (sim, spec))| {
-                        SymbolStreams::from_snapshot(
-                            index as SymbolId,
-                            spec.clone(),
-                            sim.book().clone(),
-                            sim.last_update_id(),
-                            start,
-                        )
-                    })
-                    .collect(),
-            )
-        };
+        let stage = |sims: &[MarketSim]| Streams::from_simulations(&feed.symbols, sims, start);
         let (mut always, mut late) = (stage(&sims), stage(&sims));
         let mut always_out = Recorder {
             wants: true,

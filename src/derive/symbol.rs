@@ -15,6 +15,7 @@ use super::Publisher;
 use crate::market::book::{OrderBook, Side};
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::Step;
+use crate::protocol::json::TimeUnit;
 use crate::protocol::stream::{Speed, StreamKind, SymbolId, TickerWindow, Topic, UTC8_OFFSET_US};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -145,6 +146,18 @@ impl SymbolStreams {
             })
         };
         (convert(self.book.best_bid()), convert(self.book.best_ask()))
+    }
+
+    /// The in-band `depthSnapshot` event at the last applied update id, stamped `now_us`.
+    pub fn write_depth_snapshot(&self, out: &mut Vec<u8>, now_us: u64, unit: TimeUnit) {
+        payload::write_depth_snapshot(
+            out,
+            &self.spec,
+            &self.book,
+            self.last_update_id,
+            now_us,
+            unit,
+        );
     }
 
     /// The `/api/v3/depth` body: the best `limit` levels a side at the last applied update id.

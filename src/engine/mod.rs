@@ -26,7 +26,7 @@ use crate::metrics::live_stats::{self, LiveStats, StatsWindow};
 use crate::metrics::{EngineMetrics, ShardMetrics};
 use crate::protocol::control::Change;
 use crate::protocol::json::TimeUnit;
-use crate::protocol::stream::{SymbolId, Topic};
+use crate::protocol::stream::{StreamKind, SymbolId, Topic};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
@@ -50,6 +50,8 @@ pub enum Command {
         outbox: Arc<Outbox>,
         combined: bool,
         unit: TimeUnit,
+        /// `snapshot=true`: each diff stream starts with a `depthSnapshot`.
+        snapshot: bool,
         topics: Vec<Topic>,
         ready: oneshot::Sender<()>,
     },
@@ -304,14 +306,23 @@ impl Engine {
                 outbox,
                 combined,
                 unit,
+                snapshot,
                 topics,
                 ready,
-            } => hub.attach(conn, shard, outbox, combined, unit, &topics, ready),
+            } => {
+                let added = hub.attach(
+                    conn, shard, outbox, combined, unit, snapshot, &topics, ready,
+                );
+                self.send_snapshots(conn, &added);
+            }
             Command::Control {
                 conn,
                 change,
                 reply,
-            } => hub.control(conn, change, reply),
+            } => {
+                let added = hub.control(conn, change, reply);
+                self.send_snapshots(conn, &added);
+            }
             Command::Detach { conn } => hub.detach(conn),
             Command::Snapshot {
                 symbol,
@@ -321,6 +332,30 @@ impl Engine {
                 let _ = reply.send(self.stage.streams.snapshot(symbol, limit));
             }
             Command::Read(read) => read(&self.stage.streams),
+        }
+    }
+
+    /// `snapshot=true`: each diff stream just subscribed gets a `depthSnapshot` at the last
+    /// published update id, queued behind the subscription and ahead of any diff, so its first
+    /// diff has `U <= lastUpdateId + 1 <= u`.
+    fn send_snapshots(&mut self, conn: ConnId, added: &[Topic]) {
+        if added.is_empty() || !self.stage.hub.wants_snapshots(conn) {
+            return;
+        }
+        let now_us = crate::clock::wall_us();
+        for &topic in added {
+            if let Topic::Symbol {
+                symbol,
+                kind: StreamKind::Diff(_),
+            } = topic
+            {
+                let streams = &self.stage.streams;
+                self.stage.hub.send_to_one(conn, topic, |out, unit| {
+                    streams
+                        .symbol(symbol)
+                        .write_depth_snapshot(out, now_us, unit)
+                });
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! so gateways can derive the same events.
 
 use super::{Market, Stage, Tick};
-use crate::derive::{Streams, SymbolStreams};
+use crate::derive::Streams;
 use crate::market::feed::Feed;
 use crate::market::sim::{MarketSim, Step};
 use crate::protocol::stream::SymbolId;
@@ -54,25 +54,9 @@ impl Simulation {
         (Self::resume(feed, sims, 0, journal), streams)
     }
 
-    /// The derivation stage for freshly built `sims` (in feed order): each symbol's stage
-    /// starts from a copy of its simulation's book.
+    /// The derivation stage for freshly built `sims` (in feed order), starting now.
     pub fn initial_stage(feed: &Feed, sims: &[MarketSim]) -> Streams {
-        let now_us = crate::clock::wall_us();
-        let symbols = sims
-            .iter()
-            .zip(&feed.symbols)
-            .enumerate()
-            .map(|(index, (sim, spec))| {
-                SymbolStreams::from_snapshot(
-                    index as SymbolId,
-                    spec.clone(),
-                    sim.book().clone(),
-                    sim.last_update_id(),
-                    now_us,
-                )
-            })
-            .collect();
-        Streams::new(symbols)
+        Streams::from_simulations(&feed.symbols, sims, crate::clock::wall_us())
     }
 
     /// Continues `sims` (in feed order) after tick number `ticks`: a restarted cluster engine

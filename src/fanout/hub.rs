@@ -54,6 +54,8 @@ struct Connection {
     slot: usize,
     /// As the client named them (synonyms included), in subscription order.
     topics: Vec<Topic>,
+    /// `snapshot=true`: the engine sends each diff stream subscribed a `depthSnapshot` first.
+    snapshot: bool,
 }
 
 pub struct Hub {
@@ -97,7 +99,7 @@ impl Hub {
     }
 
     /// Registers a connection living on `shard` with its payload format and the streams named
-    /// in its URL; `ready` fires once those are live on the shard.
+    /// in its URL; `ready` fires once those are live on the shard. Returns the topics added.
     #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &mut self,
@@ -106,11 +108,12 @@ impl Hub {
         outbox: Arc<Outbox>,
         combined: bool,
         unit: TimeUnit,
+        snapshot: bool,
         topics: &[Topic],
         ready: oneshot::Sender<()>,
-    ) {
+    ) -> Vec<Topic> {
         if shard >= self.shards.len() {
-            return;
+            return Vec::new();
         }
         let slot = variant(combined, unit == TimeUnit::Microsecond);
         self.connections.insert(
@@ -120,6 +123,7 @@ impl Hub {
                 outbox: outbox.clone(),
                 slot,
                 topics: Vec::new(),
+                snapshot,
             },
         );
         let topics = self.add_interest(conn, topics);
@@ -127,20 +131,53 @@ impl Hub {
             conn,
             outbox,
             slot,
-            topics,
+            topics: topics.clone(),
             ready,
         });
+        topics
     }
 
-    /// Adds topics to a connection (already subscribed ones are left as they are).
-    pub fn subscribe(&mut self, conn: ConnId, topics: &[Topic]) {
+    /// Adds topics to a connection (already subscribed ones are left as they are); returns
+    /// those added.
+    pub fn subscribe(&mut self, conn: ConnId, topics: &[Topic]) -> Vec<Topic> {
         let added = self.add_interest(conn, topics);
         if let (false, Some(connection)) = (added.is_empty(), self.connections.get(&conn)) {
             self.shards[connection.shard].send(ShardMsg::Subscribe {
                 conn,
-                topics: added,
+                topics: added.clone(),
             });
         }
+        added
+    }
+
+    /// Whether the connection asked for in-band snapshots (`snapshot=true`).
+    pub fn wants_snapshots(&self, conn: ConnId) -> bool {
+        self.connections.get(&conn).is_some_and(|c| c.snapshot)
+    }
+
+    /// Queues one event of `topic` to one connection only, behind everything already sent to
+    /// it (an in-band `depthSnapshot`), in the connection's own payload shape and time unit.
+    pub fn send_to_one(
+        &mut self,
+        conn: ConnId,
+        topic: Topic,
+        render: impl FnOnce(&mut Vec<u8>, TimeUnit),
+    ) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        let unit = if connection.slot % 2 == 1 {
+            TimeUnit::Microsecond
+        } else {
+            TimeUnit::Millisecond
+        };
+        let mut payload = Vec::with_capacity(16 * 1024);
+        render(&mut payload, unit);
+        let prefix = (connection.slot >= 2)
+            .then(|| format!("{{\"stream\":\"{}\",\"data\":", topic.name(&*self.feed)));
+        let frame = build_frame(prefix.as_deref().map(str::as_bytes), &payload);
+        self.metrics.serialized();
+        self.shards[connection.shard].send(ShardMsg::Reply { conn, frame });
     }
 
     /// Counts the connection in each topic it did not have yet; returns those topics.
@@ -216,17 +253,24 @@ impl Hub {
     }
 
     /// Applies a control message's change, then queues its reply behind everything already
-    /// sent to the connection, so the reply follows its effect.
-    pub fn control(&mut self, conn: ConnId, change: Change, reply: Bytes) {
+    /// sent to the connection, so the reply follows its effect. Returns the topics subscribed.
+    pub fn control(&mut self, conn: ConnId, change: Change, reply: Bytes) -> Vec<Topic> {
+        let mut added = Vec::new();
         match change {
             Change::None => {}
-            Change::Subscribe(topics) => self.subscribe(conn, &topics),
+            Change::Subscribe(topics) => added = self.subscribe(conn, &topics),
             Change::Unsubscribe(topics) => self.unsubscribe(conn, &topics),
             Change::SetCombined(combined) => self.set_combined(conn, combined),
+            Change::SetSnapshot(snapshot) => {
+                if let Some(connection) = self.connections.get_mut(&conn) {
+                    connection.snapshot = snapshot;
+                }
+            }
         }
         if let Some(connection) = self.connections.get(&conn) {
             self.shards[connection.shard].send(ShardMsg::Reply { conn, frame: reply });
         }
+        added
     }
 
     /// Forgets a connection and all its subscriptions.
@@ -470,8 +514,16 @@ mod tests {
         ) -> Arc<Outbox> {
             let outbox = Arc::new(Outbox::new(BOUND));
             let (ready, mut live) = oneshot::channel();
-            self.hub
-                .attach(conn, shard, outbox.clone(), combined, unit, &[], ready);
+            self.hub.attach(
+                conn,
+                shard,
+                outbox.clone(),
+                combined,
+                unit,
+                false,
+                &[],
+                ready,
+            );
             self.pump();
             assert!(live.try_recv().is_ok(), "attached on the shard");
             outbox

@@ -3,6 +3,7 @@
 
 use super::admission::{AttemptLimiter, IpConnections};
 use super::auth::TokenSet;
+use super::weight::WeightLimiter;
 use crate::config::Config;
 use crate::engine::EngineHandle;
 use crate::market::feed::Feed;
@@ -23,8 +24,9 @@ pub struct Context {
     pub attempts: AttemptLimiter,
     /// Open WebSocket connections per IP (`--max-connections-per-ip`).
     pub ip_connections: Arc<IpConnections>,
-    /// REST weight used per IP this minute (`--rest-weight-limit`).
-    pub rest_weights: super::weights::RestWeights,
+    /// Request weight per IP per minute (`--rest-weight-limit`), spent by REST and WebSocket
+    /// API requests alike: Binance counts both against one budget.
+    pub weights: WeightLimiter,
     /// The accepted tokens when `--auth-tokens` is set.
     pub tokens: Option<TokenSet>,
     /// Flips to true once, when shutdown begins.

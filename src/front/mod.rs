@@ -14,4 +14,5 @@ pub mod server;
 pub mod session;
 pub mod transport;
 pub mod upgrade;
-pub mod weights;
+pub mod weight;
+pub mod ws_api;

@@ -19,7 +19,6 @@ use crate::derive::Streams;
 use crate::engine::Command;
 use crate::front::context::Context;
 use crate::front::http::{Head, Response};
-use crate::front::weights::Charge;
 use crate::market::feed::SymbolSpec;
 use crate::protocol::decimal::format_e8;
 use crate::protocol::json::{
@@ -73,28 +72,32 @@ pub async fn handle(head: &Head, peer: IpAddr, ctx: &Context) -> Response {
         )
     } else {
         let params = Params::parse(&head.query);
-        let weight = weight(&head.path, &params);
-        match ctx.rest_weights.charge(peer, weight, now_ms()) {
-            Charge::Used(used) => {
-                let (label, mut response) = api(&head.path, &params, ctx).await;
-                response.extra_headers =
-                    format!("{}X-MBX-USED-WEIGHT-1M: {used}\r\n", response.extra_headers).into();
-                (label, response)
-            }
-            Charge::Refused {
-                used,
-                retry_after_s,
-            } => {
-                let msg = format!(
-                    "Too much request weight used; current limit is {} request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
-                    ctx.config.rest_weight_limit
-                );
-                let mut response = Response::error(429, -1003, &msg);
-                response.extra_headers =
-                    format!("X-MBX-USED-WEIGHT-1M: {used}\r\nRetry-After: {retry_after_s}\r\n")
-                        .into();
-                (path_label(&head.path), response)
-            }
+        let charge = ctx.weights.charge(peer, weight_of(&head.path, &params));
+        if charge.admitted {
+            let (label, mut response) = api(&head.path, &params, ctx).await;
+            response.extra_headers = format!(
+                "{}X-MBX-USED-WEIGHT-1M: {}\r\n",
+                response.extra_headers, charge.used
+            )
+            .into();
+            (label, response)
+        } else {
+            let msg = format!(
+                "Too much request weight used; current limit is {} request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API.",
+                charge.limit
+            );
+            let retry_after_s = charge
+                .retry_after_ms
+                .saturating_sub(now_ms())
+                .div_ceil(1000)
+                .max(1);
+            let mut response = Response::error(429, -1003, &msg);
+            response.extra_headers = format!(
+                "X-MBX-USED-WEIGHT-1M: {}\r\nRetry-After: {retry_after_s}\r\n",
+                charge.used
+            )
+            .into();
+            (path_label(&head.path), response)
         }
     };
     crate::metrics::http_request(label, response.status);
@@ -130,7 +133,7 @@ fn path_label(path: &str) -> &'static str {
 
 /// Binance's request weight of a request, from its path and parameters (bookcast's own
 /// `/metrics` and `/dashboard` weigh nothing).
-pub fn weight(path: &str, params: &Params) -> u32 {
+pub fn weight_of(path: &str, params: &Params) -> u32 {
     let symbols = params.get("symbols").map(|list| list.split(',').count());
     let one = params.get("symbol").is_some();
     match path {
@@ -162,6 +165,24 @@ pub fn weight(path: &str, params: &Params) -> u32 {
         p if p.starts_with("/dashboard") => 0,
         _ => 1,
     }
+}
+
+/// [`weight_of`] for a request head: what the WebSocket API ([`super::ws_api`]) charges.
+pub(crate) fn weight(head: &Head) -> u32 {
+    weight_of(&head.path, &Params::parse(&head.query))
+}
+
+/// The REST dispatch itself, uncounted and uncharged: the metric label and the response. The
+/// WebSocket API ([`super::ws_api`]) answers through it too, so a method means exactly what its
+/// endpoint does.
+pub(crate) async fn route(head: &Head, ctx: &Context) -> (&'static str, Response) {
+    if head.method != "GET" && head.method != "HEAD" {
+        return (
+            "other",
+            Response::error(405, -1000, "Only GET is supported."),
+        );
+    }
+    api(&head.path, &Params::parse(&head.query), ctx).await
 }
 
 /// Answers one market-data request from its path and parameters; returns the metric label of
@@ -778,7 +799,7 @@ mod tests {
 
     #[test]
     fn weights_follow_binance() {
-        let w = |path: &str, query: &str| weight(path, &Params::parse(query));
+        let w = |path: &str, query: &str| weight_of(path, &Params::parse(query));
         assert_eq!(w("/api/v3/depth", "symbol=X&limit=5000"), 250);
         assert_eq!(w("/api/v3/depth", "symbol=X"), 5);
         assert_eq!(w("/api/v3/trades", "symbol=X"), 25);

@@ -155,6 +155,7 @@ pub async fn serve<S: Transport>(
             drop(head);
             crate::front::session::upgrade(
                 stream,
+                peer,
                 buf.to_vec(),
                 key,
                 upgrade,

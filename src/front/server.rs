@@ -17,6 +17,7 @@ use crate::front::admission::{AttemptLimiter, IpConnections};
 use crate::front::auth::TokenSet;
 use crate::front::context::Context;
 use crate::front::transport;
+use crate::front::weight::WeightLimiter;
 use crate::front::{http, router};
 use crate::market::feed::Feed;
 use crate::metrics::live_stats::LiveStats;
@@ -113,7 +114,10 @@ pub async fn run_with(
             config.connection_attempt_window,
         ),
         ip_connections: IpConnections::new(config.max_connections_per_ip),
-        rest_weights: crate::front::weights::RestWeights::new(config.rest_weight_limit),
+        weights: WeightLimiter::new(match config.rest_weight_limit {
+            0 => u32::MAX,
+            limit => limit,
+        }),
         tokens,
         config,
         shutdown: shutdown_rx,

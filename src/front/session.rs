@@ -18,14 +18,16 @@ use crate::front::context::Context;
 use crate::front::http;
 use crate::front::transport::Transport;
 use crate::front::upgrade::Upgrade;
+use crate::front::ws_api;
 use crate::protocol::control::{self, Subscriptions};
 use crate::protocol::frame;
 use crate::protocol::json::{push_time, TimeUnit};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
@@ -124,8 +126,10 @@ impl Drop for Attached {
 /// The session then runs as a task of its own: the HTTP task's future (request parsing, REST
 /// handlers) is several times larger than the session's, and a connection would otherwise pay
 /// for it for its whole life.
+#[allow(clippy::too_many_arguments)]
 pub async fn upgrade<S: Transport>(
     stream: S,
+    peer: IpAddr,
     leftover: Vec<u8>,
     key: String,
     upgrade: Upgrade,
@@ -157,10 +161,12 @@ pub async fn upgrade<S: Transport>(
     let session = Session {
         conn,
         echo: upgrade.echo,
+        api: upgrade.api.then_some(peer),
         outbox,
         subscriptions: Subscriptions {
             topics: upgrade.topics,
             combined: upgrade.combined,
+            snapshot: upgrade.snapshot,
         },
         unit: upgrade.unit,
         ctx,
@@ -193,6 +199,7 @@ async fn handshake<S: Transport>(
         outbox: outbox.clone(),
         combined: upgrade.combined,
         unit: upgrade.unit,
+        snapshot: upgrade.snapshot,
         topics: upgrade.topics.clone(),
         ready,
     };
@@ -268,6 +275,9 @@ struct Session {
     conn: u64,
     /// The conformance echo route: messages are echoed instead of parsed as control messages.
     echo: bool,
+    /// A WebSocket API connection (`/ws-api/v3`) and its peer, whose request weight its
+    /// requests spend: text messages are requests for [`ws_api::answer`], not control messages.
+    api: Option<IpAddr>,
     outbox: Arc<Outbox>,
     subscriptions: Subscriptions,
     unit: TimeUnit,
@@ -277,6 +287,8 @@ struct Session {
 /// What one pass of the loop decided.
 enum Next {
     Continue,
+    /// A WebSocket API request to answer (its text).
+    Request(Vec<u8>),
     /// Drop the socket now and record this close code.
     End(u16),
 }
@@ -328,6 +340,10 @@ impl Session {
         // only drained (unread input would turn our close into a reset) until EOF.
         let mut read_done = false;
         let metrics = &ctx.metrics;
+        // The WebSocket API request being answered, if any. One at a time: input is not read
+        // while it runs, so answers keep the requests' order and a client that sends faster
+        // than it is answered is held back by TCP rather than queued here.
+        let mut answering: Option<Pin<Box<dyn Future<Output = ws_api::Answer> + Send>>> = None;
 
         // Filled by the outbox branch while `pending` may be borrowed by the write branch.
         let mut batch: VecDeque<Queued> = VecDeque::new();
@@ -352,7 +368,7 @@ impl Session {
                     }
                     Next::Continue
                 }
-                input = poll_fn(|cx| poll_input(&mut ws, read_done, cx)), if !read_done || draining => match input {
+                input = poll_fn(|cx| poll_input(&mut ws, read_done, cx)), if (!read_done || draining) && answering.is_none() => match input {
                     Input::Message(incoming) => {
                         last_heard = Instant::now();
                         self.on_incoming(incoming, &mut rate, &mut close, &mut read_done, last_heard, config)
@@ -360,6 +376,13 @@ impl Session {
                     Input::Drained(Ok(0) | Err(_)) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                     Input::Drained(Ok(_)) => Next::Continue,
                 },
+                answer = poll_fn(|cx| poll_answer(&mut answering, cx)), if answering.is_some() => {
+                    answering = None;
+                    crate::metrics::ws_api_request(answer.method, answer.error);
+                    // Dropped by the outbox if the connection is closing meanwhile.
+                    self.outbox.push_control(frame::text(&answer.json));
+                    Next::Continue
+                }
                 written = poll_fn(|cx| poll_write_batch(&mut write, &pending, offset, cx)), if !pending.is_empty() => {
                     match written {
                         Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
@@ -430,8 +453,18 @@ impl Session {
                     Next::Continue
                 }
             };
-            if let Next::End(code) = next {
-                return code;
+            match next {
+                Next::End(code) => return code,
+                Next::Request(text) => {
+                    if let Some(peer) = self.api {
+                        let ctx = ctx.clone();
+                        answering =
+                            Some(Box::pin(
+                                async move { ws_api::answer(text, peer, &ctx).await },
+                            ));
+                    }
+                }
+                Next::Continue => {}
             }
         }
     }
@@ -539,7 +572,10 @@ impl Session {
             }
             return Next::Continue;
         }
-        if rate.exceeded(now) {
+        // A WebSocket API connection is not under the 5 messages/s limit of stream connections:
+        // its requests spend request weight instead (SPEC.md, as on Binance), in
+        // `ws_api::answer`, and it reads one request at a time.
+        if self.api.is_none() && rate.exceeded(now) {
             let reason = format!(
                 "rate limit: more than {} incoming messages per second",
                 rate.limit
@@ -548,6 +584,9 @@ impl Session {
             return Next::Continue;
         }
         match message {
+            Message::Text(text) if self.api.is_some() => {
+                return Next::Request(text.as_bytes().to_vec());
+            }
             Message::Text(text) => {
                 let mut bytes = text.as_bytes().to_vec();
                 let outcome = control::handle(
@@ -575,6 +614,17 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
         }
         Next::Continue
+    }
+}
+
+/// Polls the WebSocket API request being answered; pending while there is none.
+fn poll_answer(
+    answering: &mut Option<Pin<Box<dyn Future<Output = ws_api::Answer> + Send>>>,
+    cx: &mut TaskContext<'_>,
+) -> Poll<ws_api::Answer> {
+    match answering {
+        Some(future) => future.as_mut().poll(cx),
+        None => Poll::Pending,
     }
 }
 

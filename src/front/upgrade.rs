@@ -10,8 +10,13 @@ use crate::protocol::stream::{self, Topic};
 pub struct Upgrade {
     /// The `/echo` conformance route (only with `--test-echo-route`).
     pub echo: bool,
+    /// The WebSocket API (`/ws-api/v3`): requests answered through the REST dispatch
+    /// ([`super::ws_api`]) instead of control messages, and no streams.
+    pub api: bool,
     pub combined: bool,
     pub unit: TimeUnit,
+    /// `snapshot=true` (bookcast's addition): diff streams start with a `depthSnapshot`.
+    pub snapshot: bool,
     pub topics: Vec<Topic>,
 }
 
@@ -25,7 +30,10 @@ fn decode_name(raw: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Parses `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
+/// Binance's WebSocket API path (SPEC.md), the one version bookcast serves.
+pub const WS_API_PATH: &str = "/ws-api/v3";
+
+/// Parses `/ws-api/v3`, `/ws`, `/ws/<s1>/<s2>`, `/stream?streams=<s1>/<s2>` and `timeUnit`.
 ///
 /// Like Binance, names in the URL that are not streams are ignored rather than refused (ccxt
 /// connects to `/ws/<n>` with a number and subscribes afterwards); the count limit holds.
@@ -33,8 +41,20 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     if head.path == "/echo" && ctx.config.test_echo_route {
         return Ok(Upgrade {
             echo: true,
+            api: false,
             combined: false,
             unit: TimeUnit::Millisecond,
+            snapshot: false,
+            topics: Vec::new(),
+        });
+    }
+    if head.path == WS_API_PATH {
+        return Ok(Upgrade {
+            echo: false,
+            api: true,
+            combined: false,
+            unit: TimeUnit::Millisecond,
+            snapshot: false,
             topics: Vec::new(),
         });
     }
@@ -66,7 +86,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             return Err(Response::error(
                 404,
                 -1000,
-                "Unknown WebSocket path; use /ws, /ws/<stream> or /stream?streams=<a>/<b>.",
+                "Unknown WebSocket path; use /ws, /ws/<s>, /stream?streams=<a>/<b> or /ws-api/v3.",
             ));
         };
     let unit = match head.param("timeUnit") {
@@ -78,6 +98,17 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
                 "Invalid timeUnit; use MILLISECOND or MICROSECOND.",
             )
         })?,
+    };
+    let snapshot = match head.param("snapshot").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Response::error(
+                400,
+                -1100,
+                "Invalid snapshot; use true or false.",
+            ))
+        }
     };
     if names.len() > ctx.config.max_streams {
         let msg = format!(
@@ -96,8 +127,10 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     }
     Ok(Upgrade {
         echo: false,
+        api: false,
         combined,
         unit,
+        snapshot,
         topics,
     })
 }
@@ -151,6 +184,7 @@ pub(crate) fn is_websocket_path(path: &str) -> bool {
         || path == "/stream"
         || path == "/stream/"
         || path == "/echo"
+        || path == WS_API_PATH
 }
 
 #[cfg(test)]

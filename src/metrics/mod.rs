@@ -245,6 +245,20 @@ pub const FAMILIES: &[Family] = &[
         help: "Control messages answered with an error, by error code.",
     },
     Family {
+        name: "bookcast_ws_api_requests_total",
+        kind: FamilyKind::Counter,
+        label: Some("method"),
+        unit: None,
+        help: "WebSocket API requests (/ws-api/v3), by method (unknown: not served; invalid: unreadable).",
+    },
+    Family {
+        name: "bookcast_ws_api_errors_total",
+        kind: FamilyKind::Counter,
+        label: Some("code"),
+        unit: None,
+        help: "WebSocket API requests answered with an error, by Binance error code.",
+    },
+    Family {
         name: "bookcast_rest_errors_total",
         kind: FamilyKind::Counter,
         label: Some("code"),
@@ -312,6 +326,11 @@ pub const CONTROL_ERROR_CODES: &[u8] = &[0, 1, 2, 3];
 pub const REST_ERROR_CODES: &[i32] = &[
     -1000, -1003, -1023, -1100, -1101, -1102, -1120, -1121, -1128,
 ];
+/// `bookcast_ws_api_errors_total{code}` registered at zero: the codes the WebSocket API's own
+/// checks send (bad JSON, missing method, unsupported method, weight limit, timeout) and the
+/// current REST endpoints' parameter errors. Other REST codes are counted as they occur (their
+/// values come from the server, never from the client, so the label stays bounded).
+pub const WS_API_ERROR_CODES: &[i32] = &[-1000, -1003, -1007, -1020, -1100, -1102, -1121, -1135];
 
 /// One series that exists before its first event: `label` is `(key, value)` for a labelled
 /// family.
@@ -344,6 +363,18 @@ fn known_label_values(family: &str) -> Vec<String> {
             .collect(),
         "bookcast_control_messages_total" => owned(CONTROL_METHODS),
         "bookcast_rest_errors_total" => REST_ERROR_CODES.iter().map(|c| c.to_string()).collect(),
+        "bookcast_ws_api_requests_total" => crate::front::ws_api::METHODS
+            .iter()
+            .map(|(method, _)| *method)
+            .chain([
+                crate::front::ws_api::UNKNOWN_METHOD,
+                crate::front::ws_api::INVALID_REQUEST,
+            ])
+            .map(str::to_string)
+            .collect(),
+        "bookcast_ws_api_errors_total" => {
+            WS_API_ERROR_CODES.iter().map(|c| c.to_string()).collect()
+        }
         "bookcast_control_errors_total" => {
             CONTROL_ERROR_CODES.iter().map(|c| c.to_string()).collect()
         }
@@ -706,6 +737,16 @@ pub fn rest_error(code: i32) {
         "REST error code {code} missing from REST_ERROR_CODES"
     );
     counter!("bookcast_rest_errors_total", "code" => code.to_string()).increment(1);
+}
+
+/// A WebSocket API request answered: `method` is a [`crate::front::ws_api::METHODS`] name or
+/// one of its two fixed labels, `error` the code sent if it was refused. Requests are paced by
+/// the request-weight limit, so the label lookups are off any hot path.
+pub fn ws_api_request(method: &'static str, error: Option<i32>) {
+    counter!("bookcast_ws_api_requests_total", "method" => method).increment(1);
+    if let Some(code) = error {
+        counter!("bookcast_ws_api_errors_total", "code" => code.to_string()).increment(1);
+    }
 }
 
 /// A plain HTTP request answered; `path` must be one of the server's fixed routes or "other".

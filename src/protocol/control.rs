@@ -18,6 +18,9 @@ pub enum Change {
     Subscribe(Vec<Topic>),
     Unsubscribe(Vec<Topic>),
     SetCombined(bool),
+    /// `SET_PROPERTY ["snapshot", ..]`: diff streams subscribed from now on start with an
+    /// in-band `depthSnapshot` (bookcast's addition, SPEC.md).
+    SetSnapshot(bool),
 }
 
 /// Longest string `id` Binance accepts (a UUID is 36).
@@ -32,6 +35,8 @@ pub struct Subscriptions {
     /// In subscription order, as LIST_SUBSCRIPTIONS reports them.
     pub topics: Vec<Topic>,
     pub combined: bool,
+    /// `snapshot=true`: every diff stream subscribed starts with a `depthSnapshot`.
+    pub snapshot: bool,
 }
 
 /// What one control message produced.
@@ -248,18 +253,26 @@ fn handle_request(
             let Some(name) = params.first().and_then(|p| p.as_str()) else {
                 return error(2, "Invalid request: property name must be a string", &id);
             };
-            if name != "combined" {
-                return error(0, "Unknown property", &id);
-            }
+            let current = match name {
+                "combined" => state.combined,
+                "snapshot" => state.snapshot,
+                _ => return error(0, "Unknown property", &id),
+            };
             if !setting {
-                let value: &[u8] = if state.combined { b"true" } else { b"false" };
+                let value: &[u8] = if current { b"true" } else { b"false" };
                 return result(Change::None, value, &id);
             }
-            let Some(combined) = params.get(1).and_then(|v| v.as_bool()) else {
+            let Some(value) = params.get(1).and_then(|v| v.as_bool()) else {
                 return error(1, "Invalid value type: expected Boolean", &id);
             };
-            state.combined = combined;
-            result(Change::SetCombined(combined), b"null", &id)
+            let change = if name == "combined" {
+                state.combined = value;
+                Change::SetCombined(value)
+            } else {
+                state.snapshot = value;
+                Change::SetSnapshot(value)
+            };
+            result(change, b"null", &id)
         }
         other => {
             let shown: String = other.chars().take(32).collect();

@@ -3,7 +3,8 @@
 # correct local order book. See README.md beside this file.
 #
 #   tests/clients/run.sh [LIBRARY...]       LIBRARY: python-binance binance-connector
-#                                           binance-sdk-spot cryptofeed ccxt (default: all)
+#                                           binance-connector-ws-api binance-sdk-spot
+#                                           cryptofeed ccxt (default: all)
 # Environment:
 #   BOOKCAST_BIN            server binary to use; default: cargo build --release, then
 #                           ${CARGO_TARGET_DIR:-target}/release/bookcast
@@ -30,11 +31,15 @@ CLIENT_TIMEOUT="${BOOKCAST_CLIENT_TIMEOUT:-120}"
 declare -A SCRIPT=(
   [python-binance]=python_binance.py
   [binance-connector]=binance_connector.py
+  [binance-connector-ws-api]=binance_connector_ws_api.py
   [binance-sdk-spot]=binance_sdk_spot.py
   [cryptofeed]=cryptofeed_book.py
   [ccxt]=ccxt_book.py
 )
-ALL=(python-binance binance-connector binance-sdk-spot cryptofeed ccxt)
+ALL=(python-binance binance-connector binance-connector-ws-api binance-sdk-spot cryptofeed ccxt)
+# entries that run another entry's library (its virtualenv and lock file) with another script
+declare -A VENV_OF=([binance-connector-ws-api]=binance-connector)
+venv_of() { printf '%s' "${VENV_OF[$1]:-$1}"; }
 if (($#)); then LIBS=("$@"); else LIBS=("${ALL[@]}"); fi
 # libraries that get the TLS server (arguments: TLS port, certificate) instead of the plain one
 declare -A NEEDS_TLS=([cryptofeed]=1)
@@ -135,12 +140,14 @@ setup_venv() { # name -> 0 if the venv holds exactly the pinned set
 declare -A SETUP_PID=()
 t0=$SECONDS
 for lib in "${LIBS[@]}"; do
-  setup_venv "$lib" >"$WORK/venv-$lib.log" 2>&1 &
-  SETUP_PID[$lib]=$!
+  venv="$(venv_of "$lib")"
+  [[ -z "${SETUP_PID[$venv]:-}" ]] || continue # one setup per virtualenv, however many entries use it
+  setup_venv "$venv" >"$WORK/venv-$venv.log" 2>&1 &
+  SETUP_PID[$venv]=$!
 done
 declare -A SETUP_OK=()
-for lib in "${LIBS[@]}"; do
-  if wait "${SETUP_PID[$lib]}"; then SETUP_OK[$lib]=1; else SETUP_OK[$lib]=0; fi
+for venv in "${!SETUP_PID[@]}"; do
+  if wait "${SETUP_PID[$venv]}"; then SETUP_OK[$venv]=1; else SETUP_OK[$venv]=0; fi
 done
 say "virtualenvs ready in $((SECONDS - t0))s under $VENVS"
 
@@ -215,9 +222,10 @@ passed=0
 failed=0
 for lib in "${LIBS[@]}"; do
   log="$WORK/client-$lib.log"
-  if [[ "${SETUP_OK[$lib]}" != 1 ]]; then
-    say "FAIL $lib: could not install requirements/$lib.txt"
-    indent "$WORK/venv-$lib.log" | tail -n 20
+  venv="$(venv_of "$lib")"
+  if [[ "${SETUP_OK[$venv]}" != 1 ]]; then
+    say "FAIL $lib: could not install requirements/$venv.txt"
+    indent "$WORK/venv-$venv.log" | tail -n 20
     failed=$((failed + 1))
     continue
   fi
@@ -225,7 +233,7 @@ for lib in "${LIBS[@]}"; do
   t1=$SECONDS
   set +e
   (cd "$HERE" && timeout --kill-after=5 "$CLIENT_TIMEOUT" \
-    "$VENVS/$lib/bin/python" -u "${SCRIPT[$lib]}" "${args[@]}") >"$log" 2>"$log.err"
+    "$VENVS/$venv/bin/python" -u "${SCRIPT[$lib]}" "${args[@]}") >"$log" 2>"$log.err"
   rc=$?
   set -e
   verdict="$(grep -E '^(OK|FAIL): ' "$log" | tail -n 1 || true)"
