@@ -134,6 +134,21 @@ pub struct Config {
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
 
+    /// Trades, and as many aggregate trades, kept per symbol for `/api/v3/trades` and
+    /// `/api/v3/aggTrades` (Binance serves at most 1000 per request).
+    #[arg(long, env = "BOOKCAST_TRADE_HISTORY", default_value_t = 1000)]
+    pub trade_history: usize,
+
+    /// Closed klines kept per symbol, interval and time zone (UTC, UTC+8) for `/api/v3/klines`;
+    /// 500 is Binance's default `limit`. Other time zones regroup the kept 1m klines.
+    #[arg(long, env = "BOOKCAST_KLINE_HISTORY", default_value_t = 500)]
+    pub kline_history: usize,
+
+    /// REST request weight one IP address may use per minute; past it, requests get 429 with
+    /// -1003 and `Retry-After` (0: no limit).
+    #[arg(long, env = "BOOKCAST_REST_WEIGHT_LIMIT", default_value_t = 6000)]
+    pub rest_weight_limit: u32,
+
     /// Set by `bookcast engine`: serve only `/metrics` and `/api/v3/ping` (a cluster engine has
     /// no clients of its own).
     #[arg(skip)]
@@ -186,6 +201,9 @@ impl Default for Config {
             shards: 0,
             test_echo_route: false,
             shutdown_timeout: Duration::from_secs(10),
+            trade_history: 1000,
+            kline_history: 500,
+            rest_weight_limit: 6000,
             engine_only: false,
         }
     }

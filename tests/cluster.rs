@@ -243,9 +243,10 @@ impl Drop for Node {
     }
 }
 
-/// Streams every comparison reads: real-time-ish diffs, trades, aggregates, the touch, klines.
+/// Streams every comparison reads: real-time-ish diffs, trades, aggregates, the touch, klines
+/// (one in UTC+8), a rolling-window ticker.
 const STREAMS: &str =
-    "/stream?streams=btcusdt@depth@100ms/btcusdt@trade/ethusdt@aggTrade/xrpusdt@bookTicker/btcusdt@kline_1s";
+    "/stream?streams=btcusdt@depth@100ms/btcusdt@trade/ethusdt@aggTrade/xrpusdt@bookTicker/btcusdt@kline_1s/btcusdt@ticker_1h/ethusdt@kline_1d@+08:00";
 
 /// Collects the raw text of messages for `span`.
 async fn collect(ws: &mut Ws, span: Duration) -> Vec<String> {
@@ -338,6 +339,8 @@ async fn two_gateways_send_identical_payloads_and_their_snapshots_fit_their_diff
         "@aggTrade",
         "@bookTicker",
         "@kline_1s",
+        "\"1hTicker\"",
+        "\"i\":\"1d\"",
     ] {
         assert!(
             seen_a.iter().any(|m| m.contains(stream)),

@@ -21,10 +21,20 @@ const STREAMS: &[&str] = &[
     "btcusdt@bookTicker",
     "btcusdt@kline_1s",
     "btcusdt@kline_1m",
+    "btcusdt@kline_3m",
+    "btcusdt@kline_1d",
+    "btcusdt@kline_1d@+08:00",
+    "btcusdt@kline_1M",
     "btcusdt@miniTicker",
     "btcusdt@ticker",
+    "btcusdt@ticker_1h",
+    "btcusdt@ticker_1d",
+    "btcusdt@avgPrice",
     "!miniTicker@arr",
+    "!ticker_4h@arr",
 ];
+
+const DAY_MS: u64 = 86_400_000;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -79,11 +89,19 @@ fn check_shape(stream: &str, p: &Value, micros: bool) {
         let got: Vec<&str> = object.keys().map(String::as_str).collect();
         assert_eq!(got, keys, "{stream}: fields in Binance order");
     };
-    if stream == "!miniTicker@arr" {
+    if let Some(kind) = stream
+        .strip_prefix('!')
+        .and_then(|s| s.strip_suffix("@arr"))
+    {
         let array = p.as_array().expect("array");
-        assert_eq!(array.len(), 3, "one mini ticker per symbol");
+        // Only the symbols that traded in that second, and never an empty array.
+        assert!((1..=3).contains(&array.len()), "{stream}: {}", array.len());
+        let mut symbols: Vec<&str> = array.iter().map(|t| t["s"].as_str().unwrap()).collect();
+        symbols.dedup();
+        assert_eq!(symbols.len(), array.len(), "one entry per symbol");
         for t in array {
-            check_shape("btcusdt@miniTicker", t, micros);
+            let symbol = t["s"].as_str().unwrap().to_lowercase();
+            check_shape(&format!("{symbol}@{kind}"), t, micros);
         }
         return;
     }
@@ -137,6 +155,8 @@ fn check_shape(stream: &str, p: &Value, micros: bool) {
         k if k.starts_with("kline_") => {
             fields(&["e", "E", "s", "k"]);
             assert_eq!(p["e"], "kline");
+            let interval = k.trim_start_matches("kline_");
+            let interval = interval.split('@').next().unwrap();
             let k = &p["k"];
             let keys: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
             assert_eq!(
@@ -146,12 +166,40 @@ fn check_shape(stream: &str, p: &Value, micros: bool) {
                     "B"
                 ]
             );
-            assert_eq!(k["i"], stream.split('_').nth(1).unwrap());
-            check_time(&k["t"], micros, "k.t");
-            let span = k["T"].as_u64().unwrap() - k["t"].as_u64().unwrap() + 1;
-            let unit = if micros { 1_000_000 } else { 1000 };
-            let expected = if k["i"] == "1s" { unit } else { 60 * unit };
-            assert_eq!(span, expected, "kline T = t + interval - 1");
+            assert_eq!(k["i"], interval);
+            check_time(&p["E"], micros, "E");
+            // The open kline holds the event time.
+            let per_ms = if micros { 1000 } else { 1 };
+            let (t, close) = (k["t"].as_u64().unwrap(), k["T"].as_u64().unwrap());
+            let event = p["E"].as_u64().unwrap();
+            assert!(t <= event && (k["x"] == true || event <= close), "{p}");
+            let span = (close - t + 1) / per_ms;
+            let expected = match interval {
+                "1s" => 1000,
+                "1m" => 60_000,
+                "3m" => 180_000,
+                "1d" => DAY_MS,
+                "1M" => [28, 29, 30, 31]
+                    .map(|d| d * DAY_MS)
+                    .into_iter()
+                    .find(|&n| n == span)
+                    .unwrap_or(0),
+                other => panic!("unchecked interval {other}"),
+            };
+            assert_eq!(span, expected, "{stream}: kline T = t + interval - 1");
+            // UTC+8 days open at 16:00 UTC; UTC days and months at midnight.
+            let midnight_offset = if stream.ends_with("@+08:00") {
+                16 * 3_600_000
+            } else {
+                0
+            };
+            if interval == "1d" || interval == "1M" {
+                assert_eq!((t / per_ms) % DAY_MS, midnight_offset, "{stream}: {t}");
+            }
+            for field in ["o", "c", "h", "l", "v", "q", "V", "Q"] {
+                assert!(is_decimal8(&k[field]), "{stream}: {field}");
+            }
+            assert!(k["f"].is_i64() && k["L"].is_i64() && k["n"].is_u64() && k["x"].is_boolean());
         }
         "miniTicker" => {
             fields(&["e", "E", "s", "c", "o", "h", "l", "v", "q"]);
@@ -166,6 +214,42 @@ fn check_shape(stream: &str, p: &Value, micros: bool) {
             assert_eq!(p["e"], "24hrTicker");
             assert!(is_signed_decimal(&p["p"]) && is_signed_decimal(&p["P"]));
             check_time(&p["C"], micros, "C");
+        }
+        k if k.starts_with("ticker_") => {
+            fields(&[
+                "e", "E", "s", "p", "P", "o", "h", "l", "c", "w", "v", "q", "O", "C", "F", "L", "n",
+            ]);
+            let window = k.trim_start_matches("ticker_");
+            assert_eq!(p["e"], format!("{window}Ticker"));
+            assert!(is_signed_decimal(&p["p"]) && is_signed_decimal(&p["P"]));
+            for field in ["o", "h", "l", "c", "w", "v", "q"] {
+                assert!(is_decimal8(&p[field]), "{stream}: {field}");
+            }
+            check_time(&p["E"], micros, "E");
+            check_time(&p["C"], micros, "C");
+            let (open, close) = (p["O"].as_u64().unwrap(), p["C"].as_u64().unwrap());
+            let hours: u64 = window.trim_end_matches(['h', 'd']).parse().unwrap();
+            let hours = if window.ends_with('d') {
+                24 * hours
+            } else {
+                hours
+            };
+            let per_ms = if micros { 1000 } else { 1 };
+            // The window opens on a minute, up to a minute before C - window.
+            let width = (close - open) / per_ms;
+            assert!(
+                width >= hours * 3_600_000 && width < hours * 3_600_000 + 60_000,
+                "{stream}: O..C spans {width} ms"
+            );
+            assert!(p["F"].is_i64() && p["L"].is_i64() && p["n"].is_u64());
+        }
+        "avgPrice" => {
+            fields(&["e", "E", "s", "i", "w", "T"]);
+            assert_eq!(p["e"], "avgPrice");
+            assert_eq!(p["i"], "5m");
+            assert!(is_decimal8(&p["w"]));
+            check_time(&p["E"], micros, "E");
+            check_time(&p["T"], micros, "T");
         }
         other => panic!("unchecked stream kind {other}"),
     }
@@ -185,7 +269,13 @@ async fn collect(server: &TestServer, combined: bool, micros: bool) {
     };
     let mut ws = server.connect(&path).await;
     let mut seen: HashMap<String, Value> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     while seen.len() < STREAMS.len() {
+        let missing: Vec<&&str> = STREAMS.iter().filter(|s| !seen.contains_key(**s)).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "combined={combined} micros={micros}: no event of {missing:?}"
+        );
         let message = next_json(&mut ws).await;
         if combined {
             let keys: Vec<&str> = message
@@ -205,7 +295,19 @@ async fn collect(server: &TestServer, combined: bool, micros: bool) {
         } else {
             // Raw payloads do not name their stream: identify by shape.
             let stream = match (message.get("e").and_then(Value::as_str), message.is_array()) {
+                (_, true) if message[0]["e"] == "4hTicker" => "!ticker_4h@arr".to_string(),
                 (_, true) => "!miniTicker@arr".to_string(),
+                (Some("1hTicker"), _) => "btcusdt@ticker_1h".into(),
+                (Some("1dTicker"), _) => "btcusdt@ticker_1d".into(),
+                (Some("avgPrice"), _) => "btcusdt@avgPrice".into(),
+                (Some("kline"), _)
+                    if message["k"]["i"] == "1d"
+                        && message["k"]["t"].as_u64().unwrap() / if micros { 1000 } else { 1 }
+                            % DAY_MS
+                            != 0 =>
+                {
+                    "btcusdt@kline_1d@+08:00".into()
+                }
                 (Some("depthUpdate"), _) => continue, // the diff streams share a shape
                 (Some("trade"), _) => "btcusdt@trade".into(),
                 (Some("aggTrade"), _) => "btcusdt@aggTrade".into(),
@@ -222,7 +324,8 @@ async fn collect(server: &TestServer, combined: bool, micros: bool) {
             };
             let name = STREAMS
                 .iter()
-                .find(|s| s.starts_with(&stream))
+                .find(|s| **s == stream)
+                .or_else(|| STREAMS.iter().find(|s| s.starts_with(&stream)))
                 .map_or(stream.clone(), |s| s.to_string());
             check_shape(&name, &message, micros);
             seen.insert(name, message);

@@ -22,8 +22,10 @@
 //! ([`Streams::every_100ms`]), it publishes `@depth@100ms` and `@depth<N>@100ms`. At each 1000 ms tick
 //! ([`Streams::every_1000ms`]), it publishes `@depth` and `@depth<N>` (their `@1000ms` spellings
 //! share these events: events leave under fan-out keys, see
-//! [`Topic::fanout_key`](crate::protocol::stream::Topic::fanout_key)), the klines, `@ticker`, `@miniTicker` and `!miniTicker@arr`. On request it renders the
-//! `/api/v3/depth` body at the last applied update id ([`Streams::snapshot`]). All payloads are
+//! [`Topic::fanout_key`](crate::protocol::stream::Topic::fanout_key)), the klines (UTC and `@+08:00`), `@avgPrice`, `@ticker`, `@miniTicker`, `!miniTicker@arr`
+//! and the rolling-window `@ticker_<w>` and `!ticker_<w>@arr`. On request it renders the
+//! `/api/v3/depth` body at the last applied update id ([`Streams::snapshot`]) and the REST
+//! history and tickers (the bounded trade history is [`history`]). All payloads are
 //! rendered by [`payload`] and [`stats`].
 //!
 //! **Where events leave.** Through a [`Publisher`]. The engine's is its fan-out hub.
@@ -39,6 +41,7 @@
 //! - to start with the engine, or to be given the state a snapshot does not carry (aggTrade ids,
 //!   kline and ticker statistics, the tick count).
 
+pub mod history;
 pub mod payload;
 pub mod stats;
 pub mod streams;

@@ -6,7 +6,7 @@ use super::symbol::SymbolStreams;
 use super::Publisher;
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::{MarketSim, Step};
-use crate::protocol::stream::{SymbolId, Topic};
+use crate::protocol::stream::{StreamKind, SymbolId, TickerWindow, Topic};
 use bytes::Bytes;
 
 /// Every symbol's derivation state, in feed order.
@@ -14,6 +14,8 @@ pub struct Streams {
     symbols: Vec<SymbolStreams>,
     /// 1000 ms ticks since start, to push non-1s klines every other second as Binance does.
     seconds: u64,
+    /// REST history bounds (trades, klines): this server's configuration, not derived state.
+    history: (usize, usize),
 }
 
 impl Streams {
@@ -30,6 +32,7 @@ impl Streams {
         Streams {
             symbols,
             seconds: 0,
+            history: (0, 0),
         }
     }
 
@@ -73,6 +76,7 @@ impl Streams {
         self.seconds = snapshot.seconds;
         for (symbol, later) in self.symbols.iter_mut().zip(snapshot.symbols) {
             symbol.rebase(later, now_us, out);
+            symbol.set_history(self.history.0, self.history.1);
         }
     }
 
@@ -103,41 +107,85 @@ impl Streams {
         }
     }
 
-    /// The 1000 ms tick: every symbol's windows, partial depth and klines
-    /// ([`SymbolStreams::every_1000ms`]), then every symbol's tickers, then `!miniTicker@arr`.
+    /// The 1000 ms tick: every symbol's windows, partial depth, klines and `@avgPrice`
+    /// ([`SymbolStreams::every_1000ms`]), then every symbol's tickers, then `!miniTicker@arr`,
+    /// then each rolling window's `@ticker_<w>` and `!ticker_<w>@arr`.
+    ///
+    /// The arrays carry only the symbols that traded since the previous tick, as Binance's
+    /// carry only the tickers that changed, and are not sent when none did.
     pub fn every_1000ms<P: Publisher + ?Sized>(&mut self, now_us: u64, out: &mut P) {
         self.seconds += 1;
         for symbol in &mut self.symbols {
             symbol.every_1000ms(now_us, self.seconds, out);
         }
+        let traded: Vec<bool> = self.symbols.iter_mut().map(|s| s.take_traded()).collect();
         let all = Topic::AllMiniTickers;
         let want_all = out.wants(&all);
-        let mut every: Vec<(usize, TickerStats)> = Vec::new();
+        let mut changed: Vec<(usize, TickerStats)> = Vec::new();
         for (index, symbol) in self.symbols.iter_mut().enumerate() {
-            if let Some(stats) = symbol.publish_tickers(now_us, want_all, out) {
-                if want_all {
-                    every.push((index, stats));
+            let force = want_all && traded[index];
+            if let Some(stats) = symbol.publish_tickers(now_us, force, out) {
+                if force {
+                    changed.push((index, stats));
                 }
             }
         }
-        if want_all {
-            let symbols = &self.symbols;
+        let symbols = &self.symbols;
+        if !changed.is_empty() {
             out.publish(all, &mut |buf, unit| {
-                buf.push(b'[');
-                for (n, (index, stats)) in every.iter().enumerate() {
-                    if n > 0 {
-                        buf.push(b',');
-                    }
+                write_array(buf, &changed, |buf, index, stats| {
                     rolling::write_mini_ticker(
                         buf,
-                        &symbols[*index].spec().symbol,
+                        &symbols[index].spec().symbol,
                         stats,
                         now_us,
                         unit,
-                    );
-                }
-                buf.push(b']');
+                    )
+                })
             });
+        }
+        for window in TickerWindow::ALL {
+            let all = Topic::AllRollingTickers(window);
+            let want_all = out.wants(&all);
+            changed.clear();
+            for (index, symbol) in symbols.iter().enumerate() {
+                let topic = Topic::Symbol {
+                    symbol: symbol.id(),
+                    kind: StreamKind::RollingTicker(window),
+                };
+                let in_array = want_all && traded[index];
+                if !(in_array || out.wants(&topic)) {
+                    continue;
+                }
+                let stats = symbol.window_stats(now_us, window);
+                symbol.publish_rolling_ticker(window, &stats, now_us, out);
+                if in_array {
+                    changed.push((index, stats));
+                }
+            }
+            if !changed.is_empty() {
+                out.publish(all, &mut |buf, unit| {
+                    write_array(buf, &changed, |buf, index, stats| {
+                        rolling::write_rolling_ticker(
+                            buf,
+                            window.event(),
+                            &symbols[index].spec().symbol,
+                            stats,
+                            now_us,
+                            unit,
+                        )
+                    })
+                });
+            }
+        }
+    }
+
+    /// Keeps at most `trades` trades (and aggregates) and `klines` closed klines per interval
+    /// for REST, in every symbol, from now on (also across [`rebase`](Self::rebase)).
+    pub fn set_history(&mut self, trades: usize, klines: usize) {
+        self.history = (trades, klines);
+        for symbol in &mut self.symbols {
+            symbol.set_history(trades, klines);
         }
     }
 
@@ -146,6 +194,22 @@ impl Streams {
     pub fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {
         self.symbol(symbol).snapshot(limit)
     }
+}
+
+/// Appends `[item,item,..]`, one item per `(symbol index, statistics)`.
+fn write_array(
+    buf: &mut Vec<u8>,
+    items: &[(usize, TickerStats)],
+    mut write: impl FnMut(&mut Vec<u8>, usize, &TickerStats),
+) {
+    buf.push(b'[');
+    for (n, (index, stats)) in items.iter().enumerate() {
+        if n > 0 {
+            buf.push(b',');
+        }
+        write(buf, *index, stats);
+    }
+    buf.push(b']');
 }
 
 #[cfg(test)]

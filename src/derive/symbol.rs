@@ -5,8 +5,9 @@
 //! then on reads nothing but [`Step`]s: each step's changed levels are applied to its own book,
 //! so partial depth, bookTicker, tickers and REST snapshots never look at a simulation.
 
+use super::history::{self, AggRecord, TradeHistory, TradeRecord};
 use super::payload;
-use super::stats::kline::{KlineBuilder, KlineInterval};
+use super::stats::kline::{Kline, KlineBuilder, KlineInterval};
 use super::stats::rolling::{self, Rolling24h, TickerStats};
 use super::stats::TradePrint;
 use super::window::DiffWindow;
@@ -15,7 +16,7 @@ use crate::market::book::{OrderBook, Side};
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::Step;
 use crate::protocol::json::TimeUnit;
-use crate::protocol::stream::{Speed, StreamKind, SymbolId, Topic};
+use crate::protocol::stream::{Speed, StreamKind, SymbolId, TickerWindow, Topic, UTC8_OFFSET_US};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,12 @@ use serde::{Deserialize, Serialize};
 const DAY_US: u64 = 86_400_000_000;
 /// The rolling ticker's bucket: one minute.
 const MINUTE_US: u64 = 60_000_000;
+/// The long rolling ring's bucket: one hour (REST `windowSize` of 2 to 7 days).
+const HOUR_US: u64 = 3_600_000_000;
+/// The longest REST `windowSize`: 7 days.
+pub const MAX_WINDOW_US: u64 = 7 * DAY_US;
+/// `@avgPrice`'s window: five minutes, as on Binance.
+pub const AVG_PRICE_WINDOW_US: u64 = 5 * MINUTE_US;
 /// Levels of the partial depth streams (`depth5`, `depth10`, `depth20`).
 const PARTIAL_LEVELS: [u8; 3] = [5, 10, 20];
 
@@ -45,6 +52,20 @@ pub struct SymbolStreams {
     rolling: Rolling24h,
     /// One builder per [`KlineInterval::ALL`], in that order.
     klines: Vec<KlineBuilder>,
+    /// One UTC+8 builder per interval an 8-hour shift moves ([`utc8_intervals`]), in
+    /// [`KlineInterval::ALL`] order; the other intervals' `@+08:00` streams carry the UTC
+    /// builders' klines, which are the same.
+    klines_utc8: Vec<KlineBuilder>,
+    /// Whether a trade printed since the last 1000 ms tick: the `!…@arr` streams carry only
+    /// the symbols that did. Part of the state, so it never depends on who listens.
+    traded: bool,
+    /// Time of the last trade (`@avgPrice`'s `T`), the stage's start before any.
+    last_trade_us: u64,
+    /// Rolling windows of 2 to 7 days for REST's `/api/v3/ticker`: hourly buckets, so such a
+    /// window opens on an hour (the minute ring covers one day only).
+    week: Rolling24h,
+    /// The newest trades and aggregates, for REST (`--trade-history`).
+    history: TradeHistory,
     last_book_ticker: Option<BestQuotes>,
     next_agg_id: u64,
 }
@@ -80,6 +101,15 @@ impl SymbolStreams {
                 .iter()
                 .map(|&interval| KlineBuilder::new(interval, start_us, reference))
                 .collect(),
+            klines_utc8: utc8_intervals()
+                .map(|interval| {
+                    KlineBuilder::in_zone(interval, UTC8_OFFSET_US, start_us, reference)
+                })
+                .collect(),
+            traded: false,
+            last_trade_us: start_us,
+            week: Rolling24h::new(MAX_WINDOW_US, HOUR_US, start_us, reference),
+            history: TradeHistory::default(),
             last_book_ticker: None,
             next_agg_id: 1,
             spec,
@@ -182,6 +212,182 @@ impl SymbolStreams {
             self.publish_partial(levels, Speed::Unspecified, out);
         }
         self.publish_klines(now_us, second, out);
+        self.publish_avg_price(now_us, out);
+    }
+
+    /// Keeps at most `trades` trades and as many aggregates, and `klines` closed klines per
+    /// interval and zone, for REST.
+    pub fn set_history(&mut self, trades: usize, klines: usize) {
+        self.history.set_cap(trades);
+        for kline in self.klines.iter_mut().chain(&mut self.klines_utc8) {
+            kline.set_history_cap(klines);
+        }
+    }
+
+    /// The `/api/v3/trades` body: the newest `limit` trades, oldest first.
+    pub fn recent_trades_json(&self, limit: usize) -> Vec<u8> {
+        let mut out = vec![b'['];
+        for (n, trade) in self.history.recent_trades(limit).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            history::write_trade(&mut out, trade);
+        }
+        out.push(b']');
+        out
+    }
+
+    /// The `/api/v3/aggTrades` body (see [`TradeHistory::aggs`]).
+    pub fn agg_trades_json(
+        &self,
+        from_id: Option<u64>,
+        start_us: Option<u64>,
+        end_us: Option<u64>,
+        limit: usize,
+    ) -> Vec<u8> {
+        let mut out = vec![b'['];
+        for (n, agg) in self
+            .history
+            .aggs(from_id, start_us, end_us, limit)
+            .into_iter()
+            .enumerate()
+        {
+            if n > 0 {
+                out.push(b',');
+            }
+            history::write_agg(&mut out, agg);
+        }
+        out.push(b']');
+        out
+    }
+
+    /// The `/api/v3/klines` body: the kept klines of `interval` in the zone `offset_us` east of
+    /// UTC, the open one last, whose open time is within `[start_us, end_us]`; the first
+    /// `limit` from `start_us` if given, else the newest `limit`.
+    ///
+    /// UTC and UTC+8 have builders of their own (an interval that a zone does not move is served
+    /// from UTC's); any other zone's klines are regrouped from the kept 1m klines, so they
+    /// reach back `--kline-history` minutes.
+    pub fn klines_json(
+        &self,
+        interval: KlineInterval,
+        offset_us: i64,
+        start_us: Option<u64>,
+        end_us: Option<u64>,
+        limit: usize,
+    ) -> Vec<u8> {
+        let index = |wanted: KlineInterval| {
+            KlineInterval::ALL
+                .iter()
+                .position(|&i| i == wanted)
+                .unwrap_or(0)
+        };
+        let series: Vec<Kline> = if interval.offset_neutral(offset_us) {
+            self.klines[index(interval)].history().copied().collect()
+        } else if let Some(builder) = self
+            .klines_utc8
+            .iter()
+            .find(|b| b.offset_us() == offset_us && b.current().interval == interval)
+        {
+            builder.history().copied().collect()
+        } else {
+            let mut groups: Vec<Kline> = Vec::new();
+            for minute in self.klines[index(KlineInterval::M1)].history() {
+                let open = interval.align(minute.open_time_us, offset_us);
+                match groups.last_mut() {
+                    Some(group) if group.open_time_us == open => group.merge(minute),
+                    _ => groups.push(minute.regrouped(
+                        interval,
+                        open,
+                        interval.next_open(open, offset_us),
+                    )),
+                }
+            }
+            groups
+        };
+        let selected = series.iter().filter(|k| {
+            start_us.is_none_or(|s| k.open_time_us >= s)
+                && end_us.is_none_or(|e| k.open_time_us <= e)
+        });
+        let chosen: Vec<&Kline> = if start_us.is_some() {
+            selected.take(limit).collect()
+        } else {
+            let mut newest: Vec<&Kline> = selected.rev().take(limit).collect();
+            newest.reverse();
+            newest
+        };
+        let mut out = Vec::with_capacity(2 + chosen.len() * 160);
+        out.push(b'[');
+        for (n, kline) in chosen.into_iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            kline.write_row(&mut out);
+        }
+        out.push(b']');
+        out
+    }
+
+    /// Rolling-window statistics of any REST `windowSize` up to 7 days, ending at `now_us`:
+    /// from the minute buckets up to a day, from the hourly ones beyond.
+    pub fn stats_over(&self, now_us: u64, window_us: u64) -> TickerStats {
+        if window_us <= DAY_US {
+            self.rolling.stats_within(now_us, window_us)
+        } else {
+            self.week.stats_within(now_us, window_us)
+        }
+    }
+
+    /// `@avgPrice`'s and `/api/v3/avgPrice`'s statistics: the last five minutes.
+    pub fn avg_price_stats(&self, now_us: u64) -> TickerStats {
+        self.rolling.stats_within(now_us, AVG_PRICE_WINDOW_US)
+    }
+
+    /// Time of the last trade (the stage's start before any).
+    pub fn last_trade_us(&self) -> u64 {
+        self.last_trade_us
+    }
+
+    /// Whether a trade printed since the last call, which starts the next second's count: the
+    /// 1000 ms tick asks once per symbol.
+    pub fn take_traded(&mut self) -> bool {
+        std::mem::take(&mut self.traded)
+    }
+
+    /// The rolling-window statistics of `window` ending at `now_us` (see
+    /// [`Rolling24h::stats_within`]).
+    pub fn window_stats(&self, now_us: u64, window: TickerWindow) -> TickerStats {
+        self.rolling.stats_within(now_us, window.micros())
+    }
+
+    /// Publishes `@ticker_<window>` with `stats` (from [`window_stats`](Self::window_stats)).
+    pub fn publish_rolling_ticker<P: Publisher + ?Sized>(
+        &self,
+        window: TickerWindow,
+        stats: &TickerStats,
+        now_us: u64,
+        out: &mut P,
+    ) {
+        let symbol = self.spec.symbol.as_str();
+        out.publish(
+            self.topic(StreamKind::RollingTicker(window)),
+            &mut |buf, unit| {
+                rolling::write_rolling_ticker(buf, window.event(), symbol, stats, now_us, unit)
+            },
+        );
+    }
+
+    /// Publishes `@avgPrice` if anyone listens: the average price of the last five minutes.
+    fn publish_avg_price<P: Publisher + ?Sized>(&self, now_us: u64, out: &mut P) {
+        let topic = self.topic(StreamKind::AvgPrice);
+        if !out.wants(&topic) {
+            return;
+        }
+        let stats = self.avg_price_stats(now_us);
+        let (symbol, last_trade_us) = (self.spec.symbol.as_str(), self.last_trade_us);
+        out.publish(topic, &mut |buf, unit| {
+            rolling::write_avg_price(buf, symbol, &stats, last_trade_us, now_us, unit)
+        });
     }
 
     /// Publishes `@ticker` and `@miniTicker` for the 24h window ending at `now_us`, if anyone
@@ -266,13 +472,23 @@ impl SymbolStreams {
             last_update_id,
             rolling,
             klines,
+            klines_utc8,
+            traded,
+            last_trade_us,
+            week,
+            history,
             next_agg_id,
             ..
         } = snapshot;
+        self.week = week;
+        self.history = history;
         self.book = book;
         self.last_update_id = last_update_id;
         self.rolling = rolling;
         self.klines = klines;
+        self.klines_utc8 = klines_utc8;
+        self.traded = traded;
+        self.last_trade_us = last_trade_us;
         self.next_agg_id = next_agg_id;
         let best = self.best();
         if self.last_book_ticker != Some(best) {
@@ -328,10 +544,20 @@ impl SymbolStreams {
                 buyer_is_maker: trade.buyer_is_maker,
             };
             self.rolling.record(&print);
-            for kline in &mut self.klines {
+            self.week.record(&print);
+            self.history.push_trade(TradeRecord {
+                id: trade.id,
+                price_e8: print.price_e8,
+                qty_e8: print.qty_e8,
+                time_us: now_us,
+                buyer_is_maker: trade.buyer_is_maker,
+            });
+            for kline in self.klines.iter_mut().chain(&mut self.klines_utc8) {
                 kline.record(&print);
             }
         }
+        self.traded = true;
+        self.last_trade_us = now_us;
         let trade_topic = self.topic(StreamKind::Trade);
         let agg_topic = self.topic(StreamKind::AggTrade);
         let spec = &self.spec;
@@ -355,6 +581,15 @@ impl SymbolStreams {
             }
             let group = &trades[start..end];
             let agg_id = self.next_agg_id;
+            self.history.push_agg(AggRecord {
+                id: agg_id,
+                price_e8: payload::price(spec, group[0].price_tick),
+                qty_e8: payload::qty(spec, group.iter().map(|t| t.qty_lots).sum()),
+                first_id: group[0].id,
+                last_id: group[group.len() - 1].id,
+                time_us: now_us,
+                buyer_is_maker: group[0].buyer_is_maker,
+            });
             out.publish(agg_topic, &mut |buf, unit| {
                 payload::write_agg_trade(buf, spec, agg_id, group, now_us, unit)
             });
@@ -394,28 +629,63 @@ impl SymbolStreams {
         );
     }
 
+    /// Closes and pushes every kline stream: each closed kline once (`"x":true`), then the open
+    /// one every push period. An interval UTC+8 does not move is published under its
+    /// `@+08:00` name from the UTC builder.
     fn publish_klines<P: Publisher + ?Sized>(&mut self, now_us: u64, second: u64, out: &mut P) {
         let symbol = self.spec.symbol.as_str();
-        for (&interval, kline) in KlineInterval::ALL.iter().zip(&mut self.klines) {
-            let topic = Topic::Symbol {
-                symbol: self.id,
-                kind: StreamKind::Kline(interval),
+        let id = self.id;
+        let topics = |interval: KlineInterval| {
+            (
+                Topic::Symbol {
+                    symbol: id,
+                    kind: StreamKind::Kline(interval),
+                },
+                Topic::Symbol {
+                    symbol: id,
+                    kind: StreamKind::KlineUtc8(interval),
+                },
+            )
+        };
+        let builders = self
+            .klines
+            .iter_mut()
+            .map(|kline| (false, kline))
+            .chain(self.klines_utc8.iter_mut().map(|kline| (true, kline)));
+        for (utc8, kline) in builders {
+            let interval = kline.current().interval;
+            let (utc_topic, utc8_topic) = topics(interval);
+            let names: &[Topic] = match (utc8, interval.offset_neutral(UTC8_OFFSET_US)) {
+                (true, _) => &[utc8_topic],
+                (false, true) => &[utc_topic, utc8_topic],
+                (false, false) => &[utc_topic],
             };
             kline.roll(now_us);
             while let Some(closed) = kline.pop_closed() {
-                out.publish(topic, &mut |buf, unit| {
-                    closed.write(buf, symbol, now_us, unit)
-                });
+                for &topic in names {
+                    out.publish(topic, &mut |buf, unit| {
+                        closed.write(buf, symbol, now_us, unit)
+                    });
+                }
             }
             let period_s = (interval.push_period_us() / 1_000_000).max(1);
             if second % period_s == 0 {
                 let kline = &*kline;
-                out.publish(topic, &mut |buf, unit| {
-                    kline.write(buf, symbol, now_us, unit)
-                });
+                for &topic in names {
+                    out.publish(topic, &mut |buf, unit| {
+                        kline.write(buf, symbol, now_us, unit)
+                    });
+                }
             }
         }
     }
+}
+
+/// The intervals whose UTC+8 klines open at other instants than their UTC ones.
+fn utc8_intervals() -> impl Iterator<Item = KlineInterval> {
+    KlineInterval::ALL
+        .into_iter()
+        .filter(|interval| !interval.offset_neutral(UTC8_OFFSET_US))
 }
 
 #[cfg(test)]

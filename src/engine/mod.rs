@@ -70,6 +70,10 @@ pub enum Command {
         limit: usize,
         reply: oneshot::Sender<Bytes>,
     },
+    /// Run `read` on the derivation stage between two steps: REST reads of trades, klines and
+    /// tickers see exactly what the streams have published, and nothing half-applied. `read`
+    /// carries its own reply channel.
+    Read(Box<dyn FnOnce(&Streams) + Send>),
 }
 
 /// The connection-side handle: a clonable sender of commands.
@@ -327,6 +331,7 @@ impl Engine {
             } => {
                 let _ = reply.send(self.stage.streams.snapshot(symbol, limit));
             }
+            Command::Read(read) => read(&self.stage.streams),
         }
     }
 

@@ -24,8 +24,8 @@ pub struct Context {
     pub attempts: AttemptLimiter,
     /// Open WebSocket connections per IP (`--max-connections-per-ip`).
     pub ip_connections: Arc<IpConnections>,
-    /// Request weight per IP per minute, spent by WebSocket API requests (SPEC.md; Binance
-    /// counts REST and the WebSocket API against one budget, so REST belongs here too).
+    /// Request weight per IP per minute (`--rest-weight-limit`), spent by REST and WebSocket
+    /// API requests alike: Binance counts both against one budget.
     pub weights: WeightLimiter,
     /// The accepted tokens when `--auth-tokens` is set.
     pub tokens: Option<TokenSet>,

@@ -65,7 +65,7 @@ pub fn route(path: &str) -> Option<(&'static str, Response)> {
     };
     let mut response = Response::json(200, body);
     response.content_type = content_type;
-    response.extra_headers = headers;
+    response.extra_headers = headers.into();
     Some((label, response))
 }
 

@@ -207,7 +207,10 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
-    pub extra_headers: &'static str,
+    /// Header lines, each ending in CRLF.
+    pub extra_headers: std::borrow::Cow<'static, str>,
+    /// Binance's error code when the body is an error (for `bookcast_rest_errors_total`).
+    pub error_code: Option<i32>,
 }
 
 impl Response {
@@ -216,7 +219,8 @@ impl Response {
             status,
             content_type: "application/json",
             body: body.into(),
-            extra_headers: "",
+            extra_headers: std::borrow::Cow::Borrowed(""),
+            error_code: None,
         }
     }
 
@@ -226,7 +230,9 @@ impl Response {
         body.extend_from_slice(format!("{{\"code\":{code},\"msg\":").as_bytes());
         crate::protocol::json::push_escaped_str(&mut body, msg);
         body.push(b'}');
-        Response::json(status, body)
+        let mut response = Response::json(status, body);
+        response.error_code = Some(code);
+        response
     }
 }
 
@@ -259,7 +265,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         response.content_type,
         response.body.len(),
         if close { "close" } else { "keep-alive" },
-        response.extra_headers,
+        response.extra_headers.as_ref(),
     );
     let mut out = Vec::with_capacity(head.len() + response.body.len());
     out.extend_from_slice(head.as_bytes());

@@ -174,10 +174,10 @@ pub async fn serve<S: Transport>(
                 -1000,
                 "This path serves WebSocket only: send an Upgrade: websocket request.",
             );
-            response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+            response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".into();
             response
         } else {
-            rest::handle(&head, &ctx).await
+            rest::handle(&head, peer, &ctx).await
         };
         if write_response(&mut stream, &response, close).await.is_err() || close {
             return;

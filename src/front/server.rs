@@ -17,7 +17,7 @@ use crate::front::admission::{AttemptLimiter, IpConnections};
 use crate::front::auth::TokenSet;
 use crate::front::context::Context;
 use crate::front::transport;
-use crate::front::weight::{WeightLimiter, REQUEST_WEIGHT_PER_MINUTE};
+use crate::front::weight::WeightLimiter;
 use crate::front::{http, router};
 use crate::market::feed::Feed;
 use crate::metrics::live_stats::LiveStats;
@@ -49,9 +49,12 @@ pub async fn run_with(
     listener: TcpListener,
     config: Config,
     feed: Feed,
-    start: engine::Start,
+    mut start: engine::Start,
     shutdown: impl Future,
 ) -> io::Result<()> {
+    start
+        .streams
+        .set_history(config.trade_history, config.kline_history);
     // First, so a bad token file fails startup before anything is spawned.
     let tokens = match &config.auth_tokens {
         Some(path) => {
@@ -111,7 +114,10 @@ pub async fn run_with(
             config.connection_attempt_window,
         ),
         ip_connections: IpConnections::new(config.max_connections_per_ip),
-        weights: WeightLimiter::new(REQUEST_WEIGHT_PER_MINUTE),
+        weights: WeightLimiter::new(match config.rest_weight_limit {
+            0 => u32::MAX,
+            limit => limit,
+        }),
         tokens,
         config,
         shutdown: shutdown_rx,

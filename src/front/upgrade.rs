@@ -20,6 +20,16 @@ pub struct Upgrade {
     pub topics: Vec<Topic>,
 }
 
+/// Percent-decodes stream names from a URL, keeping `+` a plus: in `btcusdt@kline_1d@+08:00`
+/// it is part of the name (Binance reads it so), not a form-encoded space.
+fn decode_name(raw: &str) -> String {
+    let plus_kept = raw.replace('+', "%2B");
+    form_urlencoded::parse(format!("x={plus_kept}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .next()
+        .unwrap_or_default()
+}
+
 /// Binance's WebSocket API path (SPEC.md), the one version bookcast serves.
 pub const WS_API_PATH: &str = "/ws-api/v3";
 
@@ -50,7 +60,12 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
     }
     let (combined, names): (bool, Vec<String>) =
         if head.path == "/stream" || head.path == "/stream/" {
-            let streams = head.param("streams").unwrap_or_default();
+            let streams = head
+                .query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("streams="))
+                .map(decode_name)
+                .unwrap_or_default();
             (
                 true,
                 streams
@@ -64,12 +79,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             let decoded: Vec<String> = rest
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(|s| {
-                    form_urlencoded::parse(format!("x={s}").as_bytes())
-                        .map(|(_, v)| v.into_owned())
-                        .next()
-                        .unwrap_or_default()
-                })
+                .map(decode_name)
                 .collect();
             (false, decoded)
         } else {
@@ -140,7 +150,7 @@ pub(crate) fn check_handshake(head: &Head) -> Result<String, Response> {
             -1000,
             "This path serves WebSocket only: send an Upgrade: websocket request.",
         );
-        response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+        response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".into();
         return Err(response);
     }
     if head.ws_version.as_deref() != Some("13") {
@@ -149,7 +159,7 @@ pub(crate) fn check_handshake(head: &Head) -> Result<String, Response> {
             -1000,
             "Unsupported Sec-WebSocket-Version; this server speaks 13.",
         );
-        response.extra_headers = "Sec-WebSocket-Version: 13\r\n";
+        response.extra_headers = "Sec-WebSocket-Version: 13\r\n".into();
         return Err(response);
     }
     let key = head.ws_key.clone().unwrap_or_default();

@@ -259,6 +259,13 @@ pub const FAMILIES: &[Family] = &[
         help: "WebSocket API requests answered with an error, by Binance error code.",
     },
     Family {
+        name: "bookcast_rest_errors_total",
+        kind: FamilyKind::Counter,
+        label: Some("code"),
+        unit: None,
+        help: "REST requests answered with a Binance error, by its code.",
+    },
+    Family {
         name: "bookcast_http_requests_total",
         kind: FamilyKind::Counter,
         // And `status`: the one family with two labels, and none known in advance.
@@ -293,6 +300,9 @@ pub const SUBSCRIPTION_KINDS: &[&str] = &[
     "miniTicker",
     "ticker",
     "miniTicker_arr",
+    "rollingTicker",
+    "avgPrice",
+    "rollingTicker_arr",
     "stats",
 ];
 
@@ -312,6 +322,10 @@ pub const CONTROL_METHODS: &[&str] = &[
 /// value type, 2 invalid request, 3 invalid JSON).
 pub const CONTROL_ERROR_CODES: &[u8] = &[0, 1, 2, 3];
 
+/// `bookcast_rest_errors_total{code}`: every Binance error code a REST answer can carry.
+pub const REST_ERROR_CODES: &[i32] = &[
+    -1000, -1003, -1023, -1100, -1101, -1102, -1120, -1121, -1128,
+];
 /// `bookcast_ws_api_errors_total{code}` registered at zero: the codes the WebSocket API's own
 /// checks send (bad JSON, missing method, unsupported method, weight limit, timeout) and the
 /// current REST endpoints' parameter errors. Other REST codes are counted as they occur (their
@@ -348,6 +362,7 @@ fn known_label_values(family: &str) -> Vec<String> {
             .chain(std::iter::once(close_label(0)))
             .collect(),
         "bookcast_control_messages_total" => owned(CONTROL_METHODS),
+        "bookcast_rest_errors_total" => REST_ERROR_CODES.iter().map(|c| c.to_string()).collect(),
         "bookcast_ws_api_requests_total" => crate::front::ws_api::METHODS
             .iter()
             .map(|(method, _)| *method)
@@ -713,6 +728,15 @@ pub fn auth_failed(reason: &'static str) {
         "auth failure reason {reason:?} missing from AUTH_FAILURE_REASONS"
     );
     counter!("bookcast_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// A REST request answered with Binance's error `code`.
+pub fn rest_error(code: i32) {
+    debug_assert!(
+        REST_ERROR_CODES.contains(&code),
+        "REST error code {code} missing from REST_ERROR_CODES"
+    );
+    counter!("bookcast_rest_errors_total", "code" => code.to_string()).increment(1);
 }
 
 /// A WebSocket API request answered: `method` is a [`crate::front::ws_api::METHODS`] name or

@@ -48,13 +48,65 @@ impl Speed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StreamKind {
     Diff(Speed),
-    Partial { levels: u8, speed: Speed },
+    Partial {
+        levels: u8,
+        speed: Speed,
+    },
     Trade,
     AggTrade,
     BookTicker,
     Kline(KlineInterval),
+    /// `<s>@kline_<i>@+08:00`: intervals open and close in UTC+8; times stay UTC.
+    KlineUtc8(KlineInterval),
     MiniTicker,
     Ticker,
+    /// `<s>@ticker_<w>`: the rolling-window ticker.
+    RollingTicker(TickerWindow),
+    /// `<s>@avgPrice`: the 5-minute average price.
+    AvgPrice,
+}
+
+/// The windows of the rolling-window ticker streams (`@ticker_1h`, `@ticker_4h`, `@ticker_1d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TickerWindow {
+    H1,
+    H4,
+    D1,
+}
+
+impl TickerWindow {
+    pub const ALL: [TickerWindow; 3] = [TickerWindow::H1, TickerWindow::H4, TickerWindow::D1];
+
+    /// The name in stream names (`ticker_1h`); the payload's `e` is this followed by `Ticker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TickerWindow::H1 => "1h",
+            TickerWindow::H4 => "4h",
+            TickerWindow::D1 => "1d",
+        }
+    }
+
+    /// The payload's event type, `1hTicker`.
+    pub fn event(self) -> &'static str {
+        match self {
+            TickerWindow::H1 => "1hTicker",
+            TickerWindow::H4 => "4hTicker",
+            TickerWindow::D1 => "1dTicker",
+        }
+    }
+
+    pub fn micros(self) -> u64 {
+        const HOUR: u64 = 3_600_000_000;
+        match self {
+            TickerWindow::H1 => HOUR,
+            TickerWindow::H4 => 4 * HOUR,
+            TickerWindow::D1 => 24 * HOUR,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.as_str() == text)
+    }
 }
 
 impl StreamKind {
@@ -66,9 +118,11 @@ impl StreamKind {
             StreamKind::Trade => "trade",
             StreamKind::AggTrade => "aggTrade",
             StreamKind::BookTicker => "bookTicker",
-            StreamKind::Kline(_) => "kline",
+            StreamKind::Kline(_) | StreamKind::KlineUtc8(_) => "kline",
             StreamKind::MiniTicker => "miniTicker",
             StreamKind::Ticker => "ticker",
+            StreamKind::RollingTicker(_) => "rollingTicker",
+            StreamKind::AvgPrice => "avgPrice",
         }
     }
 
@@ -85,8 +139,11 @@ pub enum Topic {
         symbol: SymbolId,
         kind: StreamKind,
     },
-    /// `!miniTicker@arr`: every symbol's mini ticker in one array.
+    /// `!miniTicker@arr`: the mini tickers of the symbols that traded in the last second.
     AllMiniTickers,
+    /// `!ticker_<w>@arr`: the rolling-window tickers of the symbols that traded in the last
+    /// second.
+    AllRollingTickers(TickerWindow),
     /// `!stats@1s`: the server's own health once a second (bookcast's addition, for
     /// `/dashboard`; see [`crate::metrics::live_stats`]).
     ServerStats,
@@ -97,6 +154,7 @@ impl Topic {
         match self {
             Topic::Symbol { kind, .. } => kind.label(),
             Topic::AllMiniTickers => "miniTicker_arr",
+            Topic::AllRollingTickers(_) => "rollingTicker_arr",
             Topic::ServerStats => "stats",
         }
     }
@@ -104,7 +162,7 @@ impl Topic {
     pub fn has_time_fields(self) -> bool {
         match self {
             Topic::Symbol { kind, .. } => kind.has_time_fields(),
-            Topic::AllMiniTickers | Topic::ServerStats => true,
+            Topic::AllMiniTickers | Topic::AllRollingTickers(_) | Topic::ServerStats => true,
         }
     }
 
@@ -176,6 +234,9 @@ impl Topic {
     fn write_name(self, symbols: &(impl SymbolTable + ?Sized), out: &mut String) -> fmt::Result {
         let (symbol, kind) = match self {
             Topic::AllMiniTickers => return out.write_str("!miniTicker@arr"),
+            Topic::AllRollingTickers(window) => {
+                return write!(out, "!ticker_{}@arr", window.as_str())
+            }
             Topic::ServerStats => return out.write_str(SERVER_STATS),
             Topic::Symbol { symbol, kind } => (symbol, kind),
         };
@@ -189,29 +250,58 @@ impl Topic {
             StreamKind::AggTrade => out.write_str("@aggTrade"),
             StreamKind::BookTicker => out.write_str("@bookTicker"),
             StreamKind::Kline(interval) => write!(out, "@kline_{}", interval.as_str()),
+            StreamKind::KlineUtc8(interval) => write!(out, "@kline_{}@+08:00", interval.as_str()),
             StreamKind::MiniTicker => out.write_str("@miniTicker"),
             StreamKind::Ticker => out.write_str("@ticker"),
+            StreamKind::RollingTicker(window) => write!(out, "@ticker_{}", window.as_str()),
+            StreamKind::AvgPrice => out.write_str("@avgPrice"),
         }
     }
 }
 
-/// The kline intervals bookcast serves.
+/// The kline intervals Binance serves, in its order (`1s` to `1M`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KlineInterval {
     S1,
     M1,
+    M3,
     M5,
     M15,
+    M30,
     H1,
+    H2,
+    H4,
+    H6,
+    H8,
+    H12,
+    D1,
+    D3,
+    W1,
+    /// A calendar month (`1M`): the one interval whose length varies.
+    Mo1,
 }
 
+const SEC_US: u64 = 1_000_000;
+const DAY_US: u64 = 86_400 * SEC_US;
+
 impl KlineInterval {
-    pub const ALL: [KlineInterval; 5] = [
+    pub const ALL: [KlineInterval; 16] = [
         KlineInterval::S1,
         KlineInterval::M1,
+        KlineInterval::M3,
         KlineInterval::M5,
         KlineInterval::M15,
+        KlineInterval::M30,
         KlineInterval::H1,
+        KlineInterval::H2,
+        KlineInterval::H4,
+        KlineInterval::H6,
+        KlineInterval::H8,
+        KlineInterval::H12,
+        KlineInterval::D1,
+        KlineInterval::D3,
+        KlineInterval::W1,
+        KlineInterval::Mo1,
     ];
 
     /// The name used in stream names and the payload's `i` field.
@@ -219,30 +309,53 @@ impl KlineInterval {
         match self {
             KlineInterval::S1 => "1s",
             KlineInterval::M1 => "1m",
+            KlineInterval::M3 => "3m",
             KlineInterval::M5 => "5m",
             KlineInterval::M15 => "15m",
+            KlineInterval::M30 => "30m",
             KlineInterval::H1 => "1h",
+            KlineInterval::H2 => "2h",
+            KlineInterval::H4 => "4h",
+            KlineInterval::H6 => "6h",
+            KlineInterval::H8 => "8h",
+            KlineInterval::H12 => "12h",
+            KlineInterval::D1 => "1d",
+            KlineInterval::D3 => "3d",
+            KlineInterval::W1 => "1w",
+            KlineInterval::Mo1 => "1M",
         }
     }
 
     /// Parses a stream-name interval such as `"15m"`; case-sensitive like Binance (`"1M"` is a
-    /// month there, not a minute).
+    /// month there, `"1m"` a minute).
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
             .find(|interval| interval.as_str() == text)
     }
 
-    /// The interval length in microseconds.
-    pub fn micros(self) -> u64 {
-        const SEC: u64 = 1_000_000;
-        match self {
-            KlineInterval::S1 => SEC,
-            KlineInterval::M1 => 60 * SEC,
-            KlineInterval::M5 => 5 * 60 * SEC,
-            KlineInterval::M15 => 15 * 60 * SEC,
-            KlineInterval::H1 => 60 * 60 * SEC,
-        }
+    /// The interval length in microseconds; `None` for `1M`, whose length is the month's.
+    pub fn fixed_micros(self) -> Option<u64> {
+        const MIN: u64 = 60 * SEC_US;
+        const HOUR: u64 = 60 * MIN;
+        Some(match self {
+            KlineInterval::S1 => SEC_US,
+            KlineInterval::M1 => MIN,
+            KlineInterval::M3 => 3 * MIN,
+            KlineInterval::M5 => 5 * MIN,
+            KlineInterval::M15 => 15 * MIN,
+            KlineInterval::M30 => 30 * MIN,
+            KlineInterval::H1 => HOUR,
+            KlineInterval::H2 => 2 * HOUR,
+            KlineInterval::H4 => 4 * HOUR,
+            KlineInterval::H6 => 6 * HOUR,
+            KlineInterval::H8 => 8 * HOUR,
+            KlineInterval::H12 => 12 * HOUR,
+            KlineInterval::D1 => DAY_US,
+            KlineInterval::D3 => 3 * DAY_US,
+            KlineInterval::W1 => 7 * DAY_US,
+            KlineInterval::Mo1 => return None,
+        })
     }
 
     /// How often Binance pushes the open kline: every 1000 ms for 1s klines, 2000 ms otherwise.
@@ -253,10 +366,95 @@ impl KlineInterval {
         }
     }
 
-    /// Start of the interval containing `time_us`.
-    pub(crate) fn align(self, time_us: u64) -> u64 {
-        time_us - time_us % self.micros()
+    /// Start of the interval containing `time_us` when intervals open and close in the time
+    /// zone `offset_us` east of UTC (times stay UTC). Weeks open on Monday 00:00 and months on
+    /// the 1st, as on Binance; every other interval counts from the Unix epoch.
+    pub fn align(self, time_us: u64, offset_us: i64) -> u64 {
+        let local = i128::from(time_us) + i128::from(offset_us);
+        let local_open = match self {
+            KlineInterval::Mo1 => {
+                let day = local.div_euclid(i128::from(DAY_US));
+                let (year, month, _) = civil_from_days(day);
+                days_from_civil(year, month, 1) * i128::from(DAY_US)
+            }
+            // 1970-01-01 was a Thursday: Mondays are 4 days off the epoch's 7-day grid.
+            KlineInterval::W1 => {
+                let shift = i128::from(4 * DAY_US);
+                let week = i128::from(7 * DAY_US);
+                local - (local - shift).rem_euclid(week)
+            }
+            fixed => {
+                let length = i128::from(fixed.fixed_micros().unwrap_or(SEC_US));
+                local - local.rem_euclid(length)
+            }
+        };
+        clamp_u64(local_open - i128::from(offset_us))
     }
+
+    /// Start of the interval after the one opening at `open_us` (its exclusive end).
+    pub fn next_open(self, open_us: u64, offset_us: i64) -> u64 {
+        match self.fixed_micros() {
+            Some(length) => open_us.saturating_add(length),
+            None => {
+                let local = i128::from(open_us) + i128::from(offset_us);
+                let day = local.div_euclid(i128::from(DAY_US));
+                let (year, month, _) = civil_from_days(day);
+                let (year, month) = if month == 12 {
+                    (year + 1, 1)
+                } else {
+                    (year, month + 1)
+                };
+                clamp_u64(
+                    days_from_civil(year, month, 1) * i128::from(DAY_US) - i128::from(offset_us),
+                )
+            }
+        }
+    }
+
+    /// Whether intervals open at the same instants in the zone `offset_us` as in UTC, so one
+    /// series serves both (an 8-hour offset moves `6h`, `12h` and longer intervals only).
+    pub fn offset_neutral(self, offset_us: i64) -> bool {
+        match self {
+            KlineInterval::Mo1 => offset_us == 0,
+            fixed => {
+                let length = i128::from(fixed.fixed_micros().unwrap_or(SEC_US));
+                i128::from(offset_us).rem_euclid(length) == 0
+            }
+        }
+    }
+}
+
+/// UTC+8, the one time-zone variant of kline streams (`<s>@kline_<i>@+08:00`).
+pub const UTC8_OFFSET_US: i64 = 8 * 3600 * 1_000_000;
+
+fn clamp_u64(value: i128) -> u64 {
+    u64::try_from(value.max(0)).unwrap_or(u64::MAX)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i128) -> (i128, i128, i128) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    (year, month, day)
+}
+
+/// (year, month, day) to days since 1970-01-01 (Hinnant's `days_from_civil`).
+fn days_from_civil(year: i128, month: i128, day: i128) -> i128 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Why a stream name was refused.
@@ -285,6 +483,14 @@ pub fn parse(name: &str, symbols: &(impl SymbolTable + ?Sized)) -> Result<Topic,
     }
     if name == SERVER_STATS {
         return Ok(Topic::ServerStats);
+    }
+    if let Some(window) = name
+        .strip_prefix("!ticker_")
+        .and_then(|rest| rest.strip_suffix("@arr"))
+    {
+        return TickerWindow::parse(window)
+            .map(Topic::AllRollingTickers)
+            .ok_or(StreamNameError::Malformed);
     }
     let (symbol, rest) = name.split_once('@').ok_or(StreamNameError::Malformed)?;
     let kind = parse_kind(rest).ok_or(StreamNameError::Malformed)?;
@@ -325,13 +531,22 @@ fn parse_kind(rest: &str) -> Option<StreamKind> {
             _ => None,
         };
     }
+    if let Some(interval) = head.strip_prefix("kline_") {
+        let interval = KlineInterval::parse(interval)?;
+        return match suffix {
+            None => Some(StreamKind::Kline(interval)),
+            Some("+08:00") => Some(StreamKind::KlineUtc8(interval)),
+            Some(_) => None,
+        };
+    }
     if suffix.is_some() {
         return None;
     }
-    if let Some(interval) = head.strip_prefix("kline_") {
-        return KlineInterval::parse(interval).map(StreamKind::Kline);
+    if let Some(window) = head.strip_prefix("ticker_") {
+        return TickerWindow::parse(window).map(StreamKind::RollingTicker);
     }
     match head {
+        "avgPrice" => Some(StreamKind::AvgPrice),
         "trade" => Some(StreamKind::Trade),
         "aggTrade" => Some(StreamKind::AggTrade),
         "bookTicker" => Some(StreamKind::BookTicker),
@@ -363,6 +578,17 @@ mod tests {
             "btcusdt@kline_1s",
             "btcusdt@kline_1m",
             "btcusdt@kline_1h",
+            "btcusdt@kline_3m",
+            "btcusdt@kline_1M",
+            "btcusdt@kline_1w",
+            "btcusdt@kline_1d@+08:00",
+            "btcusdt@kline_1m@+08:00",
+            "btcusdt@ticker_1h",
+            "btcusdt@ticker_4h",
+            "btcusdt@ticker_1d",
+            "!ticker_1h@arr",
+            "!ticker_1d@arr",
+            "btcusdt@avgPrice",
             "btcusdt@miniTicker",
             "btcusdt@ticker",
             "!miniTicker@arr",
@@ -419,6 +645,14 @@ mod tests {
             "btcusdt@depth5@0ms",
             "btcusdt@trade@100ms",
             "btcusdt@kline_2m",
+            "btcusdt@kline_1mo",
+            "btcusdt@kline_1d@+8:00",
+            "btcusdt@kline_1d@+09:00",
+            "btcusdt@ticker_2h",
+            "btcusdt@ticker_1h@arr",
+            "btcusdt@avgprice",
+            "!ticker_2h@arr",
+            "!ticker@arr",
             "btcusdt@aggtrade",
             "btc usdt@trade",
             "btcusdt@trade\u{0}",

@@ -3,6 +3,10 @@
 Strong check: the DepthCacheManager's own last applied update id (_last_update_id) is brought to
 exactly a fresh snapshot's lastUpdateId, then its top levels must equal the snapshot's. Resyncs are
 counted by wrapping the manager's own _init_cache (the method it calls when U != last+1).
+
+Also reads part of the rest of the catalogue through the library's own calls: a 4h kline socket,
+the 1h rolling-window ticker (multiplex_socket), and REST get_klines (4h), get_recent_trades,
+get_symbol_ticker_window and get_avg_price.
 """
 
 import asyncio
@@ -14,6 +18,44 @@ from _bookcheck import (RUN_SECONDS, SYMBOL, CheckFailed, compare_top, deadline,
 from binance import AsyncClient, BinanceSocketManager, DepthCacheManager
 
 MIN_TRADES = 5
+HOUR_MS = 3_600_000
+
+
+async def check_catalogue(client, bm):
+    """The newer streams and REST rows, through python-binance's own calls; returns a summary."""
+    async with bm.kline_socket(SYMBOL, interval=AsyncClient.KLINE_INTERVAL_4HOUR) as ks:
+        msg = await asyncio.wait_for(ks.recv(), 10)
+    k = msg.get("k", {})
+    if msg.get("e") != "kline" or k.get("i") != "4h" or k["T"] - k["t"] + 1 != 4 * HOUR_MS:
+        raise CheckFailed("bad 4h kline event %r" % msg)
+    if k["t"] % (4 * HOUR_MS):
+        raise CheckFailed("4h kline not aligned: %r" % k)
+
+    stream = "%s@ticker_1h" % SYMBOL.lower()
+    async with bm.multiplex_socket([stream]) as ms:
+        msg = await asyncio.wait_for(ms.recv(), 10)
+    data = msg.get("data", {})
+    fields = ["e", "E", "s", "p", "P", "o", "h", "l", "c", "w", "v", "q", "O", "C", "F", "L", "n"]
+    if msg.get("stream") != stream or data.get("e") != "1hTicker" or list(data) != fields:
+        raise CheckFailed("bad rolling-window ticker event %r" % msg)
+
+    rows = await client.get_klines(symbol=SYMBOL, interval=AsyncClient.KLINE_INTERVAL_4HOUR, limit=5)
+    if not rows or any(len(r) != 12 or r[6] - r[0] + 1 != 4 * HOUR_MS for r in rows):
+        raise CheckFailed("bad get_klines(4h) answer %r" % rows)
+
+    trades = await client.get_recent_trades(symbol=SYMBOL, limit=10)
+    ids = [t["id"] for t in trades]
+    if not 0 < len(trades) <= 10 or ids != sorted(ids) or any(Decimal(t["price"]) <= 0 for t in trades):
+        raise CheckFailed("bad get_recent_trades answer %r" % trades)
+
+    window = await client.get_symbol_ticker_window(symbol=SYMBOL, windowSize="1h")
+    if window.get("symbol") != SYMBOL or window["closeTime"] - window["openTime"] < HOUR_MS:
+        raise CheckFailed("bad get_symbol_ticker_window answer %r" % window)
+    avg = await client.get_avg_price(symbol=SYMBOL)
+    if avg.get("mins") != 5 or Decimal(avg["price"]) <= 0:
+        raise CheckFailed("bad get_avg_price answer %r" % avg)
+    return "4h kline socket, @ticker_1h, get_klines(4h) x%d, get_recent_trades x%d, ticker window, avgPrice" % (
+        len(rows), len(trades))
 
 
 def check_trade(msg, last_t):
@@ -101,12 +143,13 @@ async def main(port):
 
         resyncs = inits[0] - 1
         await asyncio.wait_for(trade_fut, 10)
+        catalogue = await check_catalogue(client, bm)
         # The manager fetches its snapshot before it connects, so the first event after it may
         # legitimately trigger one re-fetch at start; a re-fetch after that means a sequence gap.
         if late_inits[0]:
             raise CheckFailed("%d resyncs (sequence gaps) after the first applied event" % late_inits[0])
-        return "%s at update id %d; %d events, %d start-up resync(s); %d trades via trade_socket" % (
-            summary, target, updates, resyncs, len(trades))
+        return "%s at update id %d; %d events, %d start-up resync(s); %d trades via trade_socket; %s" % (
+            summary, target, updates, resyncs, len(trades), catalogue)
     finally:
         await client.close_connection()
 

@@ -28,6 +28,8 @@ pub struct Kline {
     pub interval: KlineInterval,
     /// Interval start, aligned to the interval on the wall clock.
     pub open_time_us: u64,
+    /// The next interval's start: kept rather than computed, because a month's length varies.
+    pub end_us: u64,
     /// First trade id, -1 when the kline has no trades.
     pub first_id: i64,
     /// Last trade id, -1 when the kline has no trades.
@@ -48,10 +50,11 @@ pub struct Kline {
 
 impl Kline {
     /// A kline with no trades, every price at `price_e8` (the previous close).
-    fn empty(interval: KlineInterval, open_time_us: u64, price_e8: u64) -> Kline {
+    fn empty(interval: KlineInterval, open_time_us: u64, end_us: u64, price_e8: u64) -> Kline {
         Kline {
             interval,
             open_time_us,
+            end_us,
             first_id: -1,
             last_id: -1,
             open_e8: price_e8,
@@ -100,9 +103,73 @@ impl Kline {
         self.taker_buy_quote.e8()
     }
 
+    /// This kline's minutes regrouped into the kline of `interval` opening at `open_us` and
+    /// ending at `end_us` (another time zone's): its data, under the new interval and times.
+    pub fn regrouped(&self, interval: KlineInterval, open_us: u64, end_us: u64) -> Kline {
+        Kline {
+            interval,
+            open_time_us: open_us,
+            end_us,
+            ..*self
+        }
+    }
+
+    /// Folds `later`, the next kline of a finer interval inside this one, into this one.
+    pub fn merge(&mut self, later: &Kline) {
+        if later.count > 0 {
+            if self.count == 0 {
+                self.open_e8 = later.open_e8;
+                self.high_e8 = later.high_e8;
+                self.low_e8 = later.low_e8;
+                self.first_id = later.first_id;
+            } else {
+                self.high_e8 = self.high_e8.max(later.high_e8);
+                self.low_e8 = self.low_e8.min(later.low_e8);
+            }
+            self.last_id = later.last_id;
+        }
+        self.close_e8 = later.close_e8;
+        self.count = self.count.saturating_add(later.count);
+        self.volume_e8 = self.volume_e8.saturating_add(later.volume_e8);
+        self.taker_buy_volume_e8 = self
+            .taker_buy_volume_e8
+            .saturating_add(later.taker_buy_volume_e8);
+        self.quote.merge(later.quote);
+        self.taker_buy_quote.merge(later.taker_buy_quote);
+        self.closed = later.closed && later.end_us == self.end_us;
+    }
+
+    /// Appends the `/api/v3/klines` row: `[t,"o","h","l","c","v",T,"q",n,"V","Q","0"]`, times
+    /// in milliseconds.
+    pub fn write_row(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        push_u64(out, self.open_time_us / 1000);
+        for price in [
+            self.open_e8,
+            self.high_e8,
+            self.low_e8,
+            self.close_e8,
+            self.volume_e8,
+        ] {
+            out.push(b',');
+            push_e8_str(out, price);
+        }
+        out.push(b',');
+        push_u64(out, (self.end_us / 1000).saturating_sub(1));
+        out.push(b',');
+        push_e8_str(out, self.quote_volume_e8());
+        out.push(b',');
+        push_u64(out, self.count);
+        out.push(b',');
+        push_e8_str(out, self.taker_buy_volume_e8);
+        out.push(b',');
+        push_e8_str(out, self.taker_buy_quote_volume_e8());
+        out.extend_from_slice(b",\"0\"]");
+    }
+
     /// Last microsecond of the interval.
     pub fn close_time_us(&self) -> u64 {
-        (self.open_time_us.saturating_add(self.interval.micros())).saturating_sub(1)
+        self.end_us.saturating_sub(1)
     }
 
     /// Appends the `kline` event for this kline.
@@ -113,10 +180,7 @@ impl Kline {
         out.extend_from_slice(b",\"T\":");
         // The last instant of the interval in `unit`, not the last microsecond truncated: in
         // milliseconds a 1m kline ends at t + 59999.
-        let close = unit
-            .from_micros(self.open_time_us)
-            .saturating_add(unit.from_micros(self.interval.micros()))
-            .saturating_sub(1);
+        let close = unit.from_micros(self.end_us).saturating_sub(1);
         push_u64(out, close);
         out.extend_from_slice(b",\"s\":\"");
         out.extend_from_slice(symbol.as_bytes());
@@ -160,21 +224,66 @@ impl Kline {
 /// while let Some(closed) = builder.pop_closed() { closed.write(..) }   // "x":true, once each
 /// builder.write(..)                                                    // the open kline
 /// ```
+///
+/// It also keeps the last [`history`](Self::history) closed klines for `/api/v3/klines`.
 #[derive(Serialize, Deserialize)]
 pub struct KlineBuilder {
     current: Kline,
     closed: VecDeque<Kline>,
     dropped: u64,
+    /// The time zone intervals open and close in, in µs east of UTC (0, or UTC+8 for the
+    /// `@+08:00` streams).
+    offset_us: i64,
+    /// The newest closed klines, oldest first, at most `history_cap` of them.
+    history: VecDeque<Kline>,
+    history_cap: usize,
 }
 
 impl KlineBuilder {
     /// Opens the kline containing `start_us`, priced at `reference_price_e8` until a trade.
     pub fn new(interval: KlineInterval, start_us: u64, reference_price_e8: u64) -> Self {
+        Self::in_zone(interval, 0, start_us, reference_price_e8)
+    }
+
+    /// Like [`new`](Self::new), with intervals opening in the zone `offset_us` east of UTC.
+    pub fn in_zone(
+        interval: KlineInterval,
+        offset_us: i64,
+        start_us: u64,
+        reference_price_e8: u64,
+    ) -> Self {
+        let open = interval.align(start_us, offset_us);
         KlineBuilder {
-            current: Kline::empty(interval, interval.align(start_us), reference_price_e8),
+            current: Kline::empty(
+                interval,
+                open,
+                interval.next_open(open, offset_us),
+                reference_price_e8,
+            ),
             closed: VecDeque::with_capacity(MAX_CLOSED),
             dropped: 0,
+            offset_us,
+            history: VecDeque::new(),
+            history_cap: 0,
         }
+    }
+
+    /// Keeps at most `cap` closed klines for [`history`](Self::history), dropping the oldest
+    /// beyond it now and from then on.
+    pub fn set_history_cap(&mut self, cap: usize) {
+        self.history_cap = cap;
+        while self.history.len() > cap {
+            self.history.pop_front();
+        }
+    }
+
+    /// The kept closed klines, oldest first, then the open one: what `/api/v3/klines` serves.
+    pub fn history(&self) -> impl DoubleEndedIterator<Item = &Kline> + '_ {
+        self.history.iter().chain(std::iter::once(&self.current))
+    }
+
+    pub fn offset_us(&self) -> i64 {
+        self.offset_us
     }
 
     /// Counts one trade, first closing the open kline if the trade is past its end.
@@ -194,27 +303,33 @@ impl KlineBuilder {
     /// are skipped rather than generated (counted in [`dropped_closed`](Self::dropped_closed)).
     pub fn roll(&mut self, now_us: u64) -> bool {
         let interval = self.current.interval;
-        let target = interval.align(now_us);
+        let offset = self.offset_us;
+        let target = interval.align(now_us, offset);
         if target > self.current.open_time_us {
             let mut done = self.current;
             done.closed = true;
             self.queue_closed(done);
 
-            let step = interval.micros();
             let price = done.close_e8;
-            // Both ends are aligned, so the gap is a whole number of intervals.
-            let gap = (target - done.open_time_us) / step - 1;
-            let room = (MAX_CLOSED - self.closed.len()) as u64;
-            let skipped = gap.saturating_sub(room);
-            self.dropped = self.dropped.saturating_add(skipped);
-            let mut open = target - (gap - skipped) * step;
+            let mut open = done.end_us;
+            if let Some(step) = interval.fixed_micros() {
+                // Both ends are aligned, so the gap is a whole number of intervals.
+                let gap = (target - done.open_time_us) / step - 1;
+                let room = (MAX_CLOSED - self.closed.len()) as u64;
+                let skipped = gap.saturating_sub(room);
+                self.dropped = self.dropped.saturating_add(skipped);
+                open = target - (gap - skipped) * step;
+            }
+            // Months are few: a long gap of them is walked, and the queue drops the oldest.
             while open < target {
-                let mut empty = Kline::empty(interval, open, price);
+                let end = interval.next_open(open, offset);
+                let mut empty = Kline::empty(interval, open, end, price);
                 empty.closed = true;
                 self.queue_closed(empty);
-                open += step;
+                open = end;
             }
-            self.current = Kline::empty(interval, target, price);
+            self.current =
+                Kline::empty(interval, target, interval.next_open(target, offset), price);
         }
         !self.closed.is_empty()
     }
@@ -242,6 +357,12 @@ impl KlineBuilder {
     }
 
     fn queue_closed(&mut self, kline: Kline) {
+        if self.history_cap > 0 {
+            if self.history.len() >= self.history_cap {
+                self.history.pop_front();
+            }
+            self.history.push_back(kline);
+        }
         if self.closed.len() >= MAX_CLOSED {
             self.closed.pop_front();
             self.dropped = self.dropped.saturating_add(1);
@@ -287,12 +408,73 @@ mod tests {
         for interval in KlineInterval::ALL {
             assert_eq!(KlineInterval::parse(interval.as_str()), Some(interval));
         }
-        assert_eq!(KlineInterval::parse("1M"), None);
+        assert_eq!(KlineInterval::parse("1M"), Some(KlineInterval::Mo1));
+        assert_eq!(KlineInterval::parse("1mo"), None);
         assert_eq!(KlineInterval::parse(""), None);
-        assert_eq!(KlineInterval::M15.micros(), 900 * SEC);
-        assert_eq!(KlineInterval::H1.micros(), 3600 * SEC);
+        assert_eq!(KlineInterval::M15.fixed_micros(), Some(900 * SEC));
+        assert_eq!(KlineInterval::H1.fixed_micros(), Some(3600 * SEC));
+        assert_eq!(KlineInterval::Mo1.fixed_micros(), None);
         assert_eq!(KlineInterval::S1.push_period_us(), SEC);
         assert_eq!(KlineInterval::M5.push_period_us(), 2 * SEC);
+    }
+
+    /// Weeks open on Monday, months on the 1st, and `@+08:00` moves only the intervals an
+    /// 8-hour shift does not divide; times stay UTC.
+    #[test]
+    fn calendar_alignment_in_utc_and_utc8() {
+        const DAY: u64 = 86_400 * SEC;
+        const H8: i64 = crate::protocol::stream::UTC8_OFFSET_US;
+        // T0 is Sunday 2023-01-01 00:00 UTC; + 10 days + 5 h is Wednesday the 11th, 05:00.
+        let t = T0 + 10 * DAY + 5 * 3600 * SEC;
+        assert_eq!(KlineInterval::D1.align(t, 0), T0 + 10 * DAY);
+        assert_eq!(
+            KlineInterval::W1.align(t, 0),
+            T0 + 8 * DAY,
+            "Monday the 9th"
+        );
+        assert_eq!(KlineInterval::Mo1.align(t, 0), T0);
+        assert_eq!(KlineInterval::Mo1.next_open(T0, 0), T0 + 31 * DAY);
+        // February 2024 has 29 days.
+        let feb_2024 = 1_706_745_600 * SEC;
+        assert_eq!(
+            KlineInterval::Mo1.next_open(feb_2024, 0),
+            feb_2024 + 29 * DAY
+        );
+        // In UTC+8 the day opens at 16:00 UTC the day before.
+        assert_eq!(
+            KlineInterval::D1.align(t, H8),
+            T0 + 9 * DAY + 16 * 3600 * SEC
+        );
+        assert_eq!(
+            KlineInterval::Mo1.align(T0 + 20 * 3600 * SEC, H8),
+            T0 - 8 * 3600 * SEC,
+            "January 1st 00:00 UTC+8 is December 31st 16:00 UTC"
+        );
+        for interval in KlineInterval::ALL {
+            let neutral = interval.offset_neutral(H8);
+            let moved = interval.align(t, H8) != interval.align(t, 0);
+            assert!(!(neutral && moved), "{interval:?}");
+        }
+        let moved: Vec<_> = KlineInterval::ALL
+            .into_iter()
+            .filter(|i| !i.offset_neutral(H8))
+            .map(KlineInterval::as_str)
+            .collect();
+        assert_eq!(moved, ["6h", "12h", "1d", "3d", "1w", "1M"]);
+    }
+
+    #[test]
+    fn history_keeps_the_newest_closed_klines_then_the_open_one() {
+        let mut b = KlineBuilder::new(KlineInterval::S1, T0, E8);
+        b.set_history_cap(3);
+        for second in 0..10 {
+            b.record(&trade(second, E8, E8, T0 + second * SEC, false));
+        }
+        let opens: Vec<u64> = b.history().map(|k| (k.open_time_us - T0) / SEC).collect();
+        assert_eq!(opens, [6, 7, 8, 9]);
+        assert!(b.history().take(3).all(|k| k.closed));
+        b.set_history_cap(1);
+        assert_eq!(b.history().count(), 2);
     }
 
     #[test]
@@ -374,7 +556,12 @@ mod tests {
         for minute in 1..3 {
             let empty = b.pop_closed().unwrap();
             assert_eq!(empty, {
-                let mut k = Kline::empty(KlineInterval::M1, T0 + minute * MIN, 11 * E8);
+                let mut k = Kline::empty(
+                    KlineInterval::M1,
+                    T0 + minute * MIN,
+                    T0 + (minute + 1) * MIN,
+                    11 * E8,
+                );
                 k.closed = true;
                 k
             });
@@ -383,7 +570,7 @@ mod tests {
         assert!(!b.roll(T0 + 3 * MIN + 12 * SEC));
 
         let empty = {
-            let mut k = Kline::empty(KlineInterval::M1, T0 + MIN, 11 * E8);
+            let mut k = Kline::empty(KlineInterval::M1, T0 + MIN, T0 + 2 * MIN, 11 * E8);
             k.closed = true;
             k
         };

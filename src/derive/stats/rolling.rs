@@ -150,15 +150,38 @@ impl Rolling24h {
         self.head = self.head.max(now_us / self.bucket_us);
         let open_index = now_us.saturating_sub(self.window_us) / self.bucket_us;
         self.expire_before(open_index);
+        self.stats_within(now_us, self.window_us)
+    }
 
+    /// The statistics of the window of `window_us` (at most this ring's) ending at `now_us`,
+    /// without changing anything: the shorter rolling windows (`@ticker_1h`, `@avgPrice`'s five
+    /// minutes) and REST read the same buckets as the 24h ticker. The window opens on the bucket
+    /// boundary at or before `now_us - window_us`, as Binance's opens on a minute.
+    ///
+    /// A window with no trade reports the newest earlier price: the close of the newest bucket
+    /// before the window, else the price the last expired bucket left.
+    pub fn stats_within(&self, now_us: u64, window_us: u64) -> TickerStats {
+        let window_us = window_us.min(self.window_us);
+        let open_index = now_us.saturating_sub(window_us) / self.bucket_us;
+        let now_index = now_us / self.bucket_us;
         let mut first: Option<Bucket> = None;
         let mut last: Option<Bucket> = None;
+        let mut before: Option<Bucket> = None;
         let mut high_e8 = 0;
         let mut low_e8 = u64::MAX;
         let mut volume_e8: u64 = 0;
         let mut quote = Notional::default();
         let mut count: u64 = 0;
         for bucket in self.buckets.iter().filter(|b| b.count > 0) {
+            if bucket.index < open_index {
+                if before.is_none_or(|b| bucket.index > b.index) {
+                    before = Some(*bucket);
+                }
+                continue;
+            }
+            if bucket.index > now_index {
+                continue;
+            }
             if first.is_none_or(|f| bucket.index < f.index) {
                 first = Some(*bucket);
             }
@@ -171,6 +194,7 @@ impl Rolling24h {
             quote.merge(bucket.quote);
             count += u64::from(bucket.count);
         }
+        let prev_close_e8 = before.map_or(self.prev_close_e8, |b| b.close_e8);
 
         let open_time_us = open_index.saturating_mul(self.bucket_us);
         match (first, last) {
@@ -180,7 +204,7 @@ impl Rolling24h {
                 low_e8,
                 last_e8: last.close_e8,
                 last_qty_e8: last.close_qty_e8,
-                prev_close_e8: self.prev_close_e8,
+                prev_close_e8,
                 volume_e8,
                 quote_volume_e8: quote.e8(),
                 first_id: signed_id(first.first_id),
@@ -191,12 +215,12 @@ impl Rolling24h {
             },
             // Binance reports a quiet window at the last known price with no trade ids.
             _ => TickerStats {
-                open_e8: self.prev_close_e8,
-                high_e8: self.prev_close_e8,
-                low_e8: self.prev_close_e8,
-                last_e8: self.prev_close_e8,
+                open_e8: prev_close_e8,
+                high_e8: prev_close_e8,
+                low_e8: prev_close_e8,
+                last_e8: prev_close_e8,
                 last_qty_e8: 0,
-                prev_close_e8: self.prev_close_e8,
+                prev_close_e8,
                 volume_e8: 0,
                 quote_volume_e8: 0,
                 first_id: -1,
@@ -292,6 +316,66 @@ pub fn write_ticker(
     out.push(b'}');
 }
 
+/// Appends a rolling-window ticker event (`1hTicker`, `4hTicker`, `1dTicker`): Binance's
+/// field list for `<symbol>@ticker_<window>`, which has no prev close, quotes or last qty.
+pub fn write_rolling_ticker(
+    out: &mut Vec<u8>,
+    event: &str,
+    symbol: &str,
+    s: &TickerStats,
+    event_us: u64,
+    unit: TimeUnit,
+) {
+    push_event_head(out, event, event_us, unit, symbol);
+    out.extend_from_slice(b",\"p\":");
+    push_signed_e8_str(out, price_change_e8(s.open_e8, s.last_e8));
+    out.extend_from_slice(b",\"P\":");
+    push_percent_change(out, s.open_e8, s.last_e8);
+    out.extend_from_slice(b",\"o\":");
+    push_e8_str(out, s.open_e8);
+    out.extend_from_slice(b",\"h\":");
+    push_e8_str(out, s.high_e8);
+    out.extend_from_slice(b",\"l\":");
+    push_e8_str(out, s.low_e8);
+    out.extend_from_slice(b",\"c\":");
+    push_e8_str(out, s.last_e8);
+    out.extend_from_slice(b",\"w\":");
+    push_e8_str(out, weighted_average_e8(s));
+    out.extend_from_slice(b",\"v\":");
+    push_e8_str(out, s.volume_e8);
+    out.extend_from_slice(b",\"q\":");
+    push_e8_str(out, s.quote_volume_e8);
+    out.extend_from_slice(b",\"O\":");
+    push_time(out, s.open_time_us, unit);
+    out.extend_from_slice(b",\"C\":");
+    push_time(out, s.close_time_us, unit);
+    out.extend_from_slice(b",\"F\":");
+    push_i64(out, s.first_id);
+    out.extend_from_slice(b",\"L\":");
+    push_i64(out, s.last_id);
+    out.extend_from_slice(b",\"n\":");
+    push_u64(out, s.count);
+    out.push(b'}');
+}
+
+/// Appends an `avgPrice` event: the volume-weighted average price of `s`'s window (Binance's
+/// five minutes), and `T`, the last trade's time.
+pub fn write_avg_price(
+    out: &mut Vec<u8>,
+    symbol: &str,
+    s: &TickerStats,
+    last_trade_us: u64,
+    event_us: u64,
+    unit: TimeUnit,
+) {
+    push_event_head(out, "avgPrice", event_us, unit, symbol);
+    out.extend_from_slice(b",\"i\":\"5m\",\"w\":");
+    push_e8_str(out, weighted_average_e8(s));
+    out.extend_from_slice(b",\"T\":");
+    push_time(out, last_trade_us, unit);
+    out.push(b'}');
+}
+
 /// Appends a `24hrMiniTicker` event.
 pub fn write_mini_ticker(
     out: &mut Vec<u8>,
@@ -317,7 +401,7 @@ pub fn write_mini_ticker(
 }
 
 /// `last - open`, clamped to the i64 range the signed writer takes.
-fn price_change_e8(open_e8: u64, last_e8: u64) -> i64 {
+pub(crate) fn price_change_e8(open_e8: u64, last_e8: u64) -> i64 {
     let change = i128::from(last_e8) - i128::from(open_e8);
     i64::try_from(change).unwrap_or(if change < 0 { i64::MIN } else { i64::MAX })
 }
@@ -325,7 +409,7 @@ fn price_change_e8(open_e8: u64, last_e8: u64) -> i64 {
 /// Appends Binance's `P`: the change from `open` to `last` in percent with 3 decimals, rounded
 /// half away from zero, e.g. `"-1.234"`. A zero open (no meaningful base) and any change that
 /// rounds to zero render as `"0.000"`, never `"-0.000"`.
-fn push_percent_change(out: &mut Vec<u8>, open_e8: u64, last_e8: u64) {
+pub(crate) fn push_percent_change(out: &mut Vec<u8>, open_e8: u64, last_e8: u64) {
     let (negative, magnitude) = if last_e8 >= open_e8 {
         (false, last_e8 - open_e8)
     } else {
@@ -362,7 +446,7 @@ fn push_percent_change(out: &mut Vec<u8>, open_e8: u64, last_e8: u64) {
 
 /// Binance's `w`: quote volume / volume as an e8 price rounded to nearest, or the last price
 /// when nothing traded (a zero would read as a crash to charting clients).
-fn weighted_average_e8(s: &TickerStats) -> u64 {
+pub(crate) fn weighted_average_e8(s: &TickerStats) -> u64 {
     if s.volume_e8 == 0 {
         return s.last_e8;
     }
@@ -522,6 +606,49 @@ mod tests {
         // A window far finer than the ring allows is coarsened, not allocated.
         let r = Rolling24h::new(u64::MAX, 1, 0, 0);
         assert!(r.buckets.len() as u64 <= MAX_BUCKETS);
+    }
+
+    /// A shorter window over the same ring sees only its own buckets, reports the close
+    /// before it as the price of a quiet window, and changes nothing.
+    #[test]
+    fn shorter_windows_read_the_same_buckets() {
+        let r = sample();
+        let s = r.stats_within(105 * SEC, 2 * SEC);
+        assert_eq!((s.first_id, s.last_id, s.count), (9, 9, 1));
+        assert_eq!((s.open_time_us, s.prev_close_e8), (103 * SEC, 12 * E8));
+        let quiet = r.stats_within(107 * SEC, 2 * SEC);
+        assert_eq!(
+            (quiet.count, quiet.last_e8, quiet.first_id),
+            (0, 11 * E8, -1)
+        );
+        let mut whole = sample();
+        assert_eq!(r.stats_within(105 * SEC, 10 * SEC), whole.stats(105 * SEC));
+        let out = render(|o| {
+            write_rolling_ticker(
+                o,
+                "1hTicker",
+                "BNBBTC",
+                &s,
+                105 * SEC,
+                TimeUnit::Millisecond,
+            )
+        });
+        assert_eq!(
+            out,
+            concat!(
+                r#"{"e":"1hTicker","E":105000,"s":"BNBBTC","p":"0.00000000","P":"0.000","#,
+                r#""o":"11.00000000","h":"11.00000000","l":"11.00000000","c":"11.00000000","#,
+                r#""w":"11.00000000","v":"3.00000000","q":"33.00000000","O":103000,"C":105000,"#,
+                r#""F":9,"L":9,"n":1}"#
+            )
+        );
+        let avg = render(|o| {
+            write_avg_price(o, "BNBBTC", &s, 104 * SEC, 105 * SEC, TimeUnit::Millisecond)
+        });
+        assert_eq!(
+            avg,
+            r#"{"e":"avgPrice","E":105000,"s":"BNBBTC","i":"5m","w":"11.00000000","T":104000}"#
+        );
     }
 
     #[test]
