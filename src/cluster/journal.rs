@@ -25,6 +25,8 @@ use std::future::IntoFuture;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Bytes of one snapshot message at most: a quarter of nats-server's default 1 MiB limit.
+pub const SNAPSHOT_CHUNK: usize = 256 * 1024;
 /// Publishes waiting for an acknowledgement at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
 /// Records the engine may be ahead of the publisher (about 10 s of the default feed).
@@ -39,7 +41,8 @@ pub enum Outbound {
         tick: Tick,
         seconds: u64,
         specs: Vec<SymbolSpec>,
-        symbols: Vec<Pending>,
+        /// Each symbol's state, in [`SNAPSHOT_CHUNK`]-byte messages.
+        symbols: Vec<Vec<Pending>>,
     },
 }
 
@@ -109,11 +112,18 @@ impl NatsJournal {
                     streams: symbol,
                     sim,
                 };
-                Pending {
-                    subject: self.names.snapshot_subject(name),
-                    id: format!("snap:{name}:{}", tick.number),
-                    payload: Bytes::from(postcard::to_stdvec(&state).unwrap_or_default()),
-                }
+                let bytes = Bytes::from(postcard::to_stdvec(&state).unwrap_or_default());
+                // In chunks: with long kline history a symbol's state passes NATS's 1 MiB
+                // message limit, and a publish over it could never be acknowledged.
+                chunks(&bytes, SNAPSHOT_CHUNK)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(chunk, payload)| Pending {
+                        subject: self.names.snapshot_subject(name, chunk),
+                        id: format!("snap:{name}:{}:{chunk}", tick.number),
+                        payload,
+                    })
+                    .collect()
             })
             .collect();
         Outbound::Snapshot {
@@ -123,6 +133,15 @@ impl NatsJournal {
             symbols,
         }
     }
+}
+
+/// `bytes` in pieces of at most `size` (at least one piece, empty for empty input), sharing
+/// its buffer.
+fn chunks(bytes: &Bytes, size: usize) -> Vec<Bytes> {
+    let size = size.max(1);
+    (0..bytes.len().div_ceil(size).max(1))
+        .map(|chunk| bytes.slice(chunk * size..((chunk + 1) * size).min(bytes.len())))
+        .collect()
 }
 
 impl Journal for NatsJournal {
@@ -184,8 +203,12 @@ pub async fn publish(
                 publisher.settle_all().await;
                 let steps_seq = publisher.last_seq;
                 let mut snapshot_seqs = Vec::with_capacity(symbols.len());
-                for pending in symbols {
-                    snapshot_seqs.push(publisher.acknowledged(pending).await);
+                for chunks in symbols {
+                    let mut seqs = Vec::with_capacity(chunks.len());
+                    for pending in chunks {
+                        seqs.push(publisher.acknowledged(pending).await);
+                    }
+                    snapshot_seqs.push(seqs);
                     publisher.metrics.snapshots_published.increment(1);
                 }
                 let manifest = Manifest {
@@ -421,5 +444,37 @@ impl Publisher {
     fn note_failure(&self, error: &async_nats::Error) {
         self.metrics.publish_retries.increment(1);
         tracing::warn!("publishing to JetStream failed: {error}; publishing again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::record::SymbolSnapshot;
+    use crate::market::feed::Feed;
+
+    /// A symbol's state split into chunks decodes, once the chunks are joined, to the same
+    /// state (checked by encoding it again).
+    #[test]
+    fn a_snapshot_in_chunks_joins_back_to_the_same_state() {
+        let feed = Feed::embedded_default();
+        let sims: Vec<MarketSim> = feed.symbols.iter().take(2).map(MarketSim::new).collect();
+        let streams = Streams::from_simulations(&feed.symbols[..2], &sims, 1_700_000_000_000_000);
+        let state = SymbolSnapshotRef {
+            streams: &streams.symbols()[1],
+            sim: &sims[1],
+        };
+        let bytes = Bytes::from(postcard::to_stdvec(&state).unwrap());
+        let pieces = chunks(&bytes, 1000);
+        assert_eq!(pieces.len(), bytes.len().div_ceil(1000));
+        assert!(pieces.iter().all(|p| p.len() <= 1000));
+        let joined: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        let back: SymbolSnapshot = postcard::from_bytes(&joined).unwrap();
+        let again = SymbolSnapshotRef {
+            streams: &back.streams,
+            sim: &back.sim,
+        };
+        assert_eq!(postcard::to_stdvec(&again).unwrap(), bytes.to_vec());
+        assert_eq!(chunks(&Bytes::new(), 1000), vec![Bytes::new()]);
     }
 }

@@ -131,8 +131,10 @@ impl Names {
         format!("{}.steps.>", self.prefix)
     }
 
-    pub fn snapshot_subject(&self, symbol: &str) -> String {
-        format!("{}.snap.{symbol}", self.prefix)
+    /// Chunk `chunk` of a symbol's state: `<cluster>.snap.<SYMBOL>.<chunk>`, each subject
+    /// keeping the last two sets.
+    pub fn snapshot_subject(&self, symbol: &str, chunk: usize) -> String {
+        format!("{}.snap.{symbol}.{chunk}", self.prefix)
     }
 
     pub fn manifest_subject(&self) -> String {

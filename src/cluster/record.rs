@@ -85,8 +85,9 @@ pub struct Manifest {
     pub steps_seq: u64,
     /// The feed, in order: a gateway needs no feed file of its own.
     pub symbols: Vec<SymbolSpec>,
-    /// Stream sequence of each symbol's snapshot in the snapshots stream, in feed order.
-    pub snapshot_seqs: Vec<u64>,
+    /// Stream sequences of each symbol's snapshot chunks in the snapshots stream, in feed
+    /// order (a symbol's state is the concatenation of its chunks).
+    pub snapshot_seqs: Vec<Vec<u64>>,
 }
 
 #[cfg(test)]

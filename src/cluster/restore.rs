@@ -48,13 +48,16 @@ pub async fn load(
     }
     let mut symbols = Vec::with_capacity(manifest.symbols.len());
     let mut sims = Vec::with_capacity(manifest.symbols.len());
-    for (index, &seq) in manifest.snapshot_seqs.iter().enumerate() {
-        let message = snapshots.get_raw_message(seq).await?;
-        let snapshot: SymbolSnapshot = postcard::from_bytes(&message.payload)?;
+    for (index, seqs) in manifest.snapshot_seqs.iter().enumerate() {
+        let mut bytes = Vec::new();
+        for &seq in seqs {
+            bytes.extend_from_slice(&snapshots.get_raw_message(seq).await?.payload);
+        }
+        let snapshot: SymbolSnapshot = postcard::from_bytes(&bytes)?;
         if usize::from(snapshot.streams.id()) != index
             || snapshot.streams.spec() != &manifest.symbols[index]
         {
-            return Err(format!("snapshot {seq} is not symbol {index}'s").into());
+            return Err(format!("snapshot {seqs:?} is not symbol {index}'s").into());
         }
         symbols.push(snapshot.streams);
         sims.push(snapshot.sim);
