@@ -4,7 +4,7 @@
 #
 #   tests/clients/run.sh [LIBRARY...]       LIBRARY: python-binance binance-connector
 #                                           binance-connector-ws-api binance-sdk-spot
-#                                           cryptofeed ccxt (default: all)
+#                                           cryptofeed ccxt binance-npm (default: all)
 # Environment:
 #   BOOKCAST_BIN            server binary to use; default: cargo build --release, then
 #                           ${CARGO_TARGET_DIR:-target}/release/bookcast
@@ -35,8 +35,11 @@ declare -A SCRIPT=(
   [binance-sdk-spot]=binance_sdk_spot.py
   [cryptofeed]=cryptofeed_book.py
   [ccxt]=ccxt_book.py
+  [binance-npm]=binance_npm.js
 )
-ALL=(python-binance binance-connector binance-connector-ws-api binance-sdk-spot cryptofeed ccxt)
+ALL=(python-binance binance-connector binance-connector-ws-api binance-sdk-spot cryptofeed ccxt binance-npm)
+# Node libraries: run with node, installed by `npm ci` from <dir>/package-lock.json
+declare -A NODE_DIR=([binance-npm]=binance-npm)
 # entries that run another entry's library (its virtualenv and lock file) with another script
 declare -A VENV_OF=([binance-connector-ws-api]=binance-connector)
 venv_of() { printf '%s' "${VENV_OF[$1]:-$1}"; }
@@ -137,9 +140,26 @@ setup_venv() { # name -> 0 if the venv holds exactly the pinned set
     printf '%s' "$stamp" >"$venv/.bookcast-pins"
 }
 
+setup_node() { # dir -> 0 once npm ci installed exactly its lock file (three tries: the registry)
+  local dir="$HERE/$1" try
+  for try in 1 2 3; do
+    (cd "$dir" && npm ci --no-audit --no-fund --silent) && return 0
+    echo "npm ci failed (try $try of 3)"
+    sleep $((try * 5))
+  done
+  return 1
+}
+
 declare -A SETUP_PID=()
 t0=$SECONDS
 for lib in "${LIBS[@]}"; do
+  if [[ -n "${NODE_DIR[$lib]:-}" ]]; then
+    command -v node >/dev/null && command -v npm >/dev/null ||
+      { say "$lib needs node and npm"; exit 2; }
+    setup_node "${NODE_DIR[$lib]}" >"$WORK/venv-$lib.log" 2>&1 &
+    SETUP_PID[$lib]=$!
+    continue
+  fi
   venv="$(venv_of "$lib")"
   [[ -z "${SETUP_PID[$venv]:-}" ]] || continue # one setup per virtualenv, however many entries use it
   setup_venv "$venv" >"$WORK/venv-$venv.log" 2>&1 &
@@ -230,10 +250,11 @@ for lib in "${LIBS[@]}"; do
     continue
   fi
   if [[ -n "${NEEDS_TLS[$lib]:-}" ]]; then args=("$TLS_PORT" "$CERT"); else args=("$PORT"); fi
+  if [[ -n "${NODE_DIR[$lib]:-}" ]]; then run=(node); else run=("$VENVS/$venv/bin/python" -u); fi
   t1=$SECONDS
   set +e
   (cd "$HERE" && timeout --kill-after=5 "$CLIENT_TIMEOUT" \
-    "$VENVS/$venv/bin/python" -u "${SCRIPT[$lib]}" "${args[@]}") >"$log" 2>"$log.err"
+    "${run[@]}" "${SCRIPT[$lib]}" "${args[@]}") >"$log" 2>"$log.err"
   rc=$?
   set -e
   verdict="$(grep -E '^(OK|FAIL): ' "$log" | tail -n 1 || true)"
