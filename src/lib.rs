@@ -7,8 +7,11 @@
 //! - [`mod@derive`]: the derivation stage. Every stream's events are derived here from the
 //!   engine's steps alone: a book per symbol, the diff windows, klines, rolling tickers, and the
 //!   rendering of every payload. Events leave through the [`derive::Publisher`] seam.
-//! - [`engine`]: the engine thread. It steps every symbol's simulation, hands each step to the
-//!   derivation stage, and sequences connection commands between steps.
+//! - [`engine`]: the engine thread. Its [`engine::Market`] hands steps and ticks to the
+//!   derivation stage (the local simulation, or a cluster gateway's follower), and it sequences
+//!   connection commands between steps.
+//! - [`cluster`]: one engine, many gateways over NATS JetStream: the engine journals every step
+//!   and tick with periodic state snapshots; a gateway follows them with no gap.
 //! - [`fanout`]: handing each event, serialized once into a finished WebSocket frame, to every
 //!   subscriber's bounded outbox; slow consumers are evicted with 4008.
 //! - [`front`]: the network: accept, HTTP and REST, WebSocket sessions, admission, auth and the
