@@ -7,7 +7,7 @@
 //! [`Streams::on_step`]; the timers call [`Streams::every_100ms`] and
 //! [`Streams::every_1000ms`]. The stage publishes through the hub's [`Publisher`] impl at the
 //! end of this file. It starts from a copy of each simulation's initial book
-//! ([`SymbolStreams::from_snapshot`]) and never reads a simulation again, so a gateway that
+//! ([`crate::derive::SymbolStreams::from_snapshot`]) and never reads a simulation again, so a gateway that
 //! receives the same steps can derive the same bytes. Only `!stats@1s` is published here,
 //! because it describes this server rather than the market.
 //!

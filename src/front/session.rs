@@ -5,7 +5,7 @@
 //! writing bypasses it: the connection's [`Outbox`] holds finished frames shared with every other
 //! subscriber, and the writer hands a whole backlog to one `writev`, so a busy subscriber costs
 //! about one syscall per wakeup. Tungstenite's own automatic replies (pongs) reach the socket
-//! through the same outbox via [`ReadSide`], so frames are never interleaved mid-way.
+//! through the same outbox via `ReadSide`, so frames are never interleaved mid-way.
 //!
 //! One task (rather than a reader and a writer task) keeps per-connection memory small: one
 //! future, one small read buffer, no channel between the halves.

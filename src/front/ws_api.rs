@@ -1,7 +1,7 @@
 //! The WebSocket API subset at `/ws-api/v3` (SPEC.md): market-data requests over a socket,
 //! answered as Binance's WebSocket API answers them.
 //!
-//! It is a thin adapter over the REST dispatch ([`super::rest::route`]), not a second
+//! It is a thin adapter over the REST dispatch (`rest::route`), not a second
 //! implementation: a request `{"id":..,"method":"depth","params":{"symbol":"BTCUSDT","limit":5}}`
 //! becomes `GET /api/v3/depth?symbol=BTCUSDT&limit=5`, and the REST answer becomes
 //! `{"id":..,"status":200,"result":<body>,"rateLimits":[..]}`, or, for a REST error body
