@@ -6,6 +6,7 @@ use super::symbol::SymbolStreams;
 use super::Publisher;
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::{MarketSim, Step};
+use crate::protocol::json;
 use crate::protocol::stream::{StreamKind, SymbolId, TickerWindow, Topic};
 use bytes::Bytes;
 
@@ -202,14 +203,7 @@ fn write_array(
     items: &[(usize, TickerStats)],
     mut write: impl FnMut(&mut Vec<u8>, usize, &TickerStats),
 ) {
-    buf.push(b'[');
-    for (n, (index, stats)) in items.iter().enumerate() {
-        if n > 0 {
-            buf.push(b',');
-        }
-        write(buf, *index, stats);
-    }
-    buf.push(b']');
+    json::push_array(buf, items, |buf, (index, stats)| write(buf, *index, stats));
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::Publisher;
 use crate::market::book::{OrderBook, Side};
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::Step;
-use crate::protocol::json::TimeUnit;
+use crate::protocol::json::{self, TimeUnit};
 use crate::protocol::stream::{Speed, StreamKind, SymbolId, TickerWindow, Topic, UTC8_OFFSET_US};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -226,14 +226,12 @@ impl SymbolStreams {
 
     /// The `/api/v3/trades` body: the newest `limit` trades, oldest first.
     pub fn recent_trades_json(&self, limit: usize) -> Vec<u8> {
-        let mut out = vec![b'['];
-        for (n, trade) in self.history.recent_trades(limit).enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            history::write_trade(&mut out, trade);
-        }
-        out.push(b']');
+        let mut out = Vec::new();
+        json::push_array(
+            &mut out,
+            self.history.recent_trades(limit),
+            history::write_trade,
+        );
         out
     }
 
@@ -245,19 +243,12 @@ impl SymbolStreams {
         end_us: Option<u64>,
         limit: usize,
     ) -> Vec<u8> {
-        let mut out = vec![b'['];
-        for (n, agg) in self
-            .history
-            .aggs(from_id, start_us, end_us, limit)
-            .into_iter()
-            .enumerate()
-        {
-            if n > 0 {
-                out.push(b',');
-            }
-            history::write_agg(&mut out, agg);
-        }
-        out.push(b']');
+        let mut out = Vec::new();
+        json::push_array(
+            &mut out,
+            self.history.aggs(from_id, start_us, end_us, limit),
+            history::write_agg,
+        );
         out
     }
 
@@ -317,14 +308,7 @@ impl SymbolStreams {
             newest
         };
         let mut out = Vec::with_capacity(2 + chosen.len() * 160);
-        out.push(b'[');
-        for (n, kline) in chosen.into_iter().enumerate() {
-            if n > 0 {
-                out.push(b',');
-            }
-            kline.write_row(&mut out);
-        }
-        out.push(b']');
+        json::push_array(&mut out, chosen, |out, kline| kline.write_row(out));
         out
     }
 

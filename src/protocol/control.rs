@@ -208,14 +208,9 @@ fn handle_request(
         }
         "LIST_SUBSCRIPTIONS" => {
             let mut list = Vec::with_capacity(2 + state.topics.len() * 24);
-            list.push(b'[');
-            for (n, topic) in state.topics.iter().enumerate() {
-                if n > 0 {
-                    list.push(b',');
-                }
-                push_escaped_str(&mut list, &topic.name(feed));
-            }
-            list.push(b']');
+            json::push_array(&mut list, &state.topics, |list, topic| {
+                push_escaped_str(list, &topic.name(feed))
+            });
             result(Change::None, &list, &id)
         }
         "SET_PROPERTY" | "GET_PROPERTY" => {

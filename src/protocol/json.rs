@@ -123,22 +123,31 @@ pub fn push_escaped_str(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// Appends `[["price","qty"],...]` for book levels given as (price e8, qty e8).
-pub fn push_levels(out: &mut Vec<u8>, levels: impl Iterator<Item = (u64, u64)>) {
+/// Appends a JSON array: `[`, `each` item separated by commas, `]`.
+pub fn push_array<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut each: impl FnMut(&mut Vec<u8>, T),
+) {
     out.push(b'[');
-    let mut first = true;
-    for (price, qty) in levels {
-        if !first {
+    for (n, item) in items.into_iter().enumerate() {
+        if n > 0 {
             out.push(b',');
         }
-        first = false;
-        out.extend_from_slice(b"[");
+        each(out, item);
+    }
+    out.push(b']');
+}
+
+/// Appends `[["price","qty"],...]` for book levels given as (price e8, qty e8).
+pub fn push_levels(out: &mut Vec<u8>, levels: impl Iterator<Item = (u64, u64)>) {
+    push_array(out, levels, |out, (price, qty)| {
+        out.push(b'[');
         push_e8_str(out, price);
         out.push(b',');
         push_e8_str(out, qty);
         out.push(b']');
-    }
-    out.push(b']');
+    });
 }
 
 /// Nesting depth of JSON text, ignoring brackets inside strings: control messages and WebSocket

@@ -299,6 +299,12 @@ pub fn write_ticker(
     push_e8_str(out, s.high_e8);
     out.extend_from_slice(b",\"l\":");
     push_e8_str(out, s.low_e8);
+    push_window_tail(out, s, unit);
+}
+
+/// The fields both ticker events end with: volumes, the window's open and close times, its
+/// first and last trade ids and the trade count, then the closing brace.
+fn push_window_tail(out: &mut Vec<u8>, s: &TickerStats, unit: TimeUnit) {
     out.extend_from_slice(b",\"v\":");
     push_e8_str(out, s.volume_e8);
     out.extend_from_slice(b",\"q\":");
@@ -341,21 +347,7 @@ pub fn write_rolling_ticker(
     push_e8_str(out, s.last_e8);
     out.extend_from_slice(b",\"w\":");
     push_e8_str(out, weighted_average_e8(s));
-    out.extend_from_slice(b",\"v\":");
-    push_e8_str(out, s.volume_e8);
-    out.extend_from_slice(b",\"q\":");
-    push_e8_str(out, s.quote_volume_e8);
-    out.extend_from_slice(b",\"O\":");
-    push_time(out, s.open_time_us, unit);
-    out.extend_from_slice(b",\"C\":");
-    push_time(out, s.close_time_us, unit);
-    out.extend_from_slice(b",\"F\":");
-    push_i64(out, s.first_id);
-    out.extend_from_slice(b",\"L\":");
-    push_i64(out, s.last_id);
-    out.extend_from_slice(b",\"n\":");
-    push_u64(out, s.count);
-    out.push(b'}');
+    push_window_tail(out, s, unit);
 }
 
 /// Appends an `avgPrice` event: the volume-weighted average price of `s`'s window (Binance's
