@@ -49,7 +49,8 @@ pub enum Outbound {
 /// One message to publish, kept until JetStream acknowledges it.
 #[derive(Clone)]
 pub struct Pending {
-    subject: String,
+    /// Bytes-backed: a clone per publish shares it.
+    subject: async_nats::Subject,
     id: String,
     payload: Bytes,
 }
@@ -59,11 +60,10 @@ pub struct NatsJournal {
     tx: mpsc::Sender<Outbound>,
     names: Names,
     /// Each symbol's step subject and name, in feed order.
-    subjects: Vec<(String, String)>,
+    subjects: Vec<(async_nats::Subject, String)>,
     specs: Vec<SymbolSpec>,
     /// Snapshots are taken every this many ticks (a multiple of 10: on 1000 ms ticks).
     snapshot_ticks: u64,
-    buf: Vec<u8>,
     closed: bool,
 }
 
@@ -76,7 +76,7 @@ impl NatsJournal {
     ) -> Self {
         let subjects = specs
             .iter()
-            .map(|spec| (names.step_subject(&spec.symbol), spec.symbol.clone()))
+            .map(|spec| (names.step_subject(&spec.symbol).into(), spec.symbol.clone()))
             .collect();
         NatsJournal {
             tx,
@@ -84,7 +84,6 @@ impl NatsJournal {
             subjects,
             specs,
             snapshot_ticks: snapshot_every.as_secs().max(1) * 10,
-            buf: Vec::new(),
             closed: false,
         }
     }
@@ -119,7 +118,7 @@ impl NatsJournal {
                     .into_iter()
                     .enumerate()
                     .map(|(chunk, payload)| Pending {
-                        subject: self.names.snapshot_subject(name, chunk),
+                        subject: self.names.snapshot_subject(name, chunk).into(),
                         id: format!("snap:{name}:{}:{chunk}", tick.number),
                         payload,
                     })
@@ -146,21 +145,20 @@ fn chunks(bytes: &Bytes, size: usize) -> Vec<Bytes> {
 
 impl Journal for NatsJournal {
     fn step(&mut self, symbol: SymbolId, step: &Step, now_us: u64) {
-        record::encode_step(&mut self.buf, symbol, now_us, step);
         let Some((subject, name)) = self.subjects.get(usize::from(symbol)) else {
             return;
         };
         let pending = Pending {
             subject: subject.clone(),
             id: format!("{name}:{}", step.update_id),
-            payload: Bytes::copy_from_slice(&self.buf),
+            payload: Bytes::from(record::encode_step(symbol, now_us, step)),
         };
         self.send(Outbound::Record(pending));
     }
 
     fn tick(&mut self, tick: Tick, sims: &[&MarketSim], streams: &Streams) {
         let pending = Pending {
-            subject: self.names.tick_subject(),
+            subject: self.names.tick_subject().into(),
             id: format!("tick:{}", tick.number),
             payload: Bytes::from(record::encode_tick(tick)),
         };
@@ -219,7 +217,7 @@ pub async fn publish(
                     snapshot_seqs,
                 };
                 let pending = Pending {
-                    subject: names.manifest_subject(),
+                    subject: names.manifest_subject().into(),
                     id: format!("manifest:{}", tick.number),
                     payload: Bytes::from(postcard::to_stdvec(&manifest).unwrap_or_default()),
                 };

@@ -24,8 +24,9 @@ pub enum Record {
     Tick(Tick),
 }
 
-/// Encodes a step record into `out` (cleared first) without cloning the step.
-pub fn encode_step(out: &mut Vec<u8>, symbol: SymbolId, now_us: u64, step: &Step) {
+/// Encodes a step record without cloning the step.
+pub fn encode_step(symbol: SymbolId, now_us: u64, step: &Step) -> Vec<u8> {
+    /// [`Record::Step`] by reference: the same variant index and fields, so it decodes as one.
     #[derive(Serialize)]
     enum RecordRef<'a> {
         Step {
@@ -34,18 +35,13 @@ pub fn encode_step(out: &mut Vec<u8>, symbol: SymbolId, now_us: u64, step: &Step
             step: &'a Step,
         },
     }
-    out.clear();
     // Writing to a Vec cannot fail; an Err here would be a bug in the types, not the input.
-    if let Ok(bytes) = postcard::to_extend(
-        &RecordRef::Step {
-            symbol,
-            now_us,
-            step,
-        },
-        std::mem::take(out),
-    ) {
-        *out = bytes;
-    }
+    postcard::to_stdvec(&RecordRef::Step {
+        symbol,
+        now_us,
+        step,
+    })
+    .unwrap_or_default()
 }
 
 /// Encodes a tick record.
@@ -100,10 +96,9 @@ mod tests {
         let feed = Feed::embedded_default();
         let mut sim = MarketSim::new(&feed.symbols[0]);
         let mut step = Step::default();
-        let mut out = Vec::new();
         for _ in 0..50 {
             sim.step(&mut step);
-            encode_step(&mut out, 3, 1_700_000_000_000_000, &step);
+            let out = encode_step(3, 1_700_000_000_000_000, &step);
             assert_eq!(
                 decode(&out).unwrap(),
                 Record::Step {
