@@ -6,6 +6,7 @@
 //! prices and sizes are the ones the server really renders. Throughput is reported in payload
 //! bytes.
 
+use bookcast::derive::history::AggRecord;
 use bookcast::derive::payload::{
     self, write_agg_trade, write_book_ticker, write_diff, write_partial,
 };
@@ -105,6 +106,7 @@ fn serialize(c: &mut Criterion) {
     let (bid, ask) = (best(Side::Bid), best(Side::Ask));
     let symbol = spec.symbol.as_str();
 
+    let agg = AggRecord::from_group(spec, 42, &trades, NOW_US);
     let mut group = c.benchmark_group("serialize");
     bench_units(&mut group, "diff", true, |out, unit| {
         write_diff(out, spec, &diff, diff.update_id, NOW_US, unit)
@@ -116,7 +118,7 @@ fn serialize(c: &mut Criterion) {
         payload::write_trade(out, spec, &trades[0], NOW_US, unit)
     });
     bench_units(&mut group, "agg_trade", true, |out, unit| {
-        write_agg_trade(out, spec, 42, &trades, NOW_US, unit)
+        write_agg_trade(out, symbol, &agg, unit)
     });
     bench_units(&mut group, "book_ticker", false, |out, _| {
         write_book_ticker(out, symbol, sim.last_update_id(), (bid, ask))

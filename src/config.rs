@@ -144,6 +144,11 @@ pub struct Config {
     #[arg(long, env = "BOOKCAST_KLINE_HISTORY", default_value_t = 500)]
     pub kline_history: usize,
 
+    /// How far back `resume=` reaches: each symbol's updates, trades and aggregates of this
+    /// long are kept in memory (0: none; every resume then gets a snapshot or a `resumeGap`).
+    #[arg(long, env = "BOOKCAST_HISTORY", value_parser = duration, default_value = "5m")]
+    pub history: Duration,
+
     /// REST request weight one IP address may use per minute; past it, requests get 429 with
     /// -1003 and `Retry-After` (0: no limit).
     #[arg(long, env = "BOOKCAST_REST_WEIGHT_LIMIT", default_value_t = 6000)]
@@ -203,6 +208,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             trade_history: 1000,
             kline_history: 500,
+            history: Duration::from_secs(300),
             rest_weight_limit: 6000,
             engine_only: false,
         }

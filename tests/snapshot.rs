@@ -7,30 +7,6 @@ mod common;
 use bookcast::config::Config;
 use common::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
-
-/// A book keyed by price strings, as a client keeps one.
-#[derive(Debug, Default, PartialEq)]
-struct Book {
-    bids: BTreeMap<String, String>,
-    asks: BTreeMap<String, String>,
-}
-
-impl Book {
-    fn apply(&mut self, bids: &Value, asks: &Value) {
-        for (side, levels) in [(&mut self.bids, bids), (&mut self.asks, asks)] {
-            for level in levels.as_array().expect("levels") {
-                let price = level[0].as_str().expect("price").to_string();
-                let qty = level[1].as_str().expect("qty").to_string();
-                if qty == "0.00000000" {
-                    side.remove(&price);
-                } else {
-                    side.insert(price, qty);
-                }
-            }
-        }
-    }
-}
 
 fn assert_depth_snapshot(event: &Value, symbol: &str) -> u64 {
     assert_eq!(event["e"], "depthSnapshot", "{event}");

@@ -2,6 +2,8 @@
 //! aggregates, bounded (`--trade-history`), kept by the derivation stage as it publishes them so
 //! REST answers hold exactly what the streams sent.
 
+use crate::market::feed::SymbolSpec;
+use crate::market::sim::Trade;
 use crate::protocol::json::{push_e8_str, push_u64};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -26,6 +28,22 @@ pub struct AggRecord {
     pub last_id: u64,
     pub time_us: u64,
     pub buyer_is_maker: bool,
+}
+
+impl AggRecord {
+    /// The aggregate of `group`, consecutive fills at one price by one aggressor, numbered `id`.
+    pub fn from_group(spec: &SymbolSpec, id: u64, group: &[Trade], time_us: u64) -> Self {
+        let first = &group[0];
+        AggRecord {
+            id,
+            price_e8: super::payload::price(spec, first.price_tick),
+            qty_e8: super::payload::qty(spec, group.iter().map(|t| t.qty_lots).sum()),
+            first_id: first.id,
+            last_id: group[group.len() - 1].id,
+            time_us,
+            buyer_is_maker: first.buyer_is_maker,
+        }
+    }
 }
 
 /// The newest trades and aggregates of one symbol, oldest first, at most `cap` of each.

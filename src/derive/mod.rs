@@ -43,6 +43,7 @@
 
 pub mod history;
 pub mod payload;
+pub mod recent;
 pub mod stats;
 pub mod streams;
 pub mod symbol;

@@ -4,6 +4,7 @@
 //! never per subscriber. Books and trades are in integer ticks and lots; prices and quantities
 //! are converted to 8-decimal strings here, so one price is always the same string.
 
+use super::history::AggRecord;
 use crate::market::book::{OrderBook, Side};
 use crate::market::feed::SymbolSpec;
 use crate::market::sim::{Step, Trade};
@@ -121,30 +122,43 @@ pub fn write_trade(
     push_maker_tail(out, trade.buyer_is_maker);
 }
 
-pub fn write_agg_trade(
+/// `aggTrade` from its record: the live stream and a `resume=` catch-up render the same bytes.
+pub fn write_agg_trade(out: &mut Vec<u8>, symbol: &str, agg: &AggRecord, unit: TimeUnit) {
+    push_event_head(out, "aggTrade", agg.time_us, unit, symbol);
+    out.extend_from_slice(b",\"a\":");
+    push_u64(out, agg.id);
+    out.extend_from_slice(b",\"p\":");
+    push_e8_str(out, agg.price_e8);
+    out.extend_from_slice(b",\"q\":");
+    push_e8_str(out, agg.qty_e8);
+    out.extend_from_slice(b",\"f\":");
+    push_u64(out, agg.first_id);
+    out.extend_from_slice(b",\"l\":");
+    push_u64(out, agg.last_id);
+    out.extend_from_slice(b",\"T\":");
+    push_time(out, agg.time_us, unit);
+    push_maker_tail(out, agg.buyer_is_maker);
+}
+
+/// `{"e":"resumeGap",..}` (bookcast's addition, SPEC.md): trade ids `from..=to` of `stream` that
+/// a `resume=` can no longer send, ahead of the trades it still has.
+pub fn write_resume_gap(
     out: &mut Vec<u8>,
-    spec: &SymbolSpec,
-    agg_id: u64,
-    group: &[Trade],
+    symbol: &str,
+    stream: &str,
+    from: u64,
+    to: u64,
     now_us: u64,
     unit: TimeUnit,
 ) {
-    let first = &group[0];
-    let lots: u64 = group.iter().map(|t| t.qty_lots).sum();
-    push_event_head(out, "aggTrade", now_us, unit, &spec.symbol);
-    out.extend_from_slice(b",\"a\":");
-    push_u64(out, agg_id);
-    out.extend_from_slice(b",\"p\":");
-    push_e8_str(out, price(spec, first.price_tick));
-    out.extend_from_slice(b",\"q\":");
-    push_e8_str(out, qty(spec, lots));
-    out.extend_from_slice(b",\"f\":");
-    push_u64(out, first.id);
-    out.extend_from_slice(b",\"l\":");
-    push_u64(out, group[group.len() - 1].id);
-    out.extend_from_slice(b",\"T\":");
-    push_time(out, now_us, unit);
-    push_maker_tail(out, first.buyer_is_maker);
+    push_event_head(out, "resumeGap", now_us, unit, symbol);
+    out.extend_from_slice(b",\"stream\":\"");
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(b"\",\"from\":");
+    push_u64(out, from);
+    out.extend_from_slice(b",\"to\":");
+    push_u64(out, to);
+    out.push(b'}');
 }
 
 pub fn write_book_ticker(

@@ -190,6 +190,20 @@ impl Streams {
         }
     }
 
+    /// Keeps `span` of updates, trades and aggregates per symbol for `resume=` (`--history`;
+    /// zero keeps none), from now on.
+    pub fn set_recent_span(&mut self, span: std::time::Duration) {
+        let span_us = u64::try_from(span.as_micros()).unwrap_or(u64::MAX);
+        for symbol in &mut self.symbols {
+            symbol.set_recent_span(span_us);
+        }
+    }
+
+    /// Bytes the `resume=` history holds, every symbol.
+    pub fn recent_bytes(&self) -> usize {
+        self.symbols.iter().map(SymbolStreams::recent_bytes).sum()
+    }
+
     /// The `/api/v3/depth` body for `symbol` at its last applied update id. Panics if `symbol`
     /// is not in the feed.
     pub fn snapshot(&self, symbol: SymbolId, limit: usize) -> Bytes {

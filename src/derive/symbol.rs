@@ -7,6 +7,7 @@
 
 use super::history::{self, AggRecord, TradeHistory, TradeRecord};
 use super::payload;
+use super::recent::{DiffCatchUp, Missed, Recent};
 use super::stats::kline::{Kline, KlineBuilder, KlineInterval};
 use super::stats::rolling::{self, Rolling24h, TickerStats};
 use super::stats::TradePrint;
@@ -68,6 +69,12 @@ pub struct SymbolStreams {
     history: TradeHistory,
     last_book_ticker: Option<BestQuotes>,
     next_agg_id: u64,
+    /// The newest trade's id (0: none yet), so a `resume=` knows what it may have missed.
+    last_trade_id: u64,
+    /// What `resume=` replays (`--history`). Not part of snapshots: a node rebuilds it from
+    /// the steps it applies (a gateway also from the journal, see `cluster::backfill`).
+    #[serde(skip)]
+    recent: Recent,
 }
 
 impl SymbolStreams {
@@ -112,6 +119,8 @@ impl SymbolStreams {
             history: TradeHistory::default(),
             last_book_ticker: None,
             next_agg_id: 1,
+            last_trade_id: 0,
+            recent: Recent::default(),
             spec,
         }
     }
@@ -160,6 +169,101 @@ impl SymbolStreams {
         );
     }
 
+    /// `resume=`: renders into `out`, one payload per event in `unit`, what a client holding id
+    /// `id` of this symbol's stream `kind` (named `stream` as the client wrote it) missed:
+    /// - a diff stream: one catch-up diff from `id + 1` to the last update the stream
+    ///   published, or a `depthSnapshot` when the history no longer reaches `id`;
+    /// - `@trade` / `@aggTrade`: every missed event in order, with a `resumeGap` ahead of ids the
+    ///   history no longer holds.
+    ///
+    /// Returns `None`, rendering nothing, when `id` is ahead of what this node has published
+    /// (the client left a node further along): the caller may wait for it to catch up.
+    pub fn catch_up(
+        &self,
+        kind: StreamKind,
+        stream: &str,
+        id: u64,
+        now_us: u64,
+        unit: TimeUnit,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Option<Resumed> {
+        let symbol = self.spec.symbol.as_str();
+        let gap = |out: &mut Vec<Vec<u8>>, from, to| {
+            let mut payload = Vec::with_capacity(128);
+            payload::write_resume_gap(&mut payload, symbol, stream, from, to, now_us, unit);
+            out.push(payload);
+        };
+        match kind {
+            StreamKind::Diff(speed) => {
+                let upto = self.diff_published_upto(speed);
+                let mut payload = Vec::with_capacity(4096);
+                let resumed = match self.recent.diff_since(id, upto) {
+                    DiffCatchUp::Ahead => return None,
+                    DiffCatchUp::UpToDate => return Some(Resumed::UpToDate),
+                    DiffCatchUp::Diff { first, step } => {
+                        payload::write_diff(&mut payload, &self.spec, &step, first, now_us, unit);
+                        Resumed::CaughtUp(1)
+                    }
+                    DiffCatchUp::Snapshot => {
+                        // At the last applied update: the stream's next diff starts at or
+                        // before the update after it, as with `snapshot=true`.
+                        self.write_depth_snapshot(&mut payload, now_us, unit);
+                        Resumed::Snapshot
+                    }
+                };
+                out.push(payload);
+                Some(resumed)
+            }
+            StreamKind::Trade => {
+                let missed = self.recent.trades_since(id, self.last_trade_id)?;
+                Some(render_missed(missed, out, gap, |payload, timed| {
+                    payload::write_trade(payload, &self.spec, &timed.trade, timed.time_us, unit)
+                }))
+            }
+            StreamKind::AggTrade => {
+                let missed = self.recent.aggs_since(id, self.next_agg_id - 1)?;
+                Some(render_missed(missed, out, gap, |payload, agg| {
+                    payload::write_agg_trade(payload, symbol, &agg, unit)
+                }))
+            }
+            // Not resumable (the caller checked); nothing to catch up.
+            _ => Some(Resumed::UpToDate),
+        }
+    }
+
+    /// Whether this node has published id `id` of stream `kind` (an update id for diffs, a
+    /// trade or aggregate id): a `resume=` from it can be served now.
+    pub fn is_published(&self, kind: StreamKind, id: u64) -> bool {
+        match kind {
+            StreamKind::Diff(speed) => id <= self.diff_published_upto(speed),
+            StreamKind::Trade => id <= self.last_trade_id,
+            StreamKind::AggTrade => id < self.next_agg_id,
+            _ => true,
+        }
+    }
+
+    /// The last update id the diff stream of `speed` has published: windows hold back what
+    /// they have merged since their last flush.
+    fn diff_published_upto(&self, speed: Speed) -> u64 {
+        match speed {
+            Speed::Ms0 => self.last_update_id,
+            Speed::Ms100 => self.window_100ms.published_upto(self.last_update_id),
+            Speed::Unspecified | Speed::Ms1000 => {
+                self.window_1000ms.published_upto(self.last_update_id)
+            }
+        }
+    }
+
+    /// Bytes `resume=`'s history holds for this symbol.
+    pub fn recent_bytes(&self) -> usize {
+        self.recent.bytes()
+    }
+
+    /// Keeps `span_us` of history for `resume=` (0: none).
+    pub fn set_recent_span(&mut self, span_us: u64) {
+        self.recent.set_span(span_us);
+    }
+
     /// The `/api/v3/depth` body: the best `limit` levels a side at the last applied update id.
     pub fn snapshot(&self, limit: usize) -> Bytes {
         let mut out = Vec::with_capacity(64 + limit * 48);
@@ -175,6 +279,7 @@ impl SymbolStreams {
         self.apply(step);
         self.window_100ms.add(step);
         self.window_1000ms.add(step);
+        self.recent.record_step(step.update_id, step, now_us);
         let spec = &self.spec;
         out.publish(
             self.topic(StreamKind::Diff(Speed::Ms0)),
@@ -446,6 +551,7 @@ impl SymbolStreams {
         let first = self.last_update_id + 1;
         self.window_100ms.add_from(first, &bridge);
         self.window_1000ms.add_from(first, &bridge);
+        self.recent.record_step(first, &bridge, now_us);
         let spec = &self.spec;
         out.publish(
             self.topic(StreamKind::Diff(Speed::Ms0)),
@@ -462,8 +568,10 @@ impl SymbolStreams {
             week,
             history,
             next_agg_id,
+            last_trade_id,
             ..
         } = snapshot;
+        self.last_trade_id = last_trade_id;
         self.week = week;
         self.history = history;
         self.book = book;
@@ -539,6 +647,8 @@ impl SymbolStreams {
             for kline in self.klines.iter_mut().chain(&mut self.klines_utc8) {
                 kline.record(&print);
             }
+            self.recent.record_trade(trade, now_us);
+            self.last_trade_id = trade.id;
         }
         self.traded = true;
         self.last_trade_us = now_us;
@@ -563,19 +673,11 @@ impl SymbolStreams {
             {
                 end += 1;
             }
-            let group = &trades[start..end];
-            let agg_id = self.next_agg_id;
-            self.history.push_agg(AggRecord {
-                id: agg_id,
-                price_e8: payload::price(spec, group[0].price_tick),
-                qty_e8: payload::qty(spec, group.iter().map(|t| t.qty_lots).sum()),
-                first_id: group[0].id,
-                last_id: group[group.len() - 1].id,
-                time_us: now_us,
-                buyer_is_maker: group[0].buyer_is_maker,
-            });
+            let agg = AggRecord::from_group(spec, self.next_agg_id, &trades[start..end], now_us);
+            self.history.push_agg(agg);
+            self.recent.record_agg(&agg);
             out.publish(agg_topic, &mut |buf, unit| {
-                payload::write_agg_trade(buf, spec, agg_id, group, now_us, unit)
+                payload::write_agg_trade(buf, &spec.symbol, &agg, unit)
             });
             self.next_agg_id += 1;
             start = end;
@@ -666,6 +768,68 @@ impl SymbolStreams {
 }
 
 /// The intervals whose UTC+8 klines open at other instants than their UTC ones.
+/// How a `resume=` of one stream went, for the metric and the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// The client had the newest event: nothing sent.
+    UpToDate,
+    /// This many missed events sent.
+    CaughtUp(usize),
+    /// The history no longer reaches the client's id: a `depthSnapshot` sent.
+    Snapshot,
+    /// Some trades could no longer be sent: `resumeGap` sent (with this many events after it).
+    Gap(usize),
+}
+
+impl Resumed {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Resumed::UpToDate => "up_to_date",
+            Resumed::CaughtUp(_) => "caught_up",
+            Resumed::Snapshot => "snapshot",
+            Resumed::Gap(_) => "gap",
+        }
+    }
+
+    /// Missed events sent (gaps and snapshots not counted).
+    pub fn events(self) -> usize {
+        match self {
+            Resumed::CaughtUp(n) | Resumed::Gap(n) => n,
+            Resumed::UpToDate | Resumed::Snapshot => 0,
+        }
+    }
+}
+
+/// Renders missed trades or aggregates, a `resumeGap` for each run of ids no longer held.
+fn render_missed<T>(
+    missed: Vec<Missed<T>>,
+    out: &mut Vec<Vec<u8>>,
+    gap: impl Fn(&mut Vec<Vec<u8>>, u64, u64),
+    mut event: impl FnMut(&mut Vec<u8>, T),
+) -> Resumed {
+    let (mut events, mut gaps) = (0, 0);
+    for item in missed {
+        match item {
+            Missed::Gap { from, to } => {
+                gaps += 1;
+                gap(out, from, to);
+            }
+            Missed::Event(e) => {
+                let mut payload = Vec::with_capacity(256);
+                event(&mut payload, e);
+                out.push(payload);
+                events += 1;
+            }
+        }
+    }
+    match (gaps, events) {
+        (0, 0) => Resumed::UpToDate,
+        (0, n) => Resumed::CaughtUp(n),
+        (_, n) => Resumed::Gap(n),
+    }
+}
+
 fn utc8_intervals() -> impl Iterator<Item = KlineInterval> {
     KlineInterval::ALL
         .into_iter()

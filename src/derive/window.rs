@@ -41,6 +41,16 @@ impl DiffWindow {
     }
 
     /// True when no step arrived since the last drain.
+    /// The last update id this window's stream has published, given the stage's last applied
+    /// one: everything before the window's first update.
+    pub fn published_upto(&self, last_update_id: u64) -> u64 {
+        if self.first_update_id == 0 {
+            last_update_id
+        } else {
+            self.first_update_id - 1
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.first_update_id == 0
     }

@@ -41,20 +41,28 @@ pub const COMMAND_CAPACITY: usize = 65_536;
 /// Commands applied per loop turn at most, so a storm of subscriptions cannot stall the books.
 const COMMANDS_PER_TURN: usize = 4_096;
 
+/// A new connection on `shard` and the streams named in its URL; `ready` fires once they are
+/// live there (and anything `snapshot` or `resume` asked for is queued ahead of their events).
+pub struct Attach {
+    pub conn: ConnId,
+    pub shard: usize,
+    pub outbox: Arc<Outbox>,
+    pub combined: bool,
+    pub unit: TimeUnit,
+    /// `snapshot=true`: each diff stream starts with a `depthSnapshot`.
+    pub snapshot: bool,
+    pub topics: Vec<Topic>,
+    /// `resume=`: streams of `topics` and the last id the client holds of each.
+    pub resume: Vec<(Topic, u64)>,
+    pub ready: oneshot::Sender<()>,
+}
+
+/// How long an attach whose `resume=` names ids this node has not published yet waits for them
+/// (a gateway slightly behind the one the client left), well within the handshake's 5 s.
+const RESUME_WAIT: Duration = Duration::from_secs(2);
+
 pub enum Command {
-    /// A new connection on `shard` and the streams named in its URL; `ready` fires once they
-    /// are live there.
-    Attach {
-        conn: ConnId,
-        shard: usize,
-        outbox: Arc<Outbox>,
-        combined: bool,
-        unit: TimeUnit,
-        /// `snapshot=true`: each diff stream starts with a `depthSnapshot`.
-        snapshot: bool,
-        topics: Vec<Topic>,
-        ready: oneshot::Sender<()>,
-    },
+    Attach(Box<Attach>),
     /// Apply `change`, then queue `reply` to the connection behind everything already queued.
     Control {
         conn: ConnId,
@@ -141,7 +149,13 @@ pub fn spawn(
                 stats_window: StatsWindow::new(Instant::now()),
                 updates_total: 0,
             };
-            Engine { stage, market }.run(rx)
+            Engine {
+                stage,
+                market,
+                feed,
+                deferred: Vec::new(),
+            }
+            .run(rx)
         })?;
     let engine = thread.thread().clone();
     Ok((EngineHandle { tx, engine }, thread))
@@ -229,6 +243,7 @@ impl Stage {
             self.streams.every_1000ms(tick.now_us, &mut self.hub);
             self.publish_server_stats(tick.now_us);
             self.hub.sweep();
+            self.metrics.history_bytes(self.streams.recent_bytes());
         }
     }
 
@@ -266,6 +281,21 @@ impl Stage {
 struct Engine {
     stage: Stage,
     market: Box<dyn Market>,
+    feed: Arc<Feed>,
+    /// Attaches waiting for this node to publish the ids their `resume=` names, with when to
+    /// stop waiting. Bounded by the command channel and the connection limit.
+    deferred: Vec<(Instant, Box<Attach>)>,
+}
+
+/// Whether `topic` is a diff depth stream.
+fn is_diff(topic: Topic) -> bool {
+    matches!(
+        topic,
+        Topic::Symbol {
+            kind: StreamKind::Diff(_),
+            ..
+        }
+    )
 }
 
 impl Engine {
@@ -278,10 +308,15 @@ impl Engine {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            let deadline = self
+            let mut deadline = self
                 .market
                 .advance(&mut self.stage)
                 .unwrap_or_else(|| Instant::now() + IDLE_WAIT);
+            if !self.deferred.is_empty() {
+                self.retry_deferred();
+                // Look again soon: a gateway's steps do not always wake the engine on time.
+                deadline = deadline.min(Instant::now() + Duration::from_millis(10));
+            }
             // Everything this turn published is in the shards' channels: wake those parked.
             self.stage.hub.end_batch();
             // Parked rather than blocked in `recv_deadline`: crossbeam spins and yields before
@@ -298,32 +333,26 @@ impl Engine {
     }
 
     fn apply(&mut self, command: Command) {
-        let hub = &mut self.stage.hub;
         match command {
-            Command::Attach {
-                conn,
-                shard,
-                outbox,
-                combined,
-                unit,
-                snapshot,
-                topics,
-                ready,
-            } => {
-                let added = hub.attach(
-                    conn, shard, outbox, combined, unit, snapshot, &topics, ready,
-                );
-                self.send_snapshots(conn, &added);
+            Command::Attach(attach) => {
+                if !self.is_resumable_now(&attach) {
+                    self.deferred.push((Instant::now() + RESUME_WAIT, attach));
+                    return;
+                }
+                self.attach(*attach, false);
             }
             Command::Control {
                 conn,
                 change,
                 reply,
             } => {
-                let added = hub.control(conn, change, reply);
+                let added = self.stage.hub.control(conn, change, reply);
                 self.send_snapshots(conn, &added);
             }
-            Command::Detach { conn } => hub.detach(conn),
+            Command::Detach { conn } => {
+                self.deferred.retain(|(_, a)| a.conn != conn);
+                self.stage.hub.detach(conn)
+            }
             Command::Snapshot {
                 symbol,
                 limit,
@@ -335,6 +364,105 @@ impl Engine {
         }
     }
 
+    /// Registers a connection, then queues ahead of any live event what it asked for: each
+    /// `resume=` stream's missed events, and with `snapshot=true` a `depthSnapshot` for every
+    /// other diff stream. `late`: the wait for ids this node had not published is over; such
+    /// a diff stream gets a snapshot, such a trade stream nothing more.
+    fn attach(&mut self, attach: Attach, late: bool) {
+        let Attach {
+            conn,
+            shard,
+            outbox,
+            combined,
+            unit,
+            snapshot,
+            topics,
+            resume,
+            ready,
+        } = attach;
+        let hub = &mut self.stage.hub;
+        let added = hub.attach(
+            conn, shard, outbox, combined, unit, snapshot, &topics, ready,
+        );
+        let mut snapshots: Vec<Topic> = Vec::new();
+        for &(topic, id) in &resume {
+            if !added.contains(&topic) {
+                continue;
+            }
+            if !self.resume(conn, topic, id, unit) && late && is_diff(topic) {
+                snapshots.push(topic);
+            }
+        }
+        if snapshot {
+            snapshots.extend(
+                added
+                    .iter()
+                    .filter(|topic| !resume.iter().any(|(t, _)| t == *topic)),
+            );
+        }
+        self.send_snapshots_to(conn, &snapshots);
+    }
+
+    /// Whether every id `attach` resumes from has been published here, so its catch-up can be
+    /// rendered now.
+    fn is_resumable_now(&self, attach: &Attach) -> bool {
+        attach.resume.iter().all(|&(topic, id)| {
+            let Topic::Symbol { symbol, kind } = topic else {
+                return true;
+            };
+            self.stage
+                .streams
+                .symbols()
+                .get(usize::from(symbol))
+                .is_none_or(|s| s.is_published(kind, id))
+        })
+    }
+
+    /// Attaches the deferred connections whose ids have now been published, or whose wait is
+    /// over.
+    fn retry_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (deadline, attach) in std::mem::take(&mut self.deferred) {
+            let late = now >= deadline;
+            if late || self.is_resumable_now(&attach) {
+                self.attach(*attach, late);
+            } else {
+                self.deferred.push((deadline, attach));
+            }
+        }
+    }
+
+    /// Queues `topic`'s missed events since `id` to `conn`; `false` if `id` is ahead of what
+    /// this node has published (nothing queued).
+    fn resume(&mut self, conn: ConnId, topic: Topic, id: u64, unit: TimeUnit) -> bool {
+        let Topic::Symbol { symbol, kind } = topic else {
+            return true;
+        };
+        let streams = &self.stage.streams;
+        let Some(state) = streams.symbols().get(usize::from(symbol)) else {
+            return true;
+        };
+        let name = topic.name(&*self.feed);
+        let unit = if topic.has_time_fields() {
+            unit
+        } else {
+            TimeUnit::Millisecond
+        };
+        let mut payloads = Vec::new();
+        let now_us = crate::clock::wall_us();
+        let Some(resumed) = state.catch_up(kind, &name, id, now_us, unit, &mut payloads) else {
+            return false;
+        };
+        self.stage
+            .metrics
+            .resumed(resumed.label(), resumed.events());
+        self.stage.hub.send_catch_up(conn, topic, payloads);
+        true
+    }
+
     /// `snapshot=true`: each diff stream just subscribed gets a `depthSnapshot` at the last
     /// published update id, queued behind the subscription and ahead of any diff, so its first
     /// diff has `U <= lastUpdateId + 1 <= u`.
@@ -342,6 +470,12 @@ impl Engine {
         if added.is_empty() || !self.stage.hub.wants_snapshots(conn) {
             return;
         }
+        self.send_snapshots_to(conn, added);
+    }
+
+    /// A `depthSnapshot` for each diff stream of `topics` (others are skipped).
+    fn send_snapshots_to(&mut self, conn: ConnId, topics: &[Topic]) {
+        let added = topics;
         let now_us = crate::clock::wall_us();
         for &topic in added {
             if let Topic::Symbol {

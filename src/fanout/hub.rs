@@ -180,6 +180,27 @@ impl Hub {
         self.shards[connection.shard].send(ShardMsg::Reply { conn, frame });
     }
 
+    /// Queues a `resume=` catch-up to one connection ahead of the stream's live events: each
+    /// payload of `payloads` as one frame of `topic`, in the connection's shape. The frames are
+    /// admitted above the queue bound (see [`Outbox::push_catch_up`]): they are bounded by
+    /// `--history`, and refusing them would evict exactly the clients resume is for.
+    pub fn send_catch_up(&mut self, conn: ConnId, topic: Topic, payloads: Vec<Vec<u8>>) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        if payloads.is_empty() {
+            return;
+        }
+        let prefix = (connection.slot >= 2)
+            .then(|| format!("{{\"stream\":\"{}\",\"data\":", topic.name(&*self.feed)));
+        let frames = payloads
+            .iter()
+            .map(|payload| build_frame(prefix.as_deref().map(str::as_bytes), payload))
+            .collect();
+        self.metrics.serialized_many(payloads.len() as u64);
+        self.shards[connection.shard].send(ShardMsg::CatchUp { conn, frames });
+    }
+
     /// Counts the connection in each topic it did not have yet; returns those topics.
     fn add_interest(&mut self, conn: ConnId, topics: &[Topic]) -> Vec<Topic> {
         let Some(connection) = self.connections.get_mut(&conn) else {

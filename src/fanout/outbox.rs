@@ -92,6 +92,9 @@ struct State {
     wants_data: bool,
     /// Pushed to since the last flush (the publisher has it on its list).
     dirty: bool,
+    /// Bytes and frames of a `resume=` catch-up admitted above the bound; reset once the queue
+    /// has drained, so it lets exactly that backlog through once.
+    allowance: (usize, usize),
     /// The plain-TCP socket's write half, shared with the session, for direct writes; `None`
     /// for TLS and once the session has ended.
     direct: Option<Arc<OwnedWriteHalf>>,
@@ -116,8 +119,8 @@ impl Outbox {
         if state.closing.is_some() {
             return Push::Closed;
         }
-        if state.bytes + frame.len() > self.bound.max_bytes
-            || state.count + 1 > self.bound.max_frames
+        if state.bytes + frame.len() > self.bound.max_bytes + state.allowance.0
+            || state.count + 1 > self.bound.max_frames + state.allowance.1
         {
             state.closing = Some(Closing::SlowConsumer {
                 queued_bytes: state.bytes,
@@ -150,6 +153,26 @@ impl Outbox {
         let flush = !state.dirty;
         state.dirty = true;
         Push::Queued { flush }
+    }
+
+    /// Queues a `resume=` catch-up. It may be far larger than the bound (minutes of trades), so
+    /// it raises the bound by its own size until the queue next drains: live frames behind it
+    /// still overflow at the usual bound above it, and a client that does not read it is
+    /// evicted as usual. Its size is bounded by `--history`.
+    pub fn push_catch_up(&self, frames: Vec<Bytes>) {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        state.allowance.0 += bytes;
+        state.allowance.1 += frames.len();
+        state.bytes += bytes;
+        state.count += frames.len();
+        state
+            .frames
+            .extend(frames.into_iter().map(|frame| Queued { frame, born_us: 0 }));
+        Self::wake_if_waiting(state);
     }
 
     /// Lets the shard write to this plain-TCP socket directly (see the module docs).
@@ -203,6 +226,7 @@ impl Outbox {
                 // Idle again: hold no buffer until the next frame (one small allocation per
                 // pass, against one `send`).
                 state.frames = VecDeque::new();
+                state.allowance = (0, 0);
                 return;
             }
         }
@@ -316,6 +340,9 @@ impl Outbox {
         let mut state = self.state.lock();
         state.bytes = state.bytes.saturating_sub(bytes);
         state.count = state.count.saturating_sub(frames);
+        if state.count == 0 {
+            state.allowance = (0, 0);
+        }
     }
 
     /// Bytes queued or in flight.

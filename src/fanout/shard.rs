@@ -99,6 +99,12 @@ pub enum ShardMsg {
         conn: ConnId,
         frame: Bytes,
     },
+    /// A `resume=` catch-up, queued ahead of the stream's live events (see
+    /// [`Outbox::push_catch_up`]).
+    CatchUp {
+        conn: ConnId,
+        frames: Vec<Bytes>,
+    },
     /// The connection is gone; `topics` are all it was subscribed to.
     Detach {
         conn: ConnId,
@@ -393,6 +399,11 @@ impl ShardTable {
             ShardMsg::Reply { conn, frame } => {
                 if let Some(local) = self.connections.get(&conn) {
                     local.outbox.push_control(frame);
+                }
+            }
+            ShardMsg::CatchUp { conn, frames } => {
+                if let Some(local) = self.connections.get(&conn) {
+                    local.outbox.push_catch_up(frames);
                 }
             }
             ShardMsg::Detach { conn, topics } => {

@@ -55,6 +55,10 @@ pub async fn run_with(
     start
         .streams
         .set_history(config.trade_history, config.kline_history);
+    // A cluster engine has no clients to resume; its gateways keep the history.
+    if !config.engine_only {
+        start.streams.set_recent_span(config.history);
+    }
     // First, so a bad token file fails startup before anything is spawned.
     let tokens = match &config.auth_tokens {
         Some(path) => {

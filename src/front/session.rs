@@ -11,7 +11,7 @@
 //! future, one small read buffer, no channel between the halves.
 
 use crate::config::Config;
-use crate::engine::Command;
+use crate::engine::{Attach, Command};
 use crate::fanout::outbox::{self, Closing, Outbox, QueueBound, Queued, MAX_IOV};
 use crate::fanout::shard::Placement;
 use crate::front::context::Context;
@@ -193,7 +193,7 @@ async fn handshake<S: Transport>(
     ctx: &Context,
 ) -> Option<S> {
     let (ready, attached) = oneshot::channel();
-    let attach = Command::Attach {
+    let attach = Command::Attach(Box::new(Attach {
         conn,
         shard,
         outbox: outbox.clone(),
@@ -201,8 +201,9 @@ async fn handshake<S: Transport>(
         unit: upgrade.unit,
         snapshot: upgrade.snapshot,
         topics: upgrade.topics.clone(),
+        resume: upgrade.resume.clone(),
         ready,
-    };
+    }));
     let live = ctx.engine.try_send(attach).is_ok()
         && matches!(timeout(Duration::from_secs(5), attached).await, Ok(Ok(())));
     if !live {

@@ -18,6 +18,9 @@ pub struct Upgrade {
     /// `snapshot=true` (bookcast's addition): diff streams start with a `depthSnapshot`.
     pub snapshot: bool,
     pub topics: Vec<Topic>,
+    /// `resume=<stream>:<id>,..` (bookcast's addition): streams of `topics` and the last id the
+    /// client holds of each.
+    pub resume: Vec<(Topic, u64)>,
 }
 
 /// Percent-decodes stream names from a URL, keeping `+` a plus: in `btcusdt@kline_1d@+08:00`
@@ -46,6 +49,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             unit: TimeUnit::Millisecond,
             snapshot: false,
             topics: Vec::new(),
+            resume: Vec::new(),
         });
     }
     if head.path == WS_API_PATH {
@@ -56,6 +60,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             unit: TimeUnit::Millisecond,
             snapshot: false,
             topics: Vec::new(),
+            resume: Vec::new(),
         });
     }
     let (combined, names): (bool, Vec<String>) =
@@ -125,6 +130,11 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
             }
         }
     }
+    let resume = match head.param("resume") {
+        None => Vec::new(),
+        Some(list) => parse_resume(&list, &topics, ctx)
+            .map_err(|msg| Response::error(400, -1100, &format!("Invalid resume: {msg}")))?,
+    };
     Ok(Upgrade {
         echo: false,
         api: false,
@@ -132,7 +142,36 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
         unit,
         snapshot,
         topics,
+        resume,
     })
+}
+
+/// Parses `resume=<stream>:<id>,..`: each stream must be a diff, `@trade` or `@aggTrade` stream
+/// named in the same URL (as SPEC.md defines it), at most once, with a decimal id.
+fn parse_resume(list: &str, topics: &[Topic], ctx: &Context) -> Result<Vec<(Topic, u64)>, String> {
+    let mut resume: Vec<(Topic, u64)> = Vec::new();
+    for entry in list.split(',').filter(|e| !e.is_empty()) {
+        let (name, id) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{entry}: expected <stream>:<id>."))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("{entry}: the id is not a number."))?;
+        let topic = stream::parse(name, &*ctx.feed)
+            .ok()
+            .filter(|topic| topics.contains(topic))
+            .ok_or_else(|| format!("{name} is not a stream of this URL."))?;
+        if !topic.is_resumable() {
+            return Err(format!(
+                "{name} cannot be resumed; only diff depth, trade and aggTrade streams can."
+            ));
+        }
+        if resume.iter().any(|(t, _)| *t == topic) {
+            return Err(format!("{name} is named twice."));
+        }
+        resume.push((topic, id));
+    }
+    Ok(resume)
 }
 
 /// Checks the RFC 6455 handshake headers; `Err` is the response to refuse with.

@@ -168,6 +168,27 @@ pub const FAMILIES: &[Family] = &[
         help: "Active stream subscriptions, by stream kind.",
     },
     Family {
+        name: "bookcast_resumes_total",
+        kind: FamilyKind::Counter,
+        label: Some("outcome"),
+        unit: None,
+        help: "Streams resumed with resume= (SPEC.md), by outcome: up_to_date, caught_up, snapshot (older than --history), gap (resumeGap sent).",
+    },
+    Family {
+        name: "bookcast_resume_events_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Missed events sent by resume= catch-ups (diffs, trades, aggregates).",
+    },
+    Family {
+        name: "bookcast_history_bytes",
+        kind: FamilyKind::Gauge,
+        label: None,
+        unit: Some(Unit::Bytes),
+        help: "Memory held by the resume= history (--history), every symbol.",
+    },
+    Family {
         name: "bookcast_engine_updates_total",
         kind: FamilyKind::Counter,
         label: Some("symbol"),
@@ -290,6 +311,9 @@ fn describe() {
 }
 
 /// `bookcast_subscriptions{kind}`: every value of [`crate::protocol::stream::Topic::label`].
+/// `bookcast_resumes_total`'s outcomes ([`crate::derive::symbol::Resumed::label`]).
+pub const RESUME_OUTCOMES: &[&str] = &["up_to_date", "caught_up", "snapshot", "gap"];
+
 pub const SUBSCRIPTION_KINDS: &[&str] = &[
     "depth",
     "partial_depth",
@@ -355,6 +379,7 @@ fn known_label_values(family: &str) -> Vec<String> {
             .collect(),
         "bookcast_auth_failures_total" => owned(AUTH_FAILURE_REASONS),
         "bookcast_subscriptions" => owned(SUBSCRIPTION_KINDS),
+        "bookcast_resumes_total" => owned(RESUME_OUTCOMES),
         "bookcast_closes_total" => LABELLED_CLOSE_CODES
             .iter()
             .flat_map(|codes| codes.clone().map(close_label))
@@ -519,6 +544,8 @@ impl Default for HubMetrics {
 pub struct EngineMetrics {
     updates: Vec<Counter>,
     pub step_seconds: Histogram,
+    resume_events: Counter,
+    history_bytes: Gauge,
 }
 
 impl EngineMetrics {
@@ -530,7 +557,21 @@ impl EngineMetrics {
                 .map(|s| counter!("bookcast_engine_updates_total", "symbol" => s.symbol.clone()))
                 .collect(),
             step_seconds: histogram!("bookcast_engine_step_seconds"),
+            resume_events: counter!("bookcast_resume_events_total"),
+            history_bytes: gauge!("bookcast_history_bytes"),
         }
+    }
+
+    /// One stream resumed with `resume=`: how it went, and the missed events sent.
+    pub fn resumed(&self, outcome: &'static str, events: usize) {
+        debug_assert!(RESUME_OUTCOMES.contains(&outcome));
+        counter!("bookcast_resumes_total", "outcome" => outcome).increment(1);
+        self.resume_events.increment(events as u64);
+    }
+
+    /// What the `resume=` history holds now.
+    pub fn history_bytes(&self, bytes: usize) {
+        self.history_bytes.set(bytes as f64);
     }
 
     /// One update of the symbol at `index` in the feed.
@@ -695,7 +736,7 @@ rejections! {
     BadHandshake => "bad_handshake",
     /// An `Origin` outside `--allowed-origins` (403).
     OriginNotAllowed => "origin_not_allowed",
-    /// A bad `timeUnit` or too many streams in the URL (400).
+    /// A bad `timeUnit`, `snapshot` or `resume`, or too many streams in the URL (400).
     BadStreamPath => "bad_stream_path",
     /// Too many open connections from one address (429).
     IpConnectionCap => "ip_connection_cap",

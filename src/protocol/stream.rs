@@ -190,6 +190,18 @@ impl Topic {
         }
     }
 
+    /// Whether `resume=` applies (SPEC.md): diff depth streams (resumed by `u`), `@trade` (by
+    /// `t`) and `@aggTrade` (by `a`), whose events are numbered.
+    pub fn is_resumable(self) -> bool {
+        matches!(
+            self,
+            Topic::Symbol {
+                kind: StreamKind::Diff(_) | StreamKind::Trade | StreamKind::AggTrade,
+                ..
+            }
+        )
+    }
+
     /// Whether this name is the second spelling of its [`fanout_key`](Self::fanout_key).
     pub fn is_synonym(self) -> bool {
         self.fanout_key() != self

@@ -5,6 +5,7 @@ use bookcast::config::Config;
 use bookcast::market::feed::Feed;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -245,6 +246,30 @@ pub async fn close_code(ws: &mut Ws) -> Option<u16> {
             Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// A book keyed by price strings, as a client keeps one.
+#[derive(Debug, Default, PartialEq)]
+pub struct Book {
+    pub bids: BTreeMap<String, String>,
+    pub asks: BTreeMap<String, String>,
+}
+
+impl Book {
+    /// Applies one side's levels each (`[["price","qty"],..]`; a zero quantity removes).
+    pub fn apply(&mut self, bids: &Value, asks: &Value) {
+        for (side, levels) in [(&mut self.bids, bids), (&mut self.asks, asks)] {
+            for level in levels.as_array().expect("levels") {
+                let price = level[0].as_str().expect("price").to_string();
+                let qty = level[1].as_str().expect("qty").to_string();
+                if qty == "0.00000000" {
+                    side.remove(&price);
+                } else {
+                    side.insert(price, qty);
+                }
+            }
         }
     }
 }
