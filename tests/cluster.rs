@@ -484,3 +484,121 @@ async fn a_gateway_stopped_past_retention_rebases_with_one_bridging_diff() {
     let (_, ()) = tokio::join!(book, stop);
     assert!(one.metric("bookcast_cluster_rebases_total").await >= 1.0);
 }
+
+/// Waits until `node`'s metric `name` reaches `at_least`.
+async fn wait_metric(node: &Node, name: &str, at_least: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    while node.metric(name).await < at_least {
+        assert!(Instant::now() < deadline, "{name} never reached {at_least}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SPEC.md "Resume": every node numbers alike, so a client resumes on any node. Here it
+/// resumes on a gateway that did not exist when it left: that gateway started from a snapshot
+/// taken after the client's ids, and reads its history back from the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_a_gateway_that_joined_after_it_left() {
+    let nats = Nats::start("resume");
+    let _engine = Node::engine(&nats, "resume");
+    let one = Node::gateway(&nats, "resume");
+    let streams = "btcusdt@depth@0ms/btcusdt@trade/btcusdt@aggTrade";
+    let mut ws = one
+        .connect(&format!("/stream?streams={streams}&snapshot=true"))
+        .await;
+    let mut book = common::Book::default();
+    let (mut last_u, mut last_t, mut last_a) = (0, None, None);
+    while last_u == 0 || last_t.is_none() || last_a.is_none() {
+        let message = next_json(&mut ws).await;
+        let data = &message["data"];
+        match (message["stream"].as_str(), data["e"].as_str()) {
+            (_, Some("depthSnapshot")) => {
+                book.apply(&data["bids"], &data["asks"]);
+                last_u = data["lastUpdateId"].as_u64().expect("lastUpdateId");
+            }
+            (_, Some("depthUpdate")) if last_u > 0 => {
+                assert_eq!(data["U"].as_u64(), Some(last_u + 1));
+                book.apply(&data["b"], &data["a"]);
+                last_u = data["u"].as_u64().expect("u");
+            }
+            (_, Some("trade")) => last_t = data["t"].as_u64(),
+            (_, Some("aggTrade")) => last_a = data["a"].as_u64(),
+            _ => {}
+        }
+    }
+    drop(ws);
+    let (last_t, last_a) = (last_t.expect("t"), last_a.expect("a"));
+    // Away for 2.5 s of market time, while snapshots are taken (every second here): the new
+    // gateway starts from one taken after the client left.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let body = one.get_ok("/api/v3/trades?symbol=BTCUSDT&limit=1000").await;
+        let trades: Value = serde_json::from_str(&body).expect("JSON");
+        let trades = trades.as_array().expect("trades");
+        let time_of = |id: u64| {
+            trades
+                .iter()
+                .find(|t| t["id"].as_u64() == Some(id))
+                .and_then(|t| t["time"].as_u64())
+        };
+        let newest = trades.last().and_then(|t| t["time"].as_u64());
+        if let (Some(ours), Some(newest)) = (time_of(last_t), newest) {
+            if newest > ours + 2500 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "trading stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let two = Node::gateway(&nats, "resume");
+    wait_metric(&two, "bookcast_cluster_history_backfills_total", 3.0).await;
+
+    let mut ws = two
+        .connect(&format!(
+            "/stream?streams={streams}&resume=btcusdt@depth@0ms:{last_u},btcusdt@trade:{last_t},btcusdt@aggTrade:{last_a}"
+        ))
+        .await;
+    let (mut next_t, mut next_a) = (last_t + 1, last_a + 1);
+    while next_t <= last_t + 25 || next_a <= last_a + 10 {
+        let message = next_json(&mut ws).await;
+        let data = &message["data"];
+        match data["e"].as_str() {
+            Some("depthUpdate") => {
+                assert_eq!(data["U"].as_u64(), Some(last_u + 1), "diff gap");
+                book.apply(&data["b"], &data["a"]);
+                last_u = data["u"].as_u64().expect("u");
+            }
+            Some("trade") => {
+                assert_eq!(data["t"].as_u64(), Some(next_t), "trade gap or repeat");
+                next_t += 1;
+            }
+            Some("aggTrade") => {
+                assert_eq!(data["a"].as_u64(), Some(next_a), "aggregate gap or repeat");
+                next_a += 1;
+            }
+            other => panic!("a catch-up, not {other:?}: {data}"),
+        }
+    }
+    // The book the client kept across the two gateways is the new gateway's.
+    let body = two.get_ok("/api/v3/depth?symbol=BTCUSDT&limit=5000").await;
+    let later: Value = serde_json::from_str(&body).expect("JSON");
+    let at = later["lastUpdateId"].as_u64().expect("lastUpdateId");
+    while last_u < at {
+        let message = next_json(&mut ws).await;
+        let data = &message["data"];
+        if data["e"] == "depthUpdate" {
+            assert_eq!(data["U"].as_u64(), Some(last_u + 1), "diff gap");
+            book.apply(&data["b"], &data["a"]);
+            last_u = data["u"].as_u64().expect("u");
+        }
+    }
+    let mut expected = common::Book::default();
+    expected.apply(&later["bids"], &later["asks"]);
+    assert_eq!(book, expected);
+    assert_eq!(
+        two.metric("bookcast_resumes_total{outcome=\"caught_up\"}")
+            .await,
+        3.0,
+        "caught up from the backfilled history, not a snapshot"
+    );
+}

@@ -14,6 +14,7 @@
 use super::record::{self, Record};
 use super::restore;
 use super::Names;
+use crate::derive::recent::Recent;
 use crate::derive::Streams;
 use crate::engine::{EngineWaker, Market, Stage, Tick};
 use crate::market::sim::Step;
@@ -42,16 +43,19 @@ pub enum Inbound {
     Tick(Tick),
     /// Continue from this snapshot set, bridging every symbol's book to it.
     Rebase(Box<Streams>),
+    /// `resume=` history from before the gateway started ([`super::backfill`]).
+    Backfill(Vec<(SymbolId, Recent)>),
 }
 
 /// The engine thread's [`Market`] on a gateway.
 pub struct Follow {
     rx: mpsc::Receiver<Inbound>,
+    metrics: ClusterMetrics,
 }
 
 impl Follow {
-    pub fn new(rx: mpsc::Receiver<Inbound>) -> Self {
-        Follow { rx }
+    pub fn new(rx: mpsc::Receiver<Inbound>, metrics: ClusterMetrics) -> Self {
+        Follow { rx, metrics }
     }
 }
 
@@ -66,6 +70,12 @@ impl Market for Follow {
                 }) => stage.step(symbol, &step, now_us),
                 Ok(Inbound::Tick(tick)) => stage.tick(tick),
                 Ok(Inbound::Rebase(streams)) => stage.rebase(*streams, crate::clock::wall_us()),
+                Ok(Inbound::Backfill(histories)) => {
+                    // Counted once applied, so a client that sees the count resumes from it.
+                    let symbols = histories.len() as u64;
+                    stage.prepend_history(histories);
+                    self.metrics.history_backfills.increment(symbols);
+                }
                 Err(_) => return None,
             }
         }

@@ -24,6 +24,7 @@
 //!   snapshot and regenerates the steps after it (the simulation is deterministic), checking
 //!   each against the stored one, then continues.
 
+pub mod backfill;
 pub mod follow;
 pub mod journal;
 pub mod record;

@@ -127,6 +127,18 @@ pub async fn gateway(
     let position = Position::at(&restored.streams, steps_seq, tick);
     let (tx, rx) = mpsc::channel(super::follow::CHANNEL_CAPACITY);
     let waker = EngineWaker::default();
+    if !config.history.is_zero() {
+        tokio::spawn(super::backfill::run(
+            js.clone(),
+            names.clone(),
+            steps_seq,
+            super::backfill::points(&restored.streams),
+            config.history,
+            tx.clone(),
+            waker.clone(),
+        ));
+    }
+    let follow_metrics = metrics.clone();
     let follower = Follower {
         js,
         names,
@@ -139,7 +151,7 @@ pub async fn gateway(
     tokio::spawn(follower.run());
     let start = Start {
         streams: restored.streams,
-        market: Box::new(Follow::new(rx)),
+        market: Box::new(Follow::new(rx, follow_metrics)),
         waker,
     };
     crate::front::server::run_with(listener, config, restored.feed, start, shutdown).await?;

@@ -30,6 +30,12 @@ pub struct AggRecord {
     pub buyer_is_maker: bool,
 }
 
+/// A step's fills grouped as `aggTrade` groups them: consecutive fills at one price by one
+/// aggressor are one aggregate.
+pub fn aggregates(trades: &[Trade]) -> impl Iterator<Item = &[Trade]> {
+    trades.chunk_by(|a, b| a.price_tick == b.price_tick && a.buyer_is_maker == b.buyer_is_maker)
+}
+
 impl AggRecord {
     /// The aggregate of `group`, consecutive fills at one price by one aggressor, numbered `id`.
     pub fn from_group(spec: &SymbolSpec, id: u64, group: &[Trade], time_us: u64) -> Self {

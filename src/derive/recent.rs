@@ -206,12 +206,69 @@ impl Recent {
         since(self.aggs.iter().copied(), |a| a.id, id, last)
     }
 
+    /// Puts `older`, the history of what came before everything here (a gateway's backfill
+    /// from the journal), in front. Each part (updates, trades, aggregates) joins only if its
+    /// ids run on without a gap into this one's; a part that does not is left out.
+    pub fn prepend(&mut self, mut older: Recent) {
+        if !self.is_enabled() {
+            return;
+        }
+        let joins = match (older.entries.back(), self.entries.front()) {
+            (Some(old), Some(new)) => old.last + 1 == new.first,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if joins {
+            let older_end = older.levels_start + older.levels.len() as u64;
+            for entry in &mut self.entries {
+                entry.levels_end = entry.levels_end - self.levels_start + older_end;
+            }
+            older.levels.append(&mut self.levels);
+            older.entries.append(&mut self.entries);
+            self.levels = older.levels;
+            self.entries = older.entries;
+            self.levels_start = older.levels_start;
+        }
+        if joined(
+            older.trades.back().map(|t| t.trade.id),
+            self.trades.front().map(|t| t.trade.id),
+        ) {
+            older.trades.append(&mut self.trades);
+            self.trades = older.trades;
+        }
+        if joined(
+            older.aggs.back().map(|a| a.id),
+            self.aggs.front().map(|a| a.id),
+        ) {
+            older.aggs.append(&mut self.aggs);
+            self.aggs = older.aggs;
+        }
+    }
+
+    /// Adds `offset` to every aggregate id: a backfill counts its aggregates before it knows
+    /// the id they end at.
+    pub fn renumber_aggs(&mut self, offset: u64) {
+        for agg in &mut self.aggs {
+            agg.id += offset;
+        }
+    }
+
     /// Bytes held, for the history gauge.
     pub fn bytes(&self) -> usize {
         self.entries.len() * std::mem::size_of::<Entry>()
             + self.levels.len() * 16
             + self.trades.len() * std::mem::size_of::<TimedTrade>()
             + self.aggs.len() * std::mem::size_of::<AggRecord>()
+    }
+}
+
+/// Whether events ending at id `older` run on into events starting at `newer` (or there are
+/// none newer).
+fn joined(older: Option<u64>, newer: Option<u64>) -> bool {
+    match (older, newer) {
+        (Some(old), Some(new)) => old + 1 == new,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -347,6 +404,29 @@ mod tests {
         assert_eq!(ids, ["gap 1-1", "2", "gap 3-3"]);
         assert_eq!(recent.trades_since(3, 3), Some(Vec::new()));
         assert_eq!(recent.trades_since(4, 3), None, "ahead");
+    }
+
+    #[test]
+    fn an_older_history_joins_in_front_only_where_ids_run_on() {
+        let mut recent = Recent::default();
+        recent.set_span(1_000_000);
+        recent.record_step(3, &step(3, &[(3, 3)], &[]), 30);
+        recent.record_trade(&trade(7), 30);
+        let mut older = Recent::default();
+        older.set_span(1_000_000);
+        older.record_step(1, &step(1, &[(1, 1)], &[(5, 1)]), 10);
+        older.record_step(2, &step(2, &[(2, 2)], &[]), 20);
+        older.record_trade(&trade(5), 10);
+        recent.prepend(older);
+        assert_eq!(
+            recent.diff_since(0, 3),
+            DiffCatchUp::Diff {
+                first: 1,
+                step: step(3, &[(3, 3), (2, 2), (1, 1)], &[(5, 1)]),
+            }
+        );
+        let missed = recent.trades_since(6, 7).expect("not ahead");
+        assert_eq!(missed.len(), 1, "trade 5 did not join trade 7: {missed:?}");
     }
 
     #[test]

@@ -199,6 +199,16 @@ impl Streams {
         }
     }
 
+    /// Puts each symbol's older `resume=` history in front of its own (see
+    /// [`Recent::prepend`](super::recent::Recent::prepend)).
+    pub fn prepend_recent(&mut self, histories: Vec<(SymbolId, super::recent::Recent)>) {
+        for (symbol, older) in histories {
+            if let Some(state) = self.symbols.get_mut(usize::from(symbol)) {
+                state.prepend_recent(older);
+            }
+        }
+    }
+
     /// Bytes the `resume=` history holds, every symbol.
     pub fn recent_bytes(&self) -> usize {
         self.symbols.iter().map(SymbolStreams::recent_bytes).sum()

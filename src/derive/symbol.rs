@@ -254,6 +254,16 @@ impl SymbolStreams {
         }
     }
 
+    /// The id the next aggregate will get.
+    pub fn next_agg_id(&self) -> u64 {
+        self.next_agg_id
+    }
+
+    /// Puts `older` in front of this symbol's `resume=` history.
+    pub fn prepend_recent(&mut self, older: Recent) {
+        self.recent.prepend(older);
+    }
+
     /// Bytes `resume=`'s history holds for this symbol.
     pub fn recent_bytes(&self) -> usize {
         self.recent.bytes()
@@ -662,25 +672,15 @@ impl SymbolStreams {
                 });
             }
         }
-        // aggTrade: consecutive fills at one price by one aggressor are one aggregate. Ids
-        // advance whether or not anyone listens.
-        let mut start = 0;
-        while start < trades.len() {
-            let mut end = start + 1;
-            while end < trades.len()
-                && trades[end].price_tick == trades[start].price_tick
-                && trades[end].buyer_is_maker == trades[start].buyer_is_maker
-            {
-                end += 1;
-            }
-            let agg = AggRecord::from_group(spec, self.next_agg_id, &trades[start..end], now_us);
+        // Ids advance whether or not anyone listens.
+        for group in history::aggregates(trades) {
+            let agg = AggRecord::from_group(spec, self.next_agg_id, group, now_us);
             self.history.push_agg(agg);
             self.recent.record_agg(&agg);
             out.publish(agg_topic, &mut |buf, unit| {
                 payload::write_agg_trade(buf, &spec.symbol, &agg, unit)
             });
             self.next_agg_id += 1;
-            start = end;
         }
     }
 

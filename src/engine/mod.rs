@@ -16,6 +16,7 @@
 //! subscription is live and a depth snapshot is taken exactly at the last published update id:
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
 
+use crate::derive::recent::Recent;
 use crate::derive::{Publisher, Streams};
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
@@ -252,6 +253,12 @@ impl Stage {
     /// see [`Streams::rebase`].
     pub fn rebase(&mut self, snapshot: Streams, now_us: u64) {
         self.streams.rebase(snapshot, now_us, &mut self.hub);
+    }
+
+    /// Puts each symbol's older `resume=` history in front of what it has kept since (a
+    /// gateway's backfill from the journal).
+    pub fn prepend_history(&mut self, histories: Vec<(SymbolId, Recent)>) {
+        self.streams.prepend_recent(histories);
     }
 
     /// The derivation stage, for snapshots of its state.

@@ -29,6 +29,8 @@ pub struct ClusterMetrics {
     pub consumer_lag: Gauge,
     /// 1 while connected to NATS.
     pub nats_connected: Gauge,
+    /// Symbols whose `resume=` history a gateway read back from the journal at start.
+    pub history_backfills: Counter,
 }
 
 impl ClusterMetrics {
@@ -73,6 +75,10 @@ impl ClusterMetrics {
             "bookcast_cluster_nats_reconnects_total",
             "Reconnections to NATS"
         );
+        describe_counter!(
+            "bookcast_cluster_history_backfills_total",
+            "Symbols whose resume= history a gateway read back from the journal at start"
+        );
         describe_gauge!(
             "bookcast_cluster_consumer_lag",
             "Records in JetStream the gateway's consumer has not delivered yet"
@@ -94,6 +100,7 @@ impl ClusterMetrics {
             nats_reconnects: counter!("bookcast_cluster_nats_reconnects_total"),
             consumer_lag: gauge!("bookcast_cluster_consumer_lag"),
             nats_connected: gauge!("bookcast_cluster_nats_connected"),
+            history_backfills: counter!("bookcast_cluster_history_backfills_total"),
         }
     }
 }
