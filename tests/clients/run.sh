@@ -4,7 +4,9 @@
 #
 #   tests/clients/run.sh [LIBRARY...]       LIBRARY: python-binance binance-connector
 #                                           binance-connector-ws-api binance-sdk-spot
-#                                           cryptofeed ccxt binance-npm (default: all)
+#                                           cryptofeed ccxt binance-npm example-resume
+#                                           (default: all; example-resume runs the README's
+#                                           resume client, with websockets only)
 # Environment:
 #   BOOKCAST_BIN            server binary to use; default: cargo build --release, then
 #                           ${CARGO_TARGET_DIR:-target}/release/bookcast
@@ -36,8 +38,9 @@ declare -A SCRIPT=(
   [cryptofeed]=cryptofeed_book.py
   [ccxt]=ccxt_book.py
   [binance-npm]=binance_npm.js
+  [example-resume]=example_resume.py
 )
-ALL=(python-binance binance-connector binance-connector-ws-api binance-sdk-spot cryptofeed ccxt binance-npm)
+ALL=(python-binance binance-connector binance-connector-ws-api binance-sdk-spot cryptofeed ccxt binance-npm example-resume)
 # Node libraries: run with node, installed by `npm ci` from <dir>/package-lock.json
 declare -A NODE_DIR=([binance-npm]=binance-npm)
 # entries that run another entry's library (its virtualenv and lock file) with another script
