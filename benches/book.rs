@@ -1,5 +1,6 @@
 //! The engine's per-update work: one `MarketSim::step` and the `OrderBook::set` calls it is made of,
-//! and the derivation stage's share of an update with nobody subscribed (`derive/on_step`).
+//! and the derivation stage's share of an update with nobody subscribed (`derive/on_step`; with
+//! the `resume=` history recorded, `derive/on_step_history`).
 //!
 //! The engine thread steps every symbol, then publishes; anything spent here is latency added to
 //! every stream and a ceiling on updates per second per core. The sim is warmed up 10k steps
@@ -69,23 +70,34 @@ fn derive(c: &mut Criterion) {
             out
         })
         .collect();
-    let mut streams = start();
-    let mut next = 0;
-    c.bench_function("derive/on_step", |b| {
-        b.iter(|| {
-            if next == steps.len() {
-                // The recorded steps ran out: start over from the book they started from.
-                streams = start();
-                next = 0;
-            }
-            streams.on_step(&steps[next], NOW_US, &mut Nobody);
-            next += 1;
-            if next % 10 == 0 {
-                streams.every_100ms(NOW_US, &mut Nobody);
-            }
-        })
-    });
-    black_box(&streams);
+    // Without and with the `resume=` history (`--history`): what recording it costs per update.
+    for (name, history_us) in [
+        ("derive/on_step", 0),
+        ("derive/on_step_history", 300_000_000),
+    ] {
+        let start = || {
+            let mut streams = start();
+            streams.set_recent_span(history_us);
+            streams
+        };
+        let mut streams = start();
+        let mut next = 0;
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                if next == steps.len() {
+                    // The recorded steps ran out: start over from the book they started from.
+                    streams = start();
+                    next = 0;
+                }
+                streams.on_step(&steps[next], NOW_US, &mut Nobody);
+                next += 1;
+                if next % 10 == 0 {
+                    streams.every_100ms(NOW_US, &mut Nobody);
+                }
+            })
+        });
+        black_box(&streams);
+    }
 }
 
 fn set(c: &mut Criterion) {

@@ -242,6 +242,37 @@ impl SymbolStreams {
         }
     }
 
+    /// The newest id this node has published on stream `kind`: an update id for diffs, a
+    /// trade or aggregate id (0: none yet); 0 for streams without ids.
+    pub fn latest_id(&self, kind: StreamKind) -> u64 {
+        match kind {
+            StreamKind::Diff(speed) => self.diff_published_upto(speed),
+            StreamKind::Trade => self.last_trade_id,
+            StreamKind::AggTrade => self.next_agg_id - 1,
+            _ => 0,
+        }
+    }
+
+    /// Whether the history still holds everything after id `id` of stream `kind`, so a
+    /// catch-up needs no snapshot and no `resumeGap` (a poll cursor that has not expired).
+    pub fn holds_since(&self, kind: StreamKind, id: u64) -> bool {
+        match kind {
+            StreamKind::Diff(speed) => !matches!(
+                self.recent.diff_since(id, self.diff_published_upto(speed)),
+                DiffCatchUp::Snapshot
+            ),
+            StreamKind::Trade => self
+                .recent
+                .trades_since(id, self.last_trade_id)
+                .is_none_or(|missed| !missed.iter().any(|m| matches!(m, Missed::Gap { .. }))),
+            StreamKind::AggTrade => self
+                .recent
+                .aggs_since(id, self.next_agg_id - 1)
+                .is_none_or(|missed| !missed.iter().any(|m| matches!(m, Missed::Gap { .. }))),
+            _ => true,
+        }
+    }
+
     /// The last update id the diff stream of `speed` has published: windows hold back what
     /// they have merged since their last flush.
     fn diff_published_upto(&self, speed: Speed) -> u64 {

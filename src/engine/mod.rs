@@ -55,8 +55,15 @@ pub struct Attach {
     pub topics: Vec<Topic>,
     /// `resume=`: streams of `topics` and the last id the client holds of each.
     pub resume: Vec<(Topic, u64)>,
+    /// A poll cursor rather than `resume=`: if the history no longer holds everything after an
+    /// id, nothing is attached; the outbox is closed with [`EXPIRED`] and `ready` dropped.
+    pub strict: bool,
     pub ready: oneshot::Sender<()>,
 }
+
+/// The close code a strict attach's outbox gets when its cursor is older than the history (the
+/// poll answers `410 Gone`).
+pub const EXPIRED: u16 = 410;
 
 /// How long an attach whose `resume=` names ids this node has not published yet waits for them
 /// (a gateway slightly behind the one the client left), well within the handshake's 5 s.
@@ -376,6 +383,12 @@ impl Engine {
     /// other diff stream. `late`: the wait for ids this node had not published is over; such
     /// a diff stream gets a snapshot, such a trade stream nothing more.
     fn attach(&mut self, attach: Attach, late: bool) {
+        if attach.strict && !self.holds_history_for(&attach) {
+            attach
+                .outbox
+                .close(EXPIRED, "cursor older than the history", None);
+            return;
+        }
         let Attach {
             conn,
             shard,
@@ -385,6 +398,7 @@ impl Engine {
             snapshot,
             topics,
             resume,
+            strict,
             ready,
         } = attach;
         let hub = &mut self.stage.hub;
@@ -396,9 +410,15 @@ impl Engine {
             if !added.contains(&topic) {
                 continue;
             }
-            if !self.resume(conn, topic, id, unit) && late && is_diff(topic) {
+            if !self.resume(conn, topic, id, unit) && late && is_diff(topic) && !strict {
                 snapshots.push(topic);
             }
+        }
+        if strict {
+            // Marks the end of the catch-up for a poll: everything before it was missed, and a
+            // poll with nothing missed may answer at once.
+            self.stage.hub.control(conn, Change::None, Bytes::new());
+            return;
         }
         if snapshot {
             snapshots.extend(
@@ -422,6 +442,20 @@ impl Engine {
                 .symbols()
                 .get(usize::from(symbol))
                 .is_none_or(|s| s.is_published(kind, id))
+        })
+    }
+
+    /// Whether the history holds everything after each id `attach` resumes from.
+    fn holds_history_for(&self, attach: &Attach) -> bool {
+        attach.resume.iter().all(|&(topic, id)| {
+            let Topic::Symbol { symbol, kind } = topic else {
+                return true;
+            };
+            self.stage
+                .streams
+                .symbols()
+                .get(usize::from(symbol))
+                .is_none_or(|s| s.holds_since(kind, id))
         })
     }
 

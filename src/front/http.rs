@@ -257,7 +257,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     stream: &mut S,
     response: &Response,
     close: bool,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n{}\r\n",
         response.status,
@@ -276,7 +276,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
             // A clean end: FIN on TCP, close_notify on TLS (clients treat a bare EOF as an error).
             stream.shutdown().await?;
         }
-        Ok(())
+        Ok(out.len())
     };
     match tokio::time::timeout(WRITE_TIMEOUT, send).await {
         Ok(result) => result,

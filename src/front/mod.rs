@@ -7,6 +7,7 @@ pub mod auth;
 pub mod context;
 pub mod dashboard;
 pub mod http;
+pub mod poll;
 pub mod refuse;
 pub mod rest;
 pub mod router;

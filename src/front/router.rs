@@ -176,6 +176,19 @@ pub async fn serve<S: Transport>(
             );
             response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".into();
             response
+        } else if head.path == "/poll" {
+            let response = crate::front::poll::handle(&head, placement.shard, &ctx).await;
+            let transport = poll_transport(&head);
+            match write_response(&mut stream, &response, close).await {
+                Ok(bytes) => crate::metrics::transport_bytes(transport, bytes),
+                Err(_) => return,
+            }
+            if close {
+                return;
+            }
+            served = true;
+            idle_deadline = Instant::now() + timeout;
+            continue;
         } else {
             rest::handle(&head, peer, &ctx).await
         };
@@ -184,6 +197,15 @@ pub async fn serve<S: Transport>(
         }
         served = true;
         idle_deadline = Instant::now() + timeout;
+    }
+}
+
+/// Which transport a `/poll` request is, for its bytes: `wait=0` is short polling.
+fn poll_transport(head: &super::http::Head) -> crate::metrics::Transport {
+    if head.param("wait").as_deref() == Some("0") {
+        crate::metrics::Transport::Poll
+    } else {
+        crate::metrics::Transport::LongPoll
     }
 }
 

@@ -101,10 +101,10 @@ impl<R: Unpin> AsyncWrite for ReadSide<R> {
 }
 
 /// Detaches the connection from the hub however the session ends (even by panic or abort).
-struct Attached {
-    conn: u64,
-    outbox: Arc<Outbox>,
-    ctx: Arc<Context>,
+pub(crate) struct Attached {
+    pub(crate) conn: u64,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) ctx: Arc<Context>,
 }
 
 impl Drop for Attached {
@@ -202,6 +202,7 @@ async fn handshake<S: Transport>(
         snapshot: upgrade.snapshot,
         topics: upgrade.topics.clone(),
         resume: upgrade.resume.clone(),
+        strict: false,
         ready,
     }));
     let live = ctx.engine.try_send(attach).is_ok()

@@ -94,16 +94,7 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
                 "Unknown WebSocket path; use /ws, /ws/<s>, /stream?streams=<a>/<b> or /ws-api/v3.",
             ));
         };
-    let unit = match head.param("timeUnit") {
-        None => TimeUnit::Millisecond,
-        Some(value) => TimeUnit::parse(&value).ok_or_else(|| {
-            Response::error(
-                400,
-                -1100,
-                "Invalid timeUnit; use MILLISECOND or MICROSECOND.",
-            )
-        })?,
-    };
+    let unit = parse_time_unit(head)?;
     let snapshot = match head.param("snapshot").as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -144,6 +135,63 @@ pub fn parse_upgrade(head: &Head, ctx: &Context) -> Result<Upgrade, Response> {
         topics,
         resume,
     })
+}
+
+/// `timeUnit=MILLISECOND|MICROSECOND` (default milliseconds).
+pub fn parse_time_unit(head: &Head) -> Result<TimeUnit, Response> {
+    match head.param("timeUnit") {
+        None => Ok(TimeUnit::Millisecond),
+        Some(value) => TimeUnit::parse(&value).ok_or_else(|| {
+            Response::error(
+                400,
+                -1100,
+                "Invalid timeUnit; use MILLISECOND or MICROSECOND.",
+            )
+        }),
+    }
+}
+
+/// `streams=<s1>/<s2>` of the plain-HTTP transports (`/sse`, `/poll`): every name must be a
+/// stream (these are bookcast's own endpoints, with no client that sends anything else), at
+/// most `--max-streams` of them, each once. Returns the topics and the names as written.
+pub fn parse_named_streams(
+    head: &Head,
+    ctx: &Context,
+) -> Result<(Vec<Topic>, Vec<String>), Response> {
+    let refuse = |msg: &str| {
+        crate::metrics::rejected(crate::metrics::Rejection::BadStreamPath);
+        Response::error(400, -1100, msg)
+    };
+    let raw = head
+        .query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("streams="))
+        .map(decode_name)
+        .unwrap_or_default();
+    let names: Vec<String> = raw
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Err(refuse("Name at least one stream: streams=<s1>/<s2>."));
+    }
+    if names.len() > ctx.config.max_streams {
+        return Err(refuse(&format!(
+            "Too many streams: at most {} per connection.",
+            ctx.config.max_streams
+        )));
+    }
+    let mut topics: Vec<Topic> = Vec::with_capacity(names.len());
+    for name in &names {
+        let topic = stream::parse(name, &*ctx.feed)
+            .map_err(|_| refuse(&format!("Invalid stream name: {name}.")))?;
+        if topics.contains(&topic) {
+            return Err(refuse(&format!("{name} is named twice.")));
+        }
+        topics.push(topic);
+    }
+    Ok((topics, names))
 }
 
 /// Parses `resume=<stream>:<id>,..`: each stream must be a diff, `@trade` or `@aggTrade` stream

@@ -189,6 +189,34 @@ pub const FAMILIES: &[Family] = &[
         help: "Memory held by the resume= history (--history), every symbol.",
     },
     Family {
+        name: "bookcast_transport_requests_total",
+        kind: FamilyKind::Counter,
+        label: Some("transport"),
+        unit: None,
+        help: "Requests on the plain-HTTP transports (SPEC.md \"Other transports\"), by transport: sse (streams opened), longpoll, poll (wait=0). WebSocket connections are bookcast_connections_accepted_total.",
+    },
+    Family {
+        name: "bookcast_transport_events_total",
+        kind: FamilyKind::Counter,
+        label: Some("transport"),
+        unit: None,
+        help: "Events delivered over the plain-HTTP transports, by transport. WebSocket's are bookcast_frames_delivered_total.",
+    },
+    Family {
+        name: "bookcast_transport_bytes_total",
+        kind: FamilyKind::Counter,
+        label: Some("transport"),
+        unit: Some(Unit::Bytes),
+        help: "Bytes written over the plain-HTTP transports, response heads included, by transport. WebSocket's are bookcast_bytes_delivered_total.",
+    },
+    Family {
+        name: "bookcast_transport_open",
+        kind: FamilyKind::Gauge,
+        label: Some("transport"),
+        unit: None,
+        help: "Open SSE streams and polls waiting for events, by transport.",
+    },
+    Family {
         name: "bookcast_engine_updates_total",
         kind: FamilyKind::Counter,
         label: Some("symbol"),
@@ -380,6 +408,13 @@ fn known_label_values(family: &str) -> Vec<String> {
         "bookcast_auth_failures_total" => owned(AUTH_FAILURE_REASONS),
         "bookcast_subscriptions" => owned(SUBSCRIPTION_KINDS),
         "bookcast_resumes_total" => owned(RESUME_OUTCOMES),
+        "bookcast_transport_requests_total"
+        | "bookcast_transport_events_total"
+        | "bookcast_transport_bytes_total"
+        | "bookcast_transport_open" => Transport::ALL
+            .iter()
+            .map(|t| t.label().to_string())
+            .collect(),
         "bookcast_closes_total" => LABELLED_CLOSE_CODES
             .iter()
             .flat_map(|codes| codes.clone().map(close_label))
@@ -755,6 +790,60 @@ rejections! {
 /// A connection refused before the WebSocket upgrade.
 pub fn rejected(reason: Rejection) {
     counter!("bookcast_connections_rejected_total", "reason" => reason.label()).increment(1);
+}
+
+/// The plain-HTTP transports for the same streams (SPEC.md "Other transports").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    LongPoll,
+    /// Short polling: `wait=0`.
+    Poll,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [Transport::Sse, Transport::LongPoll, Transport::Poll];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// One request on a plain-HTTP transport (an SSE stream opened, a poll answered).
+pub fn transport_request(transport: Transport) {
+    counter!("bookcast_transport_requests_total", "transport" => transport.label()).increment(1);
+}
+
+/// Events delivered over a plain-HTTP transport.
+pub fn transport_events(transport: Transport, events: usize) {
+    counter!("bookcast_transport_events_total", "transport" => transport.label())
+        .increment(events as u64);
+}
+
+/// Bytes written over a plain-HTTP transport.
+pub fn transport_bytes(transport: Transport, bytes: usize) {
+    counter!("bookcast_transport_bytes_total", "transport" => transport.label())
+        .increment(bytes as u64);
+}
+
+/// Counts an open SSE stream or waiting poll in `bookcast_transport_open` until dropped.
+pub struct TransportOpen(Transport);
+
+impl TransportOpen {
+    pub fn new(transport: Transport) -> Self {
+        gauge!("bookcast_transport_open", "transport" => transport.label()).increment(1.0);
+        TransportOpen(transport)
+    }
+}
+
+impl Drop for TransportOpen {
+    fn drop(&mut self) {
+        gauge!("bookcast_transport_open", "transport" => self.0.label()).decrement(1.0);
+    }
 }
 
 /// `bookcast_auth_failures_total{reason}`: every value of

@@ -49,6 +49,22 @@ fn finish(mut buf: Vec<u8>, opcode: u8) -> Bytes {
     Bytes::from(buf).slice(start..)
 }
 
+/// The payload of a text frame built here (an unmasked server frame), `None` for any other
+/// frame: for transports that carry the same payloads without WebSocket framing.
+pub fn text_payload(frame: &[u8]) -> Option<&[u8]> {
+    let (&first, &second) = (frame.first()?, frame.get(1)?);
+    if first != FIN | OP_TEXT {
+        return None;
+    }
+    let header_len = match second {
+        126 => 4,
+        127 => 10,
+        len if len < 126 => 2,
+        _ => return None,
+    };
+    frame.get(header_len..)
+}
+
 /// A complete text frame holding `payload`.
 pub fn text(payload: &[u8]) -> Bytes {
     let mut buf = text_buffer(payload.len());
