@@ -201,13 +201,13 @@ enum End {
 }
 
 /// A REST depth fetch in flight for one diff stream (`--rest-book`).
-type Fetch =
-    Pin<Box<dyn Future<Output = (usize, Result<crate::book::RestSnapshot, RestError>)> + Send>>;
+type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Rest, RestError>)> + Send>>;
+
+/// A REST depth snapshot and the size of the response that carried it.
+type Rest = (crate::book::RestSnapshot, usize);
 
 /// Awaits `fetch` if there is one, else never resolves (a disabled `select!` branch).
-async fn fetched(
-    fetch: &mut Option<Fetch>,
-) -> (usize, Result<crate::book::RestSnapshot, RestError>) {
+async fn fetched(fetch: &mut Option<Fetch>) -> (usize, Result<Rest, RestError>) {
     match fetch {
         Some(f) => f.await,
         None => std::future::pending().await,
@@ -494,7 +494,7 @@ async fn check_books(
                     break;
                 }
                 Ok(Err(RestError::Other)) => continue,
-                Ok(Ok(rest)) => rest,
+                Ok(Ok((rest, _))) => rest,
             };
             // Read on until the book reaches REST's id (or passes it, or breaks).
             loop {

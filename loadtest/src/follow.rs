@@ -317,10 +317,11 @@ impl Session {
     pub fn on_rest(
         &mut self,
         i: usize,
-        rest: Option<RestSnapshot>,
+        rest: Option<(RestSnapshot, usize)>,
         stats: &Stats,
         started_us: u64,
     ) {
+        let recovering = self.lost_at.is_some();
         let Some(f) = self.streams.get_mut(i) else {
             return;
         };
@@ -331,8 +332,14 @@ impl Session {
         } = &mut f.phase
         {
             match rest {
-                Some(rest) => {
+                Some((rest, bytes)) => {
                     stats.sync.rest_snapshots.fetch_add(1, Ordering::Relaxed);
+                    if recovering {
+                        stats
+                            .sync
+                            .recovery_rest_bytes
+                            .fetch_add(bytes as u64, Ordering::Relaxed);
+                    }
                     *snapshot = Some(Book::from_rest(&rest));
                 }
                 None => *want_fetch = true,
@@ -956,10 +963,10 @@ mod tests {
             asks: vec![],
         };
         // Older than the first buffered diff can bridge: fetch again.
-        s.on_rest(0, Some(rest(5)), &stats, 0);
+        s.on_rest(0, Some((rest(5), 100)), &stats, 0);
         assert_eq!(count(&stats.sync.rest_refetches), 1);
         assert_eq!(s.next_fetch(), Some(0));
-        s.on_rest(0, Some(rest(10)), &stats, 0);
+        s.on_rest(0, Some((rest(10), 100)), &stats, 0);
         assert!(s.streams[0].book_live());
         assert_eq!(s.streams[0].book.as_ref().unwrap().u, 12);
         feed(&mut s, &stats, diff(13, 14, "2.00000000"));

@@ -136,6 +136,7 @@ pub struct SyncReport {
     pub missed_trades: u64,
     pub rest_snapshots: u64,
     pub rest_refetches: u64,
+    pub recovery_rest_bytes: u64,
     pub book_checks: u64,
     pub book_mismatches: u64,
     pub book_checks_inconclusive: u64,
@@ -172,6 +173,7 @@ impl SyncReport {
             missed_trades: n(&s.missed_trades),
             rest_snapshots: n(&s.rest_snapshots),
             rest_refetches: n(&s.rest_refetches),
+            recovery_rest_bytes: n(&s.recovery_rest_bytes),
             book_checks: n(&s.book_checks),
             book_mismatches: n(&s.book_mismatches),
             book_checks_inconclusive: n(&s.book_checks_inconclusive),
@@ -203,20 +205,11 @@ impl SyncReport {
 }
 
 pub fn print_sync(s: &SyncReport) {
-    println!(
-        "snapshots          {} ({} resyncs{})",
-        s.snapshots,
-        s.resyncs,
-        if s.slow_resynced > 0 {
-            format!(", {} slow clients resynced", s.slow_resynced)
-        } else {
-            String::new()
-        }
-    );
+    println!("snapshots          {} ({} resyncs)", s.snapshots, s.resyncs);
     if s.rest_snapshots > 0 {
         println!(
-            "rest snapshots     {} ({} refetched: older than the first buffered diff)",
-            s.rest_snapshots, s.rest_refetches
+            "rest snapshots     {} ({} refetched: older than the first buffered diff; {:.1} MB to recover after reconnects)",
+            s.rest_snapshots, s.rest_refetches, s.recovery_rest_bytes as f64 / 1e6
         );
     }
     println!(
@@ -414,8 +407,13 @@ pub fn print(report: &Report) {
     );
     println!("closes             {:?}", report.closes);
     if report.slow_clients > 0 {
+        let resynced = report
+            .sync
+            .as_ref()
+            .map(|s| format!(", {} resynced", s.slow_resynced))
+            .unwrap_or_default();
         println!(
-            "slow clients       {} ({} closed with 4008)",
+            "slow clients       {} ({} closed with 4008{resynced})",
             report.slow_clients, report.slow_closed
         );
     }

@@ -133,6 +133,9 @@ pub struct SyncStats {
     /// refetches because one was older than the first buffered diff.
     pub rest_snapshots: AtomicU64,
     pub rest_refetches: AtomicU64,
+    /// Bytes of the REST responses fetched to recover after a lost connection (what the
+    /// server sent for them, head included): a reconnect storm's REST cost.
+    pub recovery_rest_bytes: AtomicU64,
     /// End-of-run comparisons with REST: equal, different, not made at one update id in
     /// time, refused by the server's REST weight limit.
     pub book_checks: AtomicU64,
@@ -170,6 +173,7 @@ impl SyncStats {
             missed_trades: AtomicU64::new(0),
             rest_snapshots: AtomicU64::new(0),
             rest_refetches: AtomicU64::new(0),
+            recovery_rest_bytes: AtomicU64::new(0),
             book_checks: AtomicU64::new(0),
             book_mismatches: AtomicU64::new(0),
             book_checks_inconclusive: AtomicU64::new(0),

@@ -216,18 +216,19 @@ pub async fn symbols(target: &Target) -> Result<Vec<String>, String> {
 
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     match http_get_from(addr, None, path).await? {
-        (200, body) => Ok(body),
-        (status, _) => Err(format!("GET {path}: status {status}")),
+        (200, body, _) => Ok(body),
+        (status, _, _) => Err(format!("GET {path}: status {status}")),
     }
 }
 
 /// GET `path` from `addr` (from `source` when given, so REST weight is counted per loopback
-/// address as the clients' connections are), bounded to 10 s: the status and body.
+/// address as the clients' connections are), bounded to 10 s: the status, the body and the
+/// response's size in bytes.
 pub async fn http_get_from(
     addr: SocketAddr,
     source: Option<IpAddr>,
     path: &str,
-) -> Result<(u16, String), String> {
+) -> Result<(u16, String, usize), String> {
     let fetch = async {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -262,7 +263,11 @@ pub async fn http_get_from(
         let status = response
             .code
             .ok_or_else(|| format!("GET {path}: no status"))?;
-        Ok((status, String::from_utf8_lossy(&raw[head..]).into_owned()))
+        Ok((
+            status,
+            String::from_utf8_lossy(&raw[head..]).into_owned(),
+            raw.len(),
+        ))
     };
     tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
@@ -279,20 +284,23 @@ pub enum RestError {
     Other,
 }
 
-/// `/api/v3/depth?symbol=..&limit=..` from `addr`, from `source` when given.
+/// `/api/v3/depth?symbol=..&limit=..` from `addr`, from `source` when given, and the bytes of
+/// the response (head included: what the server sent for it).
 pub async fn depth(
     addr: SocketAddr,
     source: Option<IpAddr>,
     symbol: &str,
     limit: usize,
-) -> Result<crate::book::RestSnapshot, RestError> {
+) -> Result<(crate::book::RestSnapshot, usize), RestError> {
     let path = format!(
         "/api/v3/depth?symbol={}&limit={limit}",
         symbol.to_uppercase()
     );
     match http_get_from(addr, source, &path).await {
-        Ok((200, body)) => serde_json::from_str(&body).map_err(|_| RestError::Other),
-        Ok((429 | 418, _)) => Err(RestError::Limited),
+        Ok((200, body, size)) => serde_json::from_str(&body)
+            .map(|snapshot| (snapshot, size))
+            .map_err(|_| RestError::Other),
+        Ok((429 | 418, _, _)) => Err(RestError::Limited),
         Ok(_) | Err(_) => Err(RestError::Other),
     }
 }
