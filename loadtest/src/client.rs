@@ -1,52 +1,83 @@
-//! One load client: connect, receive until told to stop, check every event on the way.
+//! One load client: connect, receive until told to stop, check every event on the way
+//! ([`crate::follow`]); in the reconnect modes, connect again (to the next `--url`, resuming
+//! when asked), and in the book modes compare the book with REST at the end.
 
+use crate::follow::{Mode, Session};
 use crate::stats::{SlowClose, Stats};
+use crate::target::{self, RestError, Target};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// How every client of the run connects and reconnects.
+#[derive(Clone, Debug)]
+pub struct Connecting {
+    /// The `--url` targets; connection k of client i goes to target (i + k) % n.
+    pub targets: Arc<Vec<Target>>,
+    pub combined: bool,
+    pub micros: bool,
+    pub mode: Mode,
+    /// `--reconnect-every`: drop the connection and reconnect this often.
+    pub reconnect_every: Option<Duration>,
+    /// `--reconnect-on-close`: a connection the server closes (or that drops) is opened
+    /// again, until the run ends.
+    pub reconnect_on_close: bool,
+    /// Pause before each reconnect attempt (after a drop, a close or a failed attempt).
+    pub reconnect_delay: Duration,
+}
+
+impl Connecting {
+    /// The URL of a connection to `target` for `streams`, resuming `resume` when not empty.
+    pub fn url(&self, target: &Target, streams: &[String], resume: &str) -> String {
+        let mut query = Vec::new();
+        let path = if self.combined {
+            query.push(format!("streams={}", streams.join("/")));
+            "/stream".to_string()
+        } else {
+            format!("/ws/{}", streams.join("/"))
+        };
+        if self.micros {
+            query.push("timeUnit=MICROSECOND".into());
+        }
+        if self.mode.snapshot {
+            query.push("snapshot=true".into());
+        }
+        if !resume.is_empty() {
+            query.push(format!("resume={resume}"));
+        }
+        if query.is_empty() {
+            format!("{}{path}", target.base)
+        } else {
+            format!("{}{path}?{}", target.base, query.join("&"))
+        }
+    }
+}
 
 /// What a client is told to do.
 pub struct Plan {
     pub id: usize,
-    /// Index of its target in `--url`, for the per-URL breakdown.
+    /// Index of its first target in `--url`, for the per-URL breakdown.
     pub url_index: usize,
-    pub url: String,
-    pub server: SocketAddr,
-    pub source: Option<IpAddr>,
+    pub streams: Vec<String>,
+    pub connecting: Arc<Connecting>,
+    /// Source addresses to spread over (see `target::sources`); the client takes its own.
+    pub sources: Arc<Vec<Option<IpAddr>>>,
     /// Some(delay between reads) for a slow client.
     pub slow_read_every: Option<Duration>,
     pub recv_buffer: usize,
     pub started: Instant,
     /// At the end, how long a slow client may read at full speed to find a close the server
-    /// sent behind its backlog.
+    /// sent behind its backlog, and a book client may read to compare its book with REST.
     pub drain: Duration,
-}
-
-/// Only the fields the checks need; simd-json skips the rest (book levels included).
-#[derive(Deserialize)]
-#[allow(non_snake_case)]
-struct Event<'a> {
-    #[serde(borrow)]
-    e: Option<&'a str>,
-    E: Option<u64>,
-    #[serde(borrow)]
-    s: Option<&'a str>,
-    U: Option<u64>,
-    u: Option<u64>,
-    t: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct Combined<'a> {
-    #[serde(borrow)]
-    data: Option<Event<'a>>,
 }
 
 /// Resolves once the run is told to stop (the guard `wait_for` returns is not held).
@@ -54,38 +85,11 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// Last sequence number seen per (kind, symbol), for gap detection.
-#[derive(Default)]
-struct Sequences {
-    seen: Vec<(bool, String, u64)>,
-}
-
-impl Sequences {
-    /// Records `first..=last` for a stream; true when it does not follow the previous one.
-    fn gap(&mut self, trade: bool, symbol: &str, first: u64, last: u64) -> bool {
-        match self
-            .seen
-            .iter_mut()
-            .find(|(t, s, _)| *t == trade && s == symbol)
-        {
-            Some((_, _, previous)) => {
-                let gap = first != *previous + 1;
-                *previous = last;
-                gap
-            }
-            None => {
-                self.seen.push((trade, symbol.to_string(), last));
-                false
-            }
-        }
-    }
 }
 
 /// Slow clients read through a small buffer, so their backlog stays in the kernel where the
@@ -151,121 +155,430 @@ fn quote(text: &str) -> String {
     out
 }
 
-pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
-    let slow = plan.slow_read_every.is_some();
-    let socket = match plan.server {
+/// Opens a TCP connection from `source` and upgrades it.
+async fn connect(
+    plan: &Plan,
+    target: &Target,
+    source: Option<IpAddr>,
+    url: &str,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
-    };
-    let socket = match socket {
-        Ok(socket) => socket,
-        Err(e) => return stats.connect_failed(plan.url_index, connect_error("socket", &e)),
-    };
-    if let Some(source) = plan.source {
-        if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
-            return stats.connect_failed(plan.url_index, connect_error("bind", &e));
-        }
+    }
+    .map_err(|e| connect_error("socket", &e))?;
+    if let Some(source) = source {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| connect_error("bind", &e))?;
     }
     if plan.recv_buffer > 0 {
         let _ = socket.set_recv_buffer_size(plan.recv_buffer as u32);
     }
-    let connect_start = Instant::now();
-    let connected = async {
-        let stream = socket
-            .connect(plan.server)
-            .await
-            .map_err(|e| connect_error("connect", &e))?;
-        let _ = stream.set_nodelay(true);
-        tokio_tungstenite::client_async_with_config(
-            plan.url.as_str(),
-            stream,
-            Some(ws_config(slow)),
-        )
+    let stream = socket
+        .connect(target.addr)
         .await
-        .map_err(|e| upgrade_error(&e))
-    };
-    let mut ws = tokio::select! {
-        ws = connected => match ws {
-            Ok((ws, _)) => ws,
-            Err(reason) => return stats.connect_failed(plan.url_index, reason),
-        },
-        _ = stopped(&mut stop) => return,
-    };
-    stats
-        .connect_ms
-        .lock()
-        .saturating_record(connect_start.elapsed().as_millis().max(1) as u64);
-    stats.connected.fetch_add(1, Ordering::Relaxed);
-    stats
-        .url(plan.url_index)
-        .connected
-        .fetch_add(1, Ordering::Relaxed);
+        .map_err(|e| connect_error("connect", &e))?;
+    let _ = stream.set_nodelay(true);
+    tokio_tungstenite::client_async_with_config(
+        url,
+        stream,
+        Some(ws_config(plan.slow_read_every.is_some())),
+    )
+    .await
+    .map(|(ws, _)| ws)
+    .map_err(|e| upgrade_error(&e))
+}
 
-    let mut checker = Checker {
-        id: plan.id,
-        url_index: plan.url_index,
+/// Why a connection ended.
+enum End {
+    /// The run is over; the close code as the report counts it.
+    Stopped(u16),
+    /// `--reconnect-every` came due; the client closed.
+    Reconnect,
+    /// The server closed it, or it dropped.
+    Closed(u16),
+}
+
+/// A REST depth fetch in flight for one diff stream (`--rest-book`).
+type Fetch = Pin<Box<dyn Future<Output = (usize, Result<Rest, RestError>)> + Send>>;
+
+/// A REST depth snapshot and the size of the response that carried it.
+type Rest = (crate::book::RestSnapshot, usize);
+
+/// Awaits `fetch` if there is one, else never resolves (a disabled `select!` branch).
+async fn fetched(fetch: &mut Option<Fetch>) -> (usize, Result<Rest, RestError>) {
+    match fetch {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let slow = plan.slow_read_every.is_some();
+    let connecting = plan.connecting.clone();
+    let targets = &connecting.targets;
+    let mut session = Session::new(
+        plan.id,
+        plan.url_index,
         slow,
-        sequences: Sequences::default(),
-        latencies: Vec::with_capacity(LATENCY_BATCH),
-        flushed_at_us: now_us(),
-        buffers: simd_json::Buffers::new(1024),
-    };
-    let mut scratch: Vec<u8> = Vec::with_capacity(4096);
-    let counters = &stats.per_client[plan.id];
-    let code = loop {
-        let message = tokio::select! {
-            message = ws.next() => message,
-            _ = stopped(&mut stop) => break finish(&mut ws, slow, plan.drain).await,
+        connecting.mode,
+        &plan.streams,
+    );
+    session.micros = connecting.micros;
+    let started_us = now_us().saturating_sub(plan.started.elapsed().as_micros() as u64);
+    let mut connections = 0usize;
+    let mut final_code = 1000;
+    loop {
+        let target = &targets[(plan.url_index + connections) % targets.len().max(1)];
+        let source = target::source_for(target, &plan.sources, plan.id);
+        let resume = session.resume_param();
+        let url = connecting.url(target, &plan.streams, &resume);
+        let connect_start = Instant::now();
+        let connected_at_us = now_us();
+        let ws = tokio::select! {
+            ws = connect(&plan, target, source, &url) => ws,
+            _ = stopped(&mut stop) => break,
         };
-        match message {
-            Some(Ok(Message::Text(text))) => {
-                let received_us = now_us();
-                counters
-                    .bytes
-                    .fetch_add(text.len() as u64, Ordering::Relaxed);
-                counters.events.fetch_add(1, Ordering::Relaxed);
-                scratch.clear();
-                scratch.extend_from_slice(text.as_bytes());
-                checker.check(&mut scratch, received_us, &stats);
-                if let Some(every) = plan.slow_read_every {
-                    // The stop must not wait out a slow client's pause.
-                    tokio::select! {
-                        _ = tokio::time::sleep(every) => {}
-                        _ = stopped(&mut stop) => break finish(&mut ws, slow, plan.drain).await,
-                    }
+        let mut ws = match ws {
+            Ok(ws) => ws,
+            Err(reason) if connections == 0 => {
+                return stats.connect_failed(plan.url_index, reason);
+            }
+            Err(_) => {
+                // A reconnect that failed (the server restarting): the next URL, after a pause.
+                stats
+                    .sync
+                    .reconnect_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                connections += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(connecting.reconnect_delay) => continue,
+                    _ = stopped(&mut stop) => break,
                 }
             }
-            Some(Ok(Message::Close(frame))) => break frame.map_or(1005, |f| u16::from(f.code)),
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => break 1006,
+        };
+        stats
+            .connect_ms
+            .lock()
+            .saturating_record(connect_start.elapsed().as_millis().max(1) as u64);
+        if connections == 0 {
+            stats
+                .url(plan.url_index)
+                .connected
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.sync.reconnects.fetch_add(1, Ordering::Relaxed);
         }
-    };
-    checker.flush(&stats);
-    stats.connected.fetch_sub(1, Ordering::Relaxed);
-    stats.closed(code);
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        session.begin(!resume.is_empty(), connected_at_us);
+        let end = read(
+            &plan,
+            &mut ws,
+            &mut session,
+            target,
+            source,
+            &stats,
+            &mut stop,
+            started_us,
+        )
+        .await;
+        stats.connected.fetch_sub(1, Ordering::Relaxed);
+        connections += 1;
+        let lost_us = now_us().saturating_sub(started_us);
+        match end {
+            End::Stopped(code) => {
+                stats.closed(code);
+                final_code = code;
+                break;
+            }
+            End::Reconnect => {
+                stats.closed(1000);
+                session.lost(lost_us);
+            }
+            End::Closed(code) => {
+                stats.closed(code);
+                final_code = code;
+                if !connecting.reconnect_on_close || *stop.borrow() {
+                    break;
+                }
+                session.lost(lost_us);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(connecting.reconnect_delay) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    session.flush(&stats);
+    if slow && session.resynced {
+        stats.sync.slow_resynced.fetch_add(1, Ordering::Relaxed);
+    }
     if slow {
         let at_s = plan.started.elapsed().as_secs_f64();
         stats.slow_closed.lock().push(SlowClose {
             client: plan.id,
             at_s,
-            code,
+            code: final_code,
         });
     }
 }
 
+/// Receives on one connection until the run stops, a reconnect is due or the server closes.
+#[allow(clippy::too_many_arguments)]
+async fn read(
+    plan: &Plan,
+    ws: &mut WebSocketStream<TcpStream>,
+    session: &mut Session,
+    target: &Target,
+    source: Option<IpAddr>,
+    stats: &Stats,
+    stop: &mut watch::Receiver<bool>,
+    started_us: u64,
+) -> End {
+    let reconnect_at = plan
+        .connecting
+        .reconnect_every
+        .map(|every| tokio::time::Instant::now() + every);
+    let mut scratch: Vec<u8> = Vec::with_capacity(4096);
+    let mut fetch: Option<Fetch> = None;
+    loop {
+        if fetch.is_none() {
+            if let Some(i) = session.next_fetch() {
+                let symbol = session.streams[i].symbol.clone();
+                let addr = target.addr;
+                fetch = Some(Box::pin(async move {
+                    let result = target::depth(addr, source, &symbol, 5000).await;
+                    if matches!(result, Err(RestError::Limited)) {
+                        // The server's weight limit: wait before asking again, as a Binance
+                        // client must (reading on meanwhile).
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    (i, result)
+                }));
+            }
+        }
+        let message = tokio::select! {
+            message = ws.next() => message,
+            (i, result) = fetched(&mut fetch) => {
+                fetch = None;
+                session.on_rest(i, result.ok(), stats, started_us);
+                continue;
+            }
+            _ = sleep_until_opt(reconnect_at) => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                return End::Reconnect;
+            }
+            _ = stopped(stop) => return End::Stopped(stop_connection(plan, ws, session, target, source, stats, started_us).await),
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                receive(
+                    plan,
+                    session,
+                    &mut scratch,
+                    text.as_bytes(),
+                    stats,
+                    started_us,
+                );
+                if let Some(every) = plan.slow_read_every {
+                    // The stop must not wait out a slow client's pause.
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stopped(stop) => return End::Stopped(stop_connection(plan, ws, session, target, source, stats, started_us).await),
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return End::Closed(frame.map_or(1005, |f| u16::from(f.code)))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return End::Closed(1006),
+        }
+    }
+}
+
+/// Counts and checks one text message.
+fn receive(
+    plan: &Plan,
+    session: &mut Session,
+    scratch: &mut Vec<u8>,
+    text: &[u8],
+    stats: &Stats,
+    started_us: u64,
+) {
+    let received_us = now_us();
+    let counters = &stats.per_client[plan.id];
+    counters
+        .bytes
+        .fetch_add(text.len() as u64, Ordering::Relaxed);
+    counters.events.fetch_add(1, Ordering::Relaxed);
+    scratch.clear();
+    scratch.extend_from_slice(text);
+    session.check(scratch, received_us, started_us, stats);
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The run is over: in the book modes, compare each live book with REST first; then close.
+async fn stop_connection(
+    plan: &Plan,
+    ws: &mut WebSocketStream<TcpStream>,
+    session: &mut Session,
+    target: &Target,
+    source: Option<IpAddr>,
+    stats: &Stats,
+    started_us: u64,
+) -> u16 {
+    let deadline = tokio::time::Instant::now() + plan.drain;
+    if session.mode.books() {
+        if let Some(code) = check_books(
+            plan, ws, session, target, source, stats, started_us, deadline,
+        )
+        .await
+        {
+            return code;
+        }
+    }
+    finish(ws, plan.slow_read_every.is_some(), deadline).await
+}
+
+/// REST fetches per book before its comparison is given up as inconclusive.
+const CHECK_ATTEMPTS: usize = 10;
+
+/// Compares every live book with a REST snapshot at the same update id: fetch REST, read
+/// diffs until the book reaches its `lastUpdateId`, compare; when the book passed it (a
+/// windowed stream jumped over it) or REST is older than the book, fetch again. Returns the
+/// close code if the connection ended meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn check_books(
+    plan: &Plan,
+    ws: &mut WebSocketStream<TcpStream>,
+    session: &mut Session,
+    target: &Target,
+    source: Option<IpAddr>,
+    stats: &Stats,
+    started_us: u64,
+    deadline: tokio::time::Instant,
+) -> Option<u16> {
+    let mut scratch = Vec::with_capacity(4096);
+    for i in 0..session.streams.len() {
+        if !session.streams[i].book_live() {
+            continue;
+        }
+        let mut concluded = false;
+        for _ in 0..CHECK_ATTEMPTS {
+            let Some(book) = session.streams[i].book.as_ref() else {
+                break;
+            };
+            let limit = crate::book::rest_limit(book);
+            let symbol = session.streams[i].symbol.clone();
+            let rest = match tokio::time::timeout_at(
+                deadline,
+                target::depth(target.addr, source, &symbol, limit),
+            )
+            .await
+            {
+                Err(_) => break,
+                Ok(Err(RestError::Limited)) => {
+                    stats
+                        .sync
+                        .book_checks_limited
+                        .fetch_add(1, Ordering::Relaxed);
+                    concluded = true;
+                    break;
+                }
+                Ok(Err(RestError::Other)) => continue,
+                Ok(Ok((rest, _))) => rest,
+            };
+            // Read on until the book reaches REST's id (or passes it, or breaks).
+            loop {
+                let f = &session.streams[i];
+                match &f.book {
+                    Some(book) if f.book_live() && book.u < rest.last_update_id => {}
+                    _ => break,
+                }
+                match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Err(_) => break,
+                    Ok(Some(Ok(Message::Text(text)))) => receive(
+                        plan,
+                        session,
+                        &mut scratch,
+                        text.as_bytes(),
+                        stats,
+                        started_us,
+                    ),
+                    Ok(Some(Ok(Message::Close(frame)))) => {
+                        stats
+                            .sync
+                            .book_checks_inconclusive
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_)) | None) => {
+                        stats
+                            .sync
+                            .book_checks_inconclusive
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Some(1006);
+                    }
+                }
+            }
+            let f = &session.streams[i];
+            match &f.book {
+                Some(book) if f.book_live() && book.u == rest.last_update_id => {
+                    match book.compare(&rest, limit) {
+                        Ok(()) => {
+                            stats.sync.book_checks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(why) => stats.sync.mismatch(format!(
+                            "client {} {} at {}: {why}",
+                            plan.id, f.name, book.u
+                        )),
+                    }
+                    concluded = true;
+                    break;
+                }
+                Some(_) if f.book_live() => {}
+                // A gap broke the book: already counted as missed.
+                _ => {
+                    concluded = true;
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        if !concluded {
+            stats
+                .sync
+                .book_checks_inconclusive
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    None
+}
+
 /// Ends a client at the end of the run. A fast client closes normally. A slow one first reads
-/// whatever is still in flight at full speed: a server that evicted it put its close frame
-/// behind that backlog, and the report must show the code the server sent, not ours.
+/// whatever is still in flight at full speed (until `deadline`): a server that evicted it put
+/// its close frame behind that backlog, and the report must show the code the server sent,
+/// not ours.
 async fn finish<S>(
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
     slow: bool,
-    drain: Duration,
+    deadline: tokio::time::Instant,
 ) -> u16
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     if slow {
-        let deadline = tokio::time::Instant::now() + drain;
         loop {
             match tokio::time::timeout_at(deadline, ws.next()).await {
                 Ok(Some(Ok(Message::Close(frame)))) => {
@@ -277,105 +590,13 @@ where
             }
         }
     }
-    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     1000
-}
-
-/// Latencies a client buffers before recording them under one lock.
-const LATENCY_BATCH: usize = 64;
-/// ... or after this long, so per-second percentiles stay current for slow streams.
-const FLUSH_EVERY_US: u64 = 200_000;
-
-/// Per-client checking state: gap tracking, buffered latencies, reusable parse buffers.
-struct Checker {
-    id: usize,
-    url_index: usize,
-    slow: bool,
-    sequences: Sequences,
-    latencies: Vec<u32>,
-    flushed_at_us: u64,
-    buffers: simd_json::Buffers,
-}
-
-impl Checker {
-    /// Latency and gap checks on one event; `text` is parsed in place.
-    fn check(&mut self, text: &mut [u8], received_us: u64, stats: &Stats) {
-        let combined = text.starts_with(b"{\"stream\"");
-        let event = if combined {
-            simd_json::serde::from_slice_with_buffers::<Combined>(text, &mut self.buffers)
-                .ok()
-                .and_then(|c| c.data)
-        } else {
-            simd_json::serde::from_slice_with_buffers::<Event>(text, &mut self.buffers).ok()
-        };
-        let Some(event) = event else { return };
-        if let Some(event_us) = event.E {
-            let latency = received_us
-                .saturating_sub(event_us)
-                .min(u64::from(u32::MAX)) as u32;
-            self.latencies.push(latency);
-        }
-        let symbol = event.s.unwrap_or("");
-        let gap = match (event.e, event.U, event.u, event.t) {
-            (Some("depthUpdate"), Some(first), Some(last), _) => {
-                self.sequences.gap(false, symbol, first, last)
-            }
-            (Some("trade"), _, _, Some(id)) => self.sequences.gap(true, symbol, id, id),
-            _ => false,
-        };
-        if gap {
-            stats.gaps.fetch_add(1, Ordering::Relaxed);
-            stats
-                .url(self.url_index)
-                .gaps
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        if self.latencies.len() >= LATENCY_BATCH
-            || received_us.saturating_sub(self.flushed_at_us) >= FLUSH_EVERY_US
-        {
-            self.flushed_at_us = received_us;
-            self.flush(stats);
-        }
-    }
-
-    fn flush(&mut self, stats: &Stats) {
-        if self.latencies.is_empty() {
-            return;
-        }
-        stats.latency.record_all(self.id, &self.latencies);
-        stats.interval_latency.record_all(self.id, &self.latencies);
-        // A URL's clients have every n-th id: by id / n they spread over all its shards.
-        stats
-            .url(self.url_index)
-            .latency
-            .record_all(self.id / stats.per_url.len().max(1), &self.latencies);
-        if !self.slow {
-            stats.fast_latency.record_all(self.id, &self.latencies);
-        }
-        self.latencies.clear();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gaps_are_detected_per_stream() {
-        let mut seq = Sequences::default();
-        assert!(!seq.gap(false, "BTCUSDT", 10, 12));
-        assert!(!seq.gap(false, "BTCUSDT", 13, 13));
-        assert!(
-            !seq.gap(false, "ETHUSDT", 5, 5),
-            "first event of another symbol"
-        );
-        assert!(seq.gap(false, "BTCUSDT", 15, 15), "14 is missing");
-        assert!(
-            !seq.gap(true, "BTCUSDT", 1, 1),
-            "trades are tracked apart from diffs"
-        );
-        assert!(seq.gap(true, "BTCUSDT", 3, 3));
-    }
 
     #[test]
     fn connect_failures_name_the_refusal() {
@@ -409,36 +630,5 @@ mod tests {
             connect_error("connect", &refused),
             "connect: connection refused"
         );
-    }
-
-    #[test]
-    fn checks_raw_and_combined_payloads() {
-        let stats = Stats::new(1, 1, |_| 0);
-        let mut checker = Checker {
-            id: 0,
-            url_index: 0,
-            slow: false,
-            sequences: Sequences::default(),
-            latencies: Vec::new(),
-            flushed_at_us: 0,
-            buffers: simd_json::Buffers::new(256),
-        };
-        let now = now_us();
-        for (first, last) in [(1, 1), (2, 3), (5, 5)] {
-            let raw = format!(
-                r#"{{"e":"depthUpdate","E":{now},"s":"BTCUSDT","U":{first},"u":{last},"b":[["1.0","2.0"]],"a":[]}}"#
-            );
-            checker.check(&mut raw.into_bytes(), now + 100, &stats);
-        }
-        let combined = format!(
-            r#"{{"stream":"btcusdt@trade","data":{{"e":"trade","E":{now},"s":"BTCUSDT","t":7,"p":"1","q":"1","T":{now},"m":true,"M":true}}}}"#
-        );
-        checker.check(&mut combined.into_bytes(), now + 100, &stats);
-        checker.flush(&stats);
-        assert_eq!(stats.gaps.load(Ordering::Relaxed), 1);
-        assert_eq!(stats.url(0).gaps.load(Ordering::Relaxed), 1);
-        let mut merged = crate::stats::histogram();
-        stats.latency.merge_into(&mut merged, false);
-        assert_eq!(merged.len(), 4);
     }
 }

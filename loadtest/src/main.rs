@@ -1,8 +1,10 @@
 //! bookcast-load: thousands of WebSocket clients against a Binance-style server, with latency
 //! percentiles, throughput, gap detection and slow-consumer outcomes you can trust.
 
+mod book;
 mod churn;
 mod client;
+mod follow;
 mod html;
 mod processes;
 mod report;
@@ -121,6 +123,43 @@ struct Args {
     /// Loopback source addresses the churners rotate over (TIME_WAIT holds ports for 60 s).
     #[arg(long, default_value_t = 8)]
     churn_sources: usize,
+    /// Connect with `snapshot=true` (bookcast's addition): keep a local book per diff stream
+    /// from its in-band `depthSnapshot` and the diffs, count resyncs (a snapshot mid-stream),
+    /// and at the end compare each book with `/api/v3/depth` at the same update id.
+    #[arg(long, conflicts_with = "rest_book")]
+    snapshot: bool,
+    /// Keep local books the Binance way instead: buffer diffs, fetch `/api/v3/depth`, drop
+    /// what it holds, bridge (`U <= lastUpdateId+1 <= u`); compared with REST at the end too.
+    /// Each fetch weighs up to 250: raise the server's `--rest-weight-limit` for many clients.
+    #[arg(long)]
+    rest_book: bool,
+    /// On reconnect, pass `resume=<stream>:<last id>` for every diff, trade and aggTrade
+    /// stream, and check the catch-up: nothing missed, nothing twice.
+    #[arg(long)]
+    resume: bool,
+    /// Each client drops its connection this often and reconnects, to the next `--url`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    reconnect_every: Option<Duration>,
+    /// A connection the server closes (or that drops) is opened again until the run ends,
+    /// retried every --reconnect-delay: a server or gateway restart becomes a reconnect storm.
+    #[arg(long)]
+    reconnect_on_close: bool,
+    /// Pause before each reconnect attempt (after a drop, a close or a failed attempt); the
+    /// updates made meanwhile are what a resume must catch up on.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
+    reconnect_delay: Duration,
+}
+
+impl Args {
+    /// Whether a mode that checks for lost data is on: then any missed update or trade and
+    /// any book mismatch fails the run.
+    fn verifies_delivery(&self) -> bool {
+        self.snapshot || self.rest_book || self.resume
+    }
+
+    fn sync_modes(&self) -> bool {
+        self.verifies_delivery() || self.reconnect_every.is_some() || self.reconnect_on_close
+    }
 }
 
 fn parse_slow(text: &str, clients: usize) -> Result<usize, String> {
@@ -173,6 +212,13 @@ async fn run(args: Args) -> Result<(), String> {
     if args.processes > 1 {
         if args.churn > 0 {
             return Err("--churn runs in one process: leave out --processes".into());
+        }
+        if args.sync_modes() {
+            return Err(
+                "--snapshot, --rest-book, --resume and --reconnect-* run in one \
+                        process: leave out --processes"
+                    .into(),
+            );
         }
         return processes::coordinate(&args).await;
     }
@@ -252,37 +298,30 @@ async fn run(args: Args) -> Result<(), String> {
         stop_rx.clone(),
         args.child,
     ));
+    let connecting = Arc::new(client::Connecting {
+        targets: Arc::new(targets.clone()),
+        combined: args.combined,
+        micros: args.micros,
+        mode: follow::Mode {
+            snapshot: args.snapshot,
+            rest_book: args.rest_book,
+            resume: args.resume,
+        },
+        reconnect_every: args.reconnect_every,
+        reconnect_on_close: args.reconnect_on_close,
+        reconnect_delay: args.reconnect_delay,
+    });
+    let sources = Arc::new(sources);
     for id in 0..args.clients {
-        let streams = target::streams_for(id, &args.streams, &symbols, args.symbols_per_client);
-        let mut query = Vec::new();
-        let path = if args.combined {
-            query.push(format!("streams={}", streams.join("/")));
-            "/stream".to_string()
-        } else {
-            format!("/ws/{}", streams.join("/"))
-        };
-        if args.micros {
-            query.push("timeUnit=MICROSECOND".into());
-        }
-        let url_index = url_of(id);
-        let target = &targets[url_index];
-        let url = if query.is_empty() {
-            format!("{}{path}", target.base)
-        } else {
-            format!("{}{path}?{}", target.base, query.join("&"))
-        };
+        let slow = id >= args.clients - slow_clients;
         let plan = client::Plan {
             id,
-            url_index,
-            url,
-            server: target.addr,
-            source: target::source_for(target, &sources, id),
-            slow_read_every: (id >= args.clients - slow_clients).then_some(slow_every),
-            recv_buffer: if id >= args.clients - slow_clients {
-                args.slow_recv_buffer
-            } else {
-                0
-            },
+            url_index: url_of(id),
+            streams: target::streams_for(id, &args.streams, &symbols, args.symbols_per_client),
+            connecting: connecting.clone(),
+            sources: sources.clone(),
+            slow_read_every: slow.then_some(slow_every),
+            recv_buffer: if slow { args.slow_recv_buffer } else { 0 },
             started,
             drain: args
                 .grace
@@ -344,6 +383,9 @@ async fn run(args: Args) -> Result<(), String> {
             timeline,
         },
     );
+    if args.sync_modes() {
+        report.sync = Some(report::SyncReport::of(&stats));
+    }
     // Throughput over the measured window only (after the ramp).
     report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
     for (url, events) in report.per_url.iter_mut().zip(url_events_in_window) {
@@ -362,7 +404,11 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(churn) = &report.churn {
         churn::print(churn);
     }
-    report::write_files(&report, args.html.as_deref(), args.json.as_deref())
+    report::write_files(&report, args.html.as_deref(), args.json.as_deref())?;
+    match (&report.sync, args.verifies_delivery()) {
+        (Some(sync), true) => sync.verdict(),
+        _ => Ok(()),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM once the ramp is done: the run stops early and still reports

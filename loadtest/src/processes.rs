@@ -410,6 +410,7 @@ pub fn merge(
         latency_distribution: Vec::new(),
         per_url: Vec::new(),
         churn: None,
+        sync: None,
     };
     let mut ramp_s: f64 = 0.0;
     if children.len() != shares.len() {
@@ -1032,6 +1033,7 @@ mod tests {
                 latency_distribution: Vec::new(),
                 per_url,
                 churn: None,
+                sync: None,
             },
             ramp_s: clients as f64 / 1000.0,
             raw_histograms: RawHistograms {

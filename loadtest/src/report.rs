@@ -115,6 +115,133 @@ pub struct Report {
     /// `--churn`: connect/leave cycles (one process only: not read back by --processes).
     #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub churn: Option<crate::churn::ChurnReport>,
+    /// The book, resume and reconnect modes (one process only, like `churn`).
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub sync: Option<SyncReport>,
+}
+
+/// What `--snapshot`, `--rest-book`, `--resume`, `--reconnect-every` and
+/// `--reconnect-on-close` counted (see `stats::SyncStats` for each field's meaning).
+#[derive(Serialize, Debug, Default)]
+pub struct SyncReport {
+    pub snapshots: u64,
+    pub resyncs: u64,
+    pub slow_resynced: u64,
+    pub catchup_diffs: u64,
+    pub catchup_trades: u64,
+    pub resume_snapshots: u64,
+    pub resume_gaps: u64,
+    pub resume_gap_trades: u64,
+    pub missed_updates: u64,
+    pub missed_trades: u64,
+    pub rest_snapshots: u64,
+    pub rest_refetches: u64,
+    pub recovery_rest_bytes: u64,
+    pub book_checks: u64,
+    pub book_mismatches: u64,
+    pub book_checks_inconclusive: u64,
+    pub book_checks_limited: u64,
+    pub mismatch_examples: Vec<String>,
+    pub reconnects: u64,
+    pub reconnect_failures: u64,
+    /// Connections lost and recovered (every diff stream's book live again).
+    pub recoveries: u64,
+    /// From a lost connection to its client's books being live again, in µs.
+    pub recovery_us: Percentiles,
+    /// Seconds after the run started: the first connection lost and the last recovery, so
+    /// a storm's "every client live again" is `last_live_s - first_lost_s`.
+    pub first_lost_s: f64,
+    pub last_live_s: f64,
+}
+
+impl SyncReport {
+    pub fn of(stats: &Stats) -> Self {
+        let s = &stats.sync;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let recovery = s.recovery_us.lock();
+        let first_lost = n(&s.first_lost_us);
+        SyncReport {
+            snapshots: n(&s.snapshots),
+            resyncs: n(&s.resyncs),
+            slow_resynced: n(&s.slow_resynced),
+            catchup_diffs: n(&s.catchup_diffs),
+            catchup_trades: n(&s.catchup_trades),
+            resume_snapshots: n(&s.resume_snapshots),
+            resume_gaps: n(&s.resume_gaps),
+            resume_gap_trades: n(&s.resume_gap_trades),
+            missed_updates: n(&s.missed_updates),
+            missed_trades: n(&s.missed_trades),
+            rest_snapshots: n(&s.rest_snapshots),
+            rest_refetches: n(&s.rest_refetches),
+            recovery_rest_bytes: n(&s.recovery_rest_bytes),
+            book_checks: n(&s.book_checks),
+            book_mismatches: n(&s.book_mismatches),
+            book_checks_inconclusive: n(&s.book_checks_inconclusive),
+            book_checks_limited: n(&s.book_checks_limited),
+            mismatch_examples: s.mismatch_examples.lock().clone(),
+            reconnects: n(&s.reconnects),
+            reconnect_failures: n(&s.reconnect_failures),
+            recoveries: recovery.len(),
+            recovery_us: Percentiles::of(&recovery),
+            first_lost_s: if first_lost == u64::MAX {
+                0.0
+            } else {
+                first_lost as f64 / 1e6
+            },
+            last_live_s: n(&s.last_live_us) as f64 / 1e6,
+        }
+    }
+
+    /// The run fails on anything lost without notice and any book that differs from REST.
+    pub fn verdict(&self) -> Result<(), String> {
+        if self.missed_updates + self.missed_trades + self.book_mismatches == 0 {
+            return Ok(());
+        }
+        Err(format!(
+            "{} missed updates, {} missed trades, {} book mismatches",
+            self.missed_updates, self.missed_trades, self.book_mismatches
+        ))
+    }
+}
+
+pub fn print_sync(s: &SyncReport) {
+    println!("snapshots          {} ({} resyncs)", s.snapshots, s.resyncs);
+    if s.rest_snapshots > 0 {
+        println!(
+            "rest snapshots     {} ({} refetched: older than the first buffered diff; {:.1} MB to recover after reconnects)",
+            s.rest_snapshots, s.rest_refetches, s.recovery_rest_bytes as f64 / 1e6
+        );
+    }
+    println!(
+        "reconnects         {} ({} failed attempts)",
+        s.reconnects, s.reconnect_failures
+    );
+    println!(
+        "catch-up           {} diffs, {} trades; {} snapshots instead (history too old), {} resume gaps ({} trades)",
+        s.catchup_diffs, s.catchup_trades, s.resume_snapshots, s.resume_gaps, s.resume_gap_trades
+    );
+    println!(
+        "missed             {} updates, {} trades",
+        s.missed_updates, s.missed_trades
+    );
+    println!(
+        "book checks        {} equal to REST, {} mismatches, {} inconclusive, {} refused (REST weight limit)",
+        s.book_checks, s.book_mismatches, s.book_checks_inconclusive, s.book_checks_limited
+    );
+    for example in &s.mismatch_examples {
+        println!("{:<18} {example}", "");
+    }
+    if s.recoveries > 0 {
+        let r = &s.recovery_us;
+        println!(
+            "recovery ms        {} recoveries: p50 {:.1} p99 {:.1} max {:.1}; all live {:.3} s after the first loss",
+            s.recoveries,
+            r.p50 as f64 / 1e3,
+            r.p99 as f64 / 1e3,
+            r.max as f64 / 1e3,
+            (s.last_live_s - s.first_lost_s).max(0.0)
+        );
+    }
 }
 
 pub struct RunFacts {
@@ -189,6 +316,7 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         latency_distribution: distribution(&all),
         per_url,
         churn: None,
+        sync: None,
     }
 }
 
@@ -279,10 +407,18 @@ pub fn print(report: &Report) {
     );
     println!("closes             {:?}", report.closes);
     if report.slow_clients > 0 {
+        let resynced = report
+            .sync
+            .as_ref()
+            .map(|s| format!(", {} resynced", s.slow_resynced))
+            .unwrap_or_default();
         println!(
-            "slow clients       {} ({} closed with 4008)",
+            "slow clients       {} ({} closed with 4008{resynced})",
             report.slow_clients, report.slow_closed
         );
+    }
+    if let Some(sync) = &report.sync {
+        print_sync(sync);
     }
     if report.per_url.len() > 1 {
         print!("{}", per_url_table(&report.per_url));

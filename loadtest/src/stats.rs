@@ -105,8 +105,109 @@ const MAX_REASONS: usize = 32;
 /// Where reasons past [`MAX_REASONS`] are counted.
 pub const OTHER_REASONS: &str = "other reasons";
 
+/// What the book, resume and reconnect modes count (`--snapshot`, `--rest-book`, `--resume`,
+/// `--reconnect-every`, `--reconnect-on-close`); all zero in a plain run.
+pub struct SyncStats {
+    /// `depthSnapshot` events received (first ones, resyncs and resume fallbacks).
+    pub snapshots: AtomicU64,
+    /// `depthSnapshot`s in the middle of a live diff stream: the server resynced the client.
+    pub resyncs: AtomicU64,
+    /// Slow clients that were resynced at least once.
+    pub slow_resynced: AtomicU64,
+    /// Catch-up diffs (`U` = the resumed id + 1) received on resumed connections.
+    pub catchup_diffs: AtomicU64,
+    /// Trades and aggTrades received on a resumed stream with an event time before the
+    /// connection was opened: the server's replay of what the client missed.
+    pub catchup_trades: AtomicU64,
+    /// `depthSnapshot`s instead of a catch-up diff: the resumed id was older than the
+    /// server's history (or unknown to it).
+    pub resume_snapshots: AtomicU64,
+    /// `resumeGap` events, and the trades they said are lost.
+    pub resume_gaps: AtomicU64,
+    pub resume_gap_trades: AtomicU64,
+    /// Update ids and trade ids never received and never announced (a gap, or a resume that
+    /// did not start at id + 1).
+    pub missed_updates: AtomicU64,
+    pub missed_trades: AtomicU64,
+    /// REST depth snapshots fetched to build books the Binance way (`--rest-book`), and
+    /// refetches because one was older than the first buffered diff.
+    pub rest_snapshots: AtomicU64,
+    pub rest_refetches: AtomicU64,
+    /// Bytes of the REST responses fetched to recover after a lost connection (what the
+    /// server sent for them, head included): a reconnect storm's REST cost.
+    pub recovery_rest_bytes: AtomicU64,
+    /// End-of-run comparisons with REST: equal, different, not made at one update id in
+    /// time, refused by the server's REST weight limit.
+    pub book_checks: AtomicU64,
+    pub book_mismatches: AtomicU64,
+    pub book_checks_inconclusive: AtomicU64,
+    pub book_checks_limited: AtomicU64,
+    /// The first few mismatches, described.
+    pub mismatch_examples: Mutex<Vec<String>>,
+    /// Connections opened again after one ended, and attempts that failed on the way.
+    pub reconnects: AtomicU64,
+    pub reconnect_failures: AtomicU64,
+    /// From losing a connection to having every diff stream's book live again (or, without
+    /// diff streams, the first event), in µs.
+    pub recovery_us: Mutex<Histogram<u64>>,
+    /// µs since the run started: the first connection lost, the last recovery.
+    pub first_lost_us: AtomicU64,
+    pub last_live_us: AtomicU64,
+}
+
+/// Mismatches described in the report; the rest are only counted.
+const MISMATCH_EXAMPLES: usize = 5;
+
+impl SyncStats {
+    fn new() -> Self {
+        SyncStats {
+            snapshots: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            slow_resynced: AtomicU64::new(0),
+            catchup_diffs: AtomicU64::new(0),
+            catchup_trades: AtomicU64::new(0),
+            resume_snapshots: AtomicU64::new(0),
+            resume_gaps: AtomicU64::new(0),
+            resume_gap_trades: AtomicU64::new(0),
+            missed_updates: AtomicU64::new(0),
+            missed_trades: AtomicU64::new(0),
+            rest_snapshots: AtomicU64::new(0),
+            rest_refetches: AtomicU64::new(0),
+            recovery_rest_bytes: AtomicU64::new(0),
+            book_checks: AtomicU64::new(0),
+            book_mismatches: AtomicU64::new(0),
+            book_checks_inconclusive: AtomicU64::new(0),
+            book_checks_limited: AtomicU64::new(0),
+            mismatch_examples: Mutex::new(Vec::new()),
+            reconnects: AtomicU64::new(0),
+            reconnect_failures: AtomicU64::new(0),
+            recovery_us: Mutex::new(histogram()),
+            first_lost_us: AtomicU64::new(u64::MAX),
+            last_live_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn mismatch(&self, example: String) {
+        self.book_mismatches.fetch_add(1, Ordering::Relaxed);
+        let mut examples = self.mismatch_examples.lock();
+        if examples.len() < MISMATCH_EXAMPLES {
+            examples.push(example);
+        }
+    }
+
+    /// A recovery that took `us`, from a loss at `lost_us` (both µs since the run started).
+    pub fn recovered(&self, lost_us: u64, live_us: u64) {
+        self.recovery_us
+            .lock()
+            .saturating_record(live_us.saturating_sub(lost_us).clamp(1, MAX_LATENCY_US));
+        self.first_lost_us.fetch_min(lost_us, Ordering::Relaxed);
+        self.last_live_us.fetch_max(live_us, Ordering::Relaxed);
+    }
+}
+
 pub struct Stats {
     pub gaps: AtomicU64,
+    pub sync: SyncStats,
     pub connected: AtomicU64,
     pub connect_failures: AtomicU64,
     /// [`Stats::connect_failures`] by why: see `client::ConnectError`.
@@ -130,6 +231,7 @@ impl Stats {
         let urls = urls.max(1);
         Stats {
             gaps: AtomicU64::new(0),
+            sync: SyncStats::new(),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             connect_failure_reasons: Mutex::new(BTreeMap::new()),

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 /// The server to load: its socket address and the URL prefix for WebSocket paths.
 #[derive(Clone, Debug)]
@@ -215,8 +215,33 @@ pub async fn symbols(target: &Target) -> Result<Vec<String>, String> {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    match http_get_from(addr, None, path).await? {
+        (200, body, _) => Ok(body),
+        (status, _, _) => Err(format!("GET {path}: status {status}")),
+    }
+}
+
+/// GET `path` from `addr` (from `source` when given, so REST weight is counted per loopback
+/// address as the clients' connections are), bounded to 10 s: the status, the body and the
+/// response's size in bytes.
+pub async fn http_get_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    path: &str,
+) -> Result<(u16, String, usize), String> {
     let fetch = async {
-        let mut stream = TcpStream::connect(addr)
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(source) = source {
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| format!("bind {source}: {e}"))?;
+        }
+        let mut stream = socket
+            .connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -235,14 +260,49 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
             Ok(httparse::Status::Complete(n)) => n,
             _ => return Err(format!("GET {path}: malformed response")),
         };
-        if response.code != Some(200) {
-            return Err(format!("GET {path}: status {:?}", response.code));
-        }
-        Ok(String::from_utf8_lossy(&raw[head..]).into_owned())
+        let status = response
+            .code
+            .ok_or_else(|| format!("GET {path}: no status"))?;
+        Ok((
+            status,
+            String::from_utf8_lossy(&raw[head..]).into_owned(),
+            raw.len(),
+        ))
     };
     tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
         .map_err(|_| format!("GET {path}: timed out"))?
+}
+
+/// Why a REST depth snapshot could not be had.
+#[derive(Debug)]
+pub enum RestError {
+    /// 429 or 418: the server's REST weight limit (start it with a higher
+    /// `--rest-weight-limit`, or 0).
+    Limited,
+    /// Anything else (refused, timed out, malformed): the caller tries again.
+    Other,
+}
+
+/// `/api/v3/depth?symbol=..&limit=..` from `addr`, from `source` when given, and the bytes of
+/// the response (head included: what the server sent for it).
+pub async fn depth(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    symbol: &str,
+    limit: usize,
+) -> Result<(crate::book::RestSnapshot, usize), RestError> {
+    let path = format!(
+        "/api/v3/depth?symbol={}&limit={limit}",
+        symbol.to_uppercase()
+    );
+    match http_get_from(addr, source, &path).await {
+        Ok((200, body, size)) => serde_json::from_str(&body)
+            .map(|snapshot| (snapshot, size))
+            .map_err(|_| RestError::Other),
+        Ok((429 | 418, _, _)) => Err(RestError::Limited),
+        Ok(_) | Err(_) => Err(RestError::Other),
+    }
 }
 
 /// The streams client `index` subscribes to: each comma-separated pattern with `<sym>` takes
