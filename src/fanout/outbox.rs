@@ -24,10 +24,11 @@
 //! - **Conflation.** A snapshot-type event (partial depth, `bookTicker`, tickers, `avgPrice`)
 //!   says everything its stream has to say, so a newer one of the same stream replaces a
 //!   queued one in place instead of queueing behind it: a backed-up reader gets the latest
-//!   state sooner and the queue holds one frame per such stream. Only frames still in the
-//!   queue qualify (not a partly written front frame, nor what the session took), and a queue
-//!   with no conflatable frame is never scanned, so a healthy connection (empty queue) pays
-//!   nothing.
+//!   state sooner and the queue holds one frame per such stream. Only the backlog qualifies:
+//!   frames a flush already failed to write, not those of the current pass (a connection that
+//!   keeps up sees every event, however many one engine batch holds), nor a partly written
+//!   front frame or what the session took. A queue without a conflatable backlog frame is never
+//!   scanned, so a healthy connection (empty queue) pays nothing.
 //! - **Resync.** On a `snapshot=true` connection ([`Outbox::set_resyncable`]) an overflow
 //!   drops the queued diffs instead of the connection: the diffs are worthless anyway once one
 //!   is missing, and the engine can replace them with one `depthSnapshot` per diff stream.
@@ -168,6 +169,11 @@ struct State {
     /// A conflatable frame may be in `frames`: set when one is queued, cleared whenever
     /// `frames` empties, so pushes to a queue without one never scan it.
     may_conflate: bool,
+    /// How many frames at the front of `frames` were already there at the last flush: the
+    /// backlog, the only frames conflation may replace. Frames pushed in the current pass are
+    /// about to be written at its end, so a connection that keeps up sees every event (as on
+    /// Binance) however many the engine published in one batch.
+    backlog: usize,
     /// `snapshot=true`: an overflow resyncs instead of evicting.
     resyncable: bool,
     /// Diffs are skipped until the engine's snapshots arrive.
@@ -177,24 +183,26 @@ struct State {
 }
 
 impl State {
-    /// The newest queued frame of `key` that may still be replaced (not a partly written one).
+    /// The newest backlog frame of `key` that may still be replaced (not a partly written one).
     fn conflatable(&self, key: ConflateKey) -> Option<usize> {
         let first = usize::from(self.offset > 0);
-        (first..self.frames.len())
+        (first..self.backlog)
             .rev()
             .find(|&at| self.frames[at].class == Class::Conflate(key))
     }
 
     /// Drops every queued diff but a partly written front frame.
     fn drop_diffs(&mut self) {
-        let keep_front = self.offset > 0;
-        let (mut at, mut frames, mut bytes) = (0, 0, 0);
+        let (keep_front, backlog) = (self.offset > 0, self.backlog);
+        let (mut at, mut frames, mut bytes, mut dropped_backlog) = (0, 0, 0, 0);
         self.frames.retain(|queued| {
             let started = at == 0 && keep_front;
+            let in_backlog = at < backlog;
             at += 1;
             if queued.class == Class::Diff && !started {
                 frames += 1;
                 bytes += queued.frame.len();
+                dropped_backlog += usize::from(in_backlog);
                 false
             } else {
                 true
@@ -202,6 +210,7 @@ impl State {
         });
         self.count -= frames;
         self.bytes -= bytes;
+        self.backlog -= dropped_backlog;
     }
 
     fn fits(&self, bound: QueueBound, len: usize) -> bool {
@@ -323,6 +332,7 @@ impl Outbox {
         state.bytes -= dropped.iter().map(|q| q.frame.len()).sum::<usize>();
         state.count -= dropped.len();
         state.may_conflate = false;
+        state.backlog = 0;
         let waker = state.waker.take();
         drop(state);
         drop(dropped);
@@ -395,6 +405,7 @@ impl Outbox {
         let socket = match &state.direct {
             Some(socket) if state.wants_data && state.closing.is_none() => socket,
             _ => {
+                state.backlog = state.frames.len();
                 Self::wake_if_waiting(guard);
                 return;
             }
@@ -423,10 +434,12 @@ impl Outbox {
                 // pass, against one `send`).
                 state.frames = VecDeque::new();
                 state.may_conflate = false;
+                state.backlog = 0;
                 return;
             }
         }
         // A backlog: the session takes over until the socket drains.
+        state.backlog = state.frames.len();
         metrics.write_handoffs.increment(1);
         state.wants_data = false;
         let waker = state.waker.take();
@@ -512,6 +525,7 @@ impl Outbox {
             *offset = std::mem::take(&mut state.offset);
             state.wants_data = false;
             state.may_conflate = false;
+            state.backlog = 0;
             return Poll::Ready(None);
         }
         if let Some(closing) = &state.closing {
@@ -695,6 +709,13 @@ mod tests {
         );
     }
 
+    /// Ends a shard pass: no socket here, so whatever is queued becomes the backlog.
+    fn end_pass(outbox: &Outbox) {
+        let metrics =
+            SessionMetrics::new(Arc::new(crate::metrics::live_stats::LiveStats::default()));
+        outbox.flush(&metrics);
+    }
+
     fn key(list: u8) -> ConflateKey {
         ConflateKey {
             topic: Topic::ServerStats,
@@ -727,6 +748,7 @@ mod tests {
         );
         outbox.push_data(&tagged(10, b't'), 1, Class::Other);
         outbox.push_data(&tagged(10, b'b'), 1, b);
+        end_pass(&outbox);
         assert_eq!(outbox.push_data(&tagged(25, b'A'), 2, a), Push::Conflated);
         assert_eq!(
             outbox.queued_bytes(),
@@ -742,10 +764,10 @@ mod tests {
         );
         assert_eq!(batch[0].born_us, 2);
         // What the session took is on its way: a new event queues behind it.
-        assert_eq!(
+        assert!(matches!(
             outbox.push_data(&tagged(10, b'a'), 3, a),
-            Push::Queued { flush: false }
-        );
+            Push::Queued { .. }
+        ));
     }
 
     #[test]
@@ -757,15 +779,45 @@ mod tests {
         let a = Class::Conflate(key(0));
         outbox.push_data(&tagged(10, b'a'), 1, a);
         outbox.state.lock().offset = 4;
+        end_pass(&outbox);
         assert!(matches!(
             outbox.push_data(&tagged(10, b'b'), 1, a),
             Push::Queued { .. }
         ));
+        end_pass(&outbox);
         assert_eq!(outbox.push_data(&tagged(10, b'c'), 1, a), Push::Conflated);
         assert_eq!(
             outbox.push_data(&tagged(35, b'd'), 1, a),
             Push::Overflowed,
             "a replacement that would not fit overflows"
+        );
+    }
+
+    #[test]
+    fn events_of_one_pass_are_all_kept() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 1000,
+            max_frames: 10,
+        });
+        let a = Class::Conflate(key(0));
+        for tag in [b'a', b'b'] {
+            assert!(matches!(
+                outbox.push_data(&tagged(10, tag), 1, a),
+                Push::Queued { .. }
+            ));
+        }
+        end_pass(&outbox);
+        assert_eq!(outbox.push_data(&tagged(10, b'c'), 1, a), Push::Conflated);
+        assert!(matches!(
+            outbox.push_data(&tagged(10, b'd'), 1, a),
+            Push::Conflated
+        ));
+        let mut batch = VecDeque::new();
+        take(&outbox, &mut batch);
+        assert_eq!(
+            contents(&batch),
+            [(b'a', 10, a), (b'd', 10, a)],
+            "the newest event replaced the backlog's newest"
         );
     }
 
