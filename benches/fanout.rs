@@ -23,7 +23,7 @@
 use bookcast::derive::payload::write_diff;
 use bookcast::fanout::hub::Hub;
 use bookcast::fanout::outbox::{Outbox, QueueBound};
-use bookcast::fanout::shard::{ConnId, ShardLink, ShardMsg, ShardTable};
+use bookcast::fanout::shard::{ConnId, Shape, ShardLink, ShardMsg, ShardTable};
 use bookcast::market::feed::Feed;
 use bookcast::market::sim::{MarketSim, Step};
 use bookcast::metrics::live_stats::LiveStats;
@@ -83,7 +83,7 @@ fn hub_with(feed: &Arc<Feed>, naive: bool, n: usize) -> (Rig, Vec<Arc<Outbox>>) 
             conn as ConnId,
             0,
             outbox.clone(),
-            false,
+            Shape::Raw,
             TimeUnit::Millisecond,
             false,
             &[TOPIC],

@@ -144,6 +144,11 @@ pub struct Config {
     #[arg(long, env = "BOOKCAST_KLINE_HISTORY", default_value_t = 500)]
     pub kline_history: usize,
 
+    /// How often an SSE stream (`/sse`) gets a `: ping` comment, whatever else it is sent, so
+    /// proxies keep it open (SPEC.md: 15 s).
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub sse_keep_alive: Duration,
+
     /// How far back `resume=` reaches: each symbol's updates, trades and aggregates of this
     /// long are kept in memory (0: none; every resume then gets a snapshot or a `resumeGap`).
     #[arg(long, env = "BOOKCAST_HISTORY", value_parser = duration, default_value = "5m")]
@@ -209,6 +214,7 @@ impl Default for Config {
             trade_history: 1000,
             kline_history: 500,
             history: Duration::from_secs(300),
+            sse_keep_alive: Duration::from_secs(15),
             rest_weight_limit: 6000,
             engine_only: false,
         }

@@ -24,7 +24,7 @@ use crate::derive::recent::Recent;
 use crate::derive::{Publisher, Streams};
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
-use crate::fanout::shard::{ConnId, ShardLink};
+use crate::fanout::shard::{ConnId, Shape, ShardLink};
 use crate::market::feed::Feed;
 use crate::market::sim::Step;
 use crate::metrics::live_stats::{self, LiveStats, StatsWindow};
@@ -54,7 +54,8 @@ pub struct Attach {
     pub conn: ConnId,
     pub shard: usize,
     pub outbox: Arc<Outbox>,
-    pub combined: bool,
+    /// Raw, combined or SSE events (see [`Shape`]).
+    pub shape: Shape,
     pub unit: TimeUnit,
     /// `snapshot=true`: each diff stream starts with a `depthSnapshot`.
     pub snapshot: bool,
@@ -411,7 +412,7 @@ impl Engine {
             conn,
             shard,
             outbox,
-            combined,
+            shape,
             unit,
             snapshot,
             topics,
@@ -420,9 +421,7 @@ impl Engine {
             ready,
         } = attach;
         let hub = &mut self.stage.hub;
-        let added = hub.attach(
-            conn, shard, outbox, combined, unit, snapshot, &topics, ready,
-        );
+        let added = hub.attach(conn, shard, outbox, shape, unit, snapshot, &topics, ready);
         let mut snapshots: Vec<Topic> = Vec::new();
         for &(topic, id) in &resume {
             if !added.contains(&topic) {

@@ -21,7 +21,10 @@
 //! names is a member twice and gets the event under each name, as two subscriptions should.
 
 use super::outbox::Outbox;
-use super::shard::{list, variant, ConnId, Frames, ShardLink, ShardMsg, LISTS};
+use super::shard::{
+    is_microseconds, list, shape_of, spells_synonym, variant, ConnId, Frames, Shape, ShardLink,
+    ShardMsg, LISTS,
+};
 use crate::market::feed::Feed;
 use crate::metrics::{HubMetrics, ShardMetrics};
 use crate::protocol::control::Change;
@@ -34,11 +37,34 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 struct Route {
-    /// `{"stream":"<name>","data":`, the combined wrapper's prefix: with the key's own name,
-    /// then with its synonym's (the key's again if it has none; never used then).
-    combined_prefix: [Box<[u8]>; 2],
+    /// The key's own name, then its synonym's (the key's again if it has none; never used then).
+    names: [Naming; 2],
     /// Subscribers per shard, per list.
     counts: Vec<[u32; LISTS]>,
+}
+
+/// A stream's name, pre-rendered into what the named shapes put around a payload.
+struct Naming {
+    /// `{"stream":"<name>","data":`, the combined wrapper's prefix.
+    combined: Box<[u8]>,
+    /// `event: <name>\n`, and for numbered streams `id: <name>:` (the id and `\n` follow).
+    sse_event: Box<[u8]>,
+    sse_id: Option<Box<[u8]>>,
+}
+
+impl Naming {
+    fn new(feed: &Feed, topic: Topic) -> Self {
+        let name = topic.name(feed);
+        Naming {
+            combined: format!("{{\"stream\":\"{name}\",\"data\":")
+                .into_bytes()
+                .into_boxed_slice(),
+            sse_event: format!("event: {name}\n").into_bytes().into_boxed_slice(),
+            sse_id: topic
+                .is_resumable()
+                .then(|| format!("id: {name}:").into_bytes().into_boxed_slice()),
+        }
+    }
 }
 
 impl Route {
@@ -108,7 +134,7 @@ impl Hub {
         conn: ConnId,
         shard: usize,
         outbox: Arc<Outbox>,
-        combined: bool,
+        shape: Shape,
         unit: TimeUnit,
         snapshot: bool,
         topics: &[Topic],
@@ -118,7 +144,7 @@ impl Hub {
             return Vec::new();
         }
         outbox.set_resyncable(snapshot);
-        let slot = variant(combined, unit == TimeUnit::Microsecond);
+        let slot = variant(shape, unit == TimeUnit::Microsecond);
         self.connections.insert(
             conn,
             Connection {
@@ -185,11 +211,10 @@ impl Hub {
         if payloads.is_empty() {
             return;
         }
-        let prefix = (connection.slot >= 2)
-            .then(|| format!("{{\"stream\":\"{}\",\"data\":", topic.name(&*self.feed)));
+        let (shape, naming) = (shape_of(connection.slot), Naming::new(&self.feed, topic));
         let frames = payloads
             .iter()
-            .map(|payload| build_frame(prefix.as_deref().map(str::as_bytes), payload))
+            .map(|payload| build_frame(shape, &naming, topic, payload))
             .collect();
         self.metrics.serialized_many(payloads.len() as u64);
         self.shards[connection.shard].send(ShardMsg::CatchUp { conn, frames });
@@ -277,7 +302,15 @@ impl Hub {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
-        let slot = variant(combined, connection.slot % 2 == 1);
+        if shape_of(connection.slot) == Shape::Sse {
+            return; // a WebSocket property; an SSE stream has no control messages anyway
+        }
+        let shape = if combined {
+            Shape::Combined
+        } else {
+            Shape::Raw
+        };
+        let slot = variant(shape, is_microseconds(connection.slot));
         if connection.slot == slot {
             return;
         }
@@ -364,7 +397,7 @@ impl Hub {
         let born_us = crate::clock::monotonic_us();
         let time_dependent = topic.has_time_fields();
         let unit_of = |slot: usize| {
-            if slot % 2 == 1 && time_dependent {
+            if is_microseconds(slot) && time_dependent {
                 TimeUnit::Microsecond
             } else {
                 TimeUnit::Millisecond
@@ -377,12 +410,11 @@ impl Hub {
                 }
                 let mut each: Box<[Vec<Bytes>; LISTS]> = Box::default();
                 for (slot, frames) in each.iter_mut().enumerate() {
-                    let prefix = route.prefix(slot);
                     for _ in 0..counts[slot] {
                         let payload = &mut self.scratch[0];
                         payload.clear();
                         render(payload, unit_of(slot));
-                        frames.push(build_frame(prefix, payload));
+                        frames.push(route.frame(slot, topic, payload));
                     }
                     self.metrics.serialized_many(u64::from(counts[slot]));
                 }
@@ -409,7 +441,7 @@ impl Hub {
                 rendered[unit_index] = true;
                 self.metrics.serialized();
             }
-            *frame = Some(build_frame(route.prefix(slot), &self.scratch[unit_index]));
+            *frame = Some(route.frame(slot, topic, &self.scratch[unit_index]));
         }
         for (link, counts) in self.shards.iter_mut().zip(&route.counts) {
             if counts.iter().all(|&c| c == 0) {
@@ -438,21 +470,17 @@ impl Hub {
 }
 
 impl Route {
-    /// The combined wrapper's prefix for list `slot`, `None` for the raw lists.
-    fn prefix(&self, slot: usize) -> Option<&[u8]> {
-        (slot >= 2).then(|| &self.combined_prefix[usize::from(slot >= 4)][..])
+    /// `key`'s event `payload` as list `list` receives it.
+    fn frame(&self, list: usize, key: Topic, payload: &[u8]) -> Bytes {
+        let naming = &self.names[usize::from(spells_synonym(list))];
+        build_frame(shape_of(list), naming, key, payload)
     }
 }
 
 /// The route of fan-out key `key`.
 fn new_route(feed: &Feed, shards: usize, key: Topic) -> Route {
-    let prefix = |topic: Topic| {
-        format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed))
-            .into_bytes()
-            .into_boxed_slice()
-    };
     Route {
-        combined_prefix: [key, key.synonym().unwrap_or(key)].map(prefix),
+        names: [key, key.synonym().unwrap_or(key)].map(|topic| Naming::new(feed, topic)),
         counts: vec![[0; LISTS]; shards],
     }
 }
@@ -490,27 +518,66 @@ fn frame_for_one(
     topic: Topic,
     render: impl FnOnce(&mut Vec<u8>, TimeUnit),
 ) -> Bytes {
-    let unit = if slot % 2 == 1 {
+    let unit = if is_microseconds(slot) {
         TimeUnit::Microsecond
     } else {
         TimeUnit::Millisecond
     };
     let mut payload = Vec::with_capacity(16 * 1024);
     render(&mut payload, unit);
-    let prefix = (slot >= 2).then(|| format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed)));
-    build_frame(prefix.as_deref().map(str::as_bytes), &payload)
+    build_frame(shape_of(slot), &Naming::new(feed, topic), topic, &payload)
 }
 
-/// One finished text frame: the payload, wrapped as `{"stream":..,"data":<payload>}` if combined.
-fn build_frame(combined_prefix: Option<&[u8]>, payload: &[u8]) -> Bytes {
-    let prefix = combined_prefix.unwrap_or_default();
-    let mut buf = frame::text_buffer(prefix.len() + payload.len() + 1);
-    buf.extend_from_slice(prefix);
-    buf.extend_from_slice(payload);
-    if combined_prefix.is_some() {
-        buf.push(b'}');
+/// One finished event in `shape`: a WebSocket text frame of the payload, wrapped as
+/// `{"stream":..,"data":<payload>}` when combined; or an SSE event, with the event's id when
+/// `topic` is numbered.
+fn build_frame(shape: Shape, naming: &Naming, topic: Topic, payload: &[u8]) -> Bytes {
+    match shape {
+        Shape::Raw => frame::text(payload),
+        Shape::Combined => {
+            let prefix = &naming.combined;
+            let mut buf = frame::text_buffer(prefix.len() + payload.len() + 1);
+            buf.extend_from_slice(prefix);
+            buf.extend_from_slice(payload);
+            buf.push(b'}');
+            frame::finish_text(buf)
+        }
+        Shape::Sse => {
+            let mut buf = Vec::with_capacity(naming.sse_event.len() * 2 + payload.len() + 40);
+            buf.extend_from_slice(&naming.sse_event);
+            if let (Some(id_prefix), Some(id)) = (&naming.sse_id, event_id(topic, payload)) {
+                buf.extend_from_slice(id_prefix);
+                crate::protocol::json::push_u64(&mut buf, id);
+                buf.push(b'\n');
+            }
+            buf.extend_from_slice(b"data: ");
+            buf.extend_from_slice(payload);
+            buf.extend_from_slice(b"\n\n");
+            Bytes::from(buf)
+        }
     }
-    frame::finish_text(buf)
+}
+
+/// The id an event of a numbered stream carries (SPEC.md: `u` for diffs, and a
+/// `depthSnapshot`'s `lastUpdateId`; `t` for trades; `a` for aggregates), as `resume=` takes
+/// it; `None` for events without one (a `resumeGap`).
+pub fn event_id(topic: Topic, payload: &[u8]) -> Option<u64> {
+    use crate::protocol::json::find_u64_field as find;
+    match topic {
+        Topic::Symbol {
+            kind: StreamKind::Diff(_),
+            ..
+        } => find(payload, b"\"u\":").or_else(|| find(payload, b"\"lastUpdateId\":")),
+        Topic::Symbol {
+            kind: StreamKind::Trade,
+            ..
+        } => find(payload, b"\"t\":"),
+        Topic::Symbol {
+            kind: StreamKind::AggTrade,
+            ..
+        } => find(payload, b"\"a\":"),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -583,7 +650,11 @@ mod tests {
                 conn,
                 shard,
                 outbox.clone(),
-                combined,
+                if combined {
+                    Shape::Combined
+                } else {
+                    Shape::Raw
+                },
                 unit,
                 false,
                 &[],

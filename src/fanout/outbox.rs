@@ -39,7 +39,7 @@
 //!   connection overflows again within [`RESYNC_GRACE`] of a resync (it reads slower than
 //!   snapshots arrive), it is evicted as before.
 
-use crate::metrics::SessionMetrics;
+use crate::metrics::{SessionMetrics, Transport, TransportCounters};
 use crate::protocol::stream::Topic;
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
@@ -231,6 +231,9 @@ impl State {
 pub struct Outbox {
     state: Mutex<State>,
     bound: QueueBound,
+    /// A plain-HTTP transport's own counters (SSE), fed by every write; `None` for WebSocket,
+    /// whose writes `SessionMetrics` counts alone.
+    transport: Option<TransportCounters>,
 }
 
 impl Outbox {
@@ -238,6 +241,22 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             bound,
+            transport: None,
+        }
+    }
+
+    /// An outbox whose writes are also counted as `transport`'s events and bytes.
+    pub fn for_transport(bound: QueueBound, transport: Transport) -> Self {
+        Outbox {
+            transport: Some(TransportCounters::new(transport)),
+            ..Outbox::new(bound)
+        }
+    }
+
+    /// Counts `frames` events in `bytes` written, for a plain-HTTP transport's metrics.
+    pub fn count_transport(&self, frames: usize, bytes: usize) {
+        if let Some(counters) = &self.transport {
+            counters.wrote(frames, bytes);
         }
     }
 
@@ -450,6 +469,7 @@ impl Outbox {
                 _ => break,
             };
             let (frames, bytes) = wrote(&mut state.frames, &mut state.offset, n, metrics);
+            self.count_transport(frames, n);
             state.bytes -= bytes;
             state.count -= frames;
             if state.frames.is_empty() {

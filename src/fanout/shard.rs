@@ -44,29 +44,61 @@ use tokio::sync::{oneshot, Notify};
 /// A connection's identity for the server's lifetime.
 pub type ConnId = u64;
 
-/// The payload variants a topic may need: raw or combined, in ms or µs.
-pub const VARIANTS: usize = 4;
-
-/// Which of the [`VARIANTS`] a connection receives.
-pub fn variant(combined: bool, microseconds: bool) -> usize {
-    usize::from(combined) * 2 + usize::from(microseconds)
+/// How a connection receives events: the shape of what its socket is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// WebSocket text frames holding the bare payload (`/ws`).
+    Raw,
+    /// WebSocket text frames holding `{"stream":"<name>","data":<payload>}` (`/stream`, and
+    /// polls, which answer with these objects).
+    Combined,
+    /// Server-Sent Events: `event: <name>`, `id: <name>:<id>` for numbered streams,
+    /// `data: <payload>`, a blank line; raw bytes on an HTTP response (`/sse`).
+    Sse,
 }
 
-/// Subscriber lists per fan-out key ([`Topic::fanout_key`]): one per variant, then the two
-/// combined variants again for subscribers who used the key's synonym
-/// (`btcusdt@depth@1000ms` for `btcusdt@depth`), whose `"stream"` must echo their spelling.
-/// Raw payloads carry no name, so every raw subscriber shares the variant's list. List `l`
-/// is combined when `l >= 2`, in µs when `l` is odd, and spells the synonym when `l >= 4`.
-pub const LISTS: usize = VARIANTS + 2;
+/// The payload variants a topic may need: each [`Shape`], in ms or µs.
+pub const VARIANTS: usize = 6;
+
+/// Which of the [`VARIANTS`] a connection receives.
+pub fn variant(shape: Shape, microseconds: bool) -> usize {
+    shape as usize * 2 + usize::from(microseconds)
+}
+
+/// The shape of variant (or list) `slot`.
+pub fn shape_of(slot: usize) -> Shape {
+    match slot % VARIANTS / 2 {
+        0 => Shape::Raw,
+        1 => Shape::Combined,
+        _ => Shape::Sse,
+    }
+}
+
+/// Whether variant (or list) `slot` carries times in microseconds.
+pub fn is_microseconds(slot: usize) -> bool {
+    slot % 2 == 1
+}
+
+/// Subscriber lists per fan-out key ([`Topic::fanout_key`]): one per variant, then the four
+/// named variants (combined and SSE, which carry the stream's name) again for subscribers who
+/// used the key's synonym (`btcusdt@depth@1000ms` for `btcusdt@depth`), whose name must echo
+/// their spelling. Raw payloads carry no name, so every raw subscriber shares the variant's
+/// list. List `l >= VARIANTS` is variant `l - 4` spelling the synonym.
+pub const LISTS: usize = VARIANTS + 4;
 
 /// The list that a connection receiving `slot`'s variant joins when it subscribes to `topic`,
 /// a name as the client wrote it.
 pub fn list(slot: usize, topic: Topic) -> usize {
-    if slot >= 2 && topic.is_synonym() {
-        slot + 2
+    if shape_of(slot) != Shape::Raw && topic.is_synonym() {
+        slot + 4
     } else {
         slot
     }
+}
+
+/// Whether list `list` spells its key's synonym.
+pub fn spells_synonym(list: usize) -> bool {
+    list >= VARIANTS
 }
 
 /// Messages a shard's channel holds; when one is full the engine waits for that shard (no
@@ -82,6 +114,9 @@ const MESSAGES_PER_PASS: usize = 1024;
 pub const RESYNC_CAPACITY: usize = 256;
 
 /// What the engine tells a shard.
+// Most messages are `Publish`, which holds its frames inline (one per list, 320 bytes): boxing
+// them would allocate once more per event and shard, for the sake of the rarer messages.
+#[allow(clippy::large_enum_variant)]
 pub enum ShardMsg {
     /// A new connection receiving `slot`'s variant, with the streams named in its URL; `ready`
     /// fires once they are live on the shard.
@@ -142,6 +177,7 @@ pub enum ShardMsg {
 }
 
 /// An event's frames for one shard.
+#[allow(clippy::large_enum_variant)] // see ShardMsg: the shared case is the common one
 pub enum Frames {
     /// One finished frame per list ([`LISTS`]) this shard needs, shared by all its members.
     Shared([Option<Bytes>; LISTS]),

@@ -36,6 +36,8 @@ pub struct Head {
     pub host: Option<String>,
     /// `Authorization`, for a Bearer token under `--auth-tokens`.
     pub authorization: Option<String>,
+    /// `Last-Event-ID`, sent by a reconnecting `EventSource` (`/sse`).
+    pub last_event_id: Option<String>,
 }
 
 impl Head {
@@ -124,6 +126,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, BadHead> {
         origin: None,
         host: None,
         authorization: None,
+        last_event_id: None,
     };
     for header in request.headers.iter() {
         let value = header.value;
@@ -146,6 +149,8 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, BadHead> {
             combine(&mut head.host, text());
         } else if header.name.eq_ignore_ascii_case("authorization") {
             combine(&mut head.authorization, text());
+        } else if header.name.eq_ignore_ascii_case("last-event-id") {
+            head.last_event_id = Some(text());
         }
     }
     Ok(Some((head, consumed)))

@@ -13,6 +13,7 @@ pub mod rest;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod transport;
 pub mod upgrade;
 pub mod weight;

@@ -19,10 +19,11 @@ use super::session::Attached;
 use super::upgrade;
 use crate::engine::{Attach, Command, EXPIRED};
 use crate::fanout::outbox::{Closing, Outbox, Queued};
+use crate::fanout::shard::Shape;
 use crate::metrics::Transport;
 use crate::protocol::frame;
 use crate::protocol::json::TimeUnit;
-use crate::protocol::stream::{StreamKind, Topic};
+use crate::protocol::stream::Topic;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -69,7 +70,7 @@ pub async fn handle(head: &Head, shard: usize, ctx: &Arc<Context>) -> Response {
         conn,
         shard,
         outbox: outbox.clone(),
-        combined: true,
+        shape: Shape::Combined,
         unit: request.unit,
         snapshot: false,
         topics: request.topics.clone(),
@@ -156,30 +157,9 @@ fn note_id(request: &Request, ids: &mut [u64], event: &[u8]) {
     }) else {
         return;
     };
-    let key: &[u8] = match request.topics[index] {
-        Topic::Symbol {
-            kind: StreamKind::Diff(_),
-            ..
-        } => b"\"u\":",
-        Topic::Symbol {
-            kind: StreamKind::Trade,
-            ..
-        } => b"\"t\":",
-        _ => b"\"a\":",
-    };
-    if let Some(id) = find_u64(event, key) {
+    if let Some(id) = crate::fanout::hub::event_id(request.topics[index], event) {
         ids[index] = id;
     }
-}
-
-/// The number after the first `key` in `text` (our own payloads: one such key per event).
-pub(crate) fn find_u64(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&text[at..at + digits])
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// `{"cursor":"<ids>","events":[..]}`.

@@ -166,6 +166,11 @@ pub async fn serve<S: Transport>(
             .await;
             return;
         }
+        if head.path == "/sse" {
+            // An event stream takes the connection over until it ends.
+            crate::front::sse::serve(stream, peer, head, ctx, permit, placement).await;
+            return;
+        }
         let close = head.connection_close || head.http10 || head.content_length > 0;
         let response = if is_websocket_path(&head.path) {
             crate::metrics::rejected(Rejection::NotWebsocket);

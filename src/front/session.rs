@@ -13,7 +13,7 @@
 use crate::config::Config;
 use crate::engine::{Attach, Command};
 use crate::fanout::outbox::{self, Closing, Outbox, QueueBound, Queued, MAX_IOV};
-use crate::fanout::shard::Placement;
+use crate::fanout::shard::{Placement, Shape};
 use crate::front::context::Context;
 use crate::front::http;
 use crate::front::transport::Transport;
@@ -197,7 +197,11 @@ async fn handshake<S: Transport>(
         conn,
         shard,
         outbox: outbox.clone(),
-        combined: upgrade.combined,
+        shape: if upgrade.combined {
+            Shape::Combined
+        } else {
+            Shape::Raw
+        },
         unit: upgrade.unit,
         snapshot: upgrade.snapshot,
         topics: upgrade.topics.clone(),
@@ -667,7 +671,7 @@ fn poll_discard<R: AsyncRead + Unpin>(
 
 /// One vectored write of up to [`MAX_IOV`] queued frames, the first from `offset`. The slices
 /// are rebuilt on each poll rather than kept in the future, keeping the task small.
-fn poll_write_batch<W: AsyncWrite + Unpin>(
+pub(crate) fn poll_write_batch<W: AsyncWrite + Unpin>(
     write: &mut W,
     pending: &VecDeque<Queued>,
     offset: usize,

@@ -298,6 +298,7 @@ fn parse(text: &mut [u8]) -> Parsed {
         origin: None,
         host: None,
         authorization: None,
+        last_event_id: None,
     });
     Parsed {
         id,

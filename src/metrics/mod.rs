@@ -859,6 +859,27 @@ pub fn transport_bytes(transport: Transport, bytes: usize) {
         .increment(bytes as u64);
 }
 
+/// A transport's event and byte counters, resolved once (an SSE stream's writes are counted on
+/// every write).
+pub struct TransportCounters {
+    events: Counter,
+    bytes: Counter,
+}
+
+impl TransportCounters {
+    pub fn new(transport: Transport) -> Self {
+        TransportCounters {
+            events: counter!("bookcast_transport_events_total", "transport" => transport.label()),
+            bytes: counter!("bookcast_transport_bytes_total", "transport" => transport.label()),
+        }
+    }
+
+    pub fn wrote(&self, events: usize, bytes: usize) {
+        self.events.increment(events as u64);
+        self.bytes.increment(bytes as u64);
+    }
+}
+
 /// Counts an open SSE stream or waiting poll in `bookcast_transport_open` until dropped.
 pub struct TransportOpen(Transport);
 

@@ -177,6 +177,17 @@ pub fn nesting_depth(text: &[u8]) -> usize {
     deepest
 }
 
+/// The unsigned number right after the first `key` (e.g. `"u":`) in `text`: for reading an id
+/// back out of one of bookcast's own payloads, where each such key appears once.
+pub fn find_u64_field(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
