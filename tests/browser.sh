@@ -2,7 +2,9 @@
 # The live page in a real browser: Debian's chromium, headless, driven by playwright-core
 # (tests/browser/dashboard.mjs). bookcast-load drives traffic meanwhile so the numbers move.
 # Installs chromium (Debian) and playwright-core (npm, pinned by package-lock.json) itself.
-# Writes the screenshot to target/browser/dashboard.png.
+# Writes the screenshot to target/browser/dashboard.png. Then the browser's own EventSource follows
+# /sse on a server that ends every event stream after 3 s (tests/browser/eventsource.mjs): it must
+# reconnect with Last-Event-ID and miss nothing.
 set -euo pipefail
 CHECK=browser
 source "$(dirname "$0")/lib.sh"
@@ -22,3 +24,10 @@ PIDS+=($!)
 SHOT="$ROOT/target/browser/dashboard.png"
 node "$ROOT/tests/browser/dashboard.mjs" "http://127.0.0.1:$PORT" "$SHOT"
 say "the live page drew data in chromium; screenshot at $SHOT"
+
+# EventSource: a second server whose connections live 3 s, so every event stream is dropped by
+# the server and the browser reconnects by itself.
+SSE_PORT="$(free_port)"
+start_bookcast "$SSE_PORT" --max-lifetime 3s
+node "$ROOT/tests/browser/eventsource.mjs" "http://127.0.0.1:$SSE_PORT"
+say "chromium's EventSource reconnected with Last-Event-ID and missed nothing"
