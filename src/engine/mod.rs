@@ -15,6 +15,10 @@
 //! channel and are applied between steps, so a subscription's reply is queued after the
 //! subscription is live and a depth snapshot is taken exactly at the last published update id:
 //! Binance's snapshot-plus-diff algorithm then works with no special cases.
+//!
+//! Shards ask for resync snapshots (a `snapshot=true` connection whose queue overflowed, see
+//! [`crate::fanout::outbox`]) on a second bounded channel, read at the top of every turn for
+//! the same reason: each snapshot is taken between steps, at the last published update id.
 
 use crate::derive::recent::Recent;
 use crate::derive::{Publisher, Streams};
@@ -41,6 +45,8 @@ pub mod simulate;
 pub const COMMAND_CAPACITY: usize = 65_536;
 /// Commands applied per loop turn at most, so a storm of subscriptions cannot stall the books.
 const COMMANDS_PER_TURN: usize = 4_096;
+/// Resync requests answered per loop turn at most: each renders a snapshot per diff stream.
+const RESYNCS_PER_TURN: usize = 64;
 
 /// A new connection on `shard` and the streams named in its URL; `ready` fires once they are
 /// live there (and anything `snapshot` or `resume` asked for is queued ahead of their events).
@@ -110,8 +116,9 @@ impl EngineHandle {
 }
 
 /// Wakes the engine thread from outside its command channel: whoever feeds a [`Market`] from
-/// another thread (a gateway's follower) calls it after handing something over. Before the
-/// thread has started it does nothing; the thread's first turn looks anyway.
+/// another thread (a gateway's follower) calls it after handing something over, and shards
+/// after a resync request. Before the thread has started it does nothing; the thread's first
+/// turn looks anyway.
 #[derive(Clone, Default)]
 pub struct EngineWaker(Arc<OnceLock<std::thread::Thread>>);
 
@@ -128,8 +135,9 @@ impl EngineWaker {
 /// `market` drives it and `streams` is the derivation stage it starts from (see
 /// [`simulate::Simulation::new`] for the all-in-one server's). `naive_fanout` makes the hub
 /// serialize per subscriber (see [`Hub::new`]). `live` is where connections count what
-/// `!stats@1s` reports; `shards` are the write path's threads, in order, and `shard_metrics`
-/// their counters.
+/// `!stats@1s` reports; `shards` are the write path's threads, in order, `shard_metrics`
+/// their counters, and `resyncs` their resync requests
+/// ([`crate::fanout::shard::ResyncLink`], which must wake `start.waker`).
 pub fn spawn(
     feed: Arc<Feed>,
     start: Start,
@@ -137,6 +145,7 @@ pub fn spawn(
     live: Arc<LiveStats>,
     shards: Vec<ShardLink>,
     shard_metrics: ShardMetrics,
+    resyncs: Receiver<ConnId>,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
     let thread = std::thread::Builder::new()
@@ -162,6 +171,7 @@ pub fn spawn(
                 market,
                 feed,
                 deferred: Vec::new(),
+                resyncs,
             }
             .run(rx)
         })?;
@@ -299,6 +309,8 @@ struct Engine {
     /// Attaches waiting for this node to publish the ids their `resume=` names, with when to
     /// stop waiting. Bounded by the command channel and the connection limit.
     deferred: Vec<(Instant, Box<Attach>)>,
+    /// Connections whose shard asks for resync snapshots.
+    resyncs: Receiver<ConnId>,
 }
 
 /// Whether `topic` is a diff depth stream.
@@ -322,6 +334,12 @@ impl Engine {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
+            for _ in 0..RESYNCS_PER_TURN {
+                let Ok(conn) = self.resyncs.try_recv() else {
+                    break;
+                };
+                self.resync(conn);
+            }
             let mut deadline = self
                 .market
                 .advance(&mut self.stage)
@@ -338,7 +356,7 @@ impl Engine {
             // second. Senders unpark the thread; a send between this check and the park leaves
             // the unpark token set, so the park returns at once. Once every sender is gone,
             // `try_recv` at the top of the loop sees it within one timer period (100 ms).
-            if rx.is_empty() {
+            if rx.is_empty() && self.resyncs.is_empty() {
                 if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
                     std::thread::park_timeout(wait.min(IDLE_WAIT));
                 }
@@ -532,6 +550,19 @@ impl Engine {
                 });
             }
         }
+    }
+
+    /// A shard dropped `conn`'s queued diffs: send a `depthSnapshot` of each of its diff
+    /// streams, at the last published update id like [`Engine::send_snapshots`], so the
+    /// first diff after each has `U <= lastUpdateId + 1 <= u`.
+    fn resync(&mut self, conn: ConnId) {
+        let now_us = crate::clock::wall_us();
+        let streams = &self.stage.streams;
+        self.stage.hub.resync(conn, |symbol, out, unit| {
+            streams
+                .symbol(symbol)
+                .write_depth_snapshot(out, now_us, unit)
+        });
     }
 }
 

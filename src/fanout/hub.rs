@@ -27,7 +27,7 @@ use crate::metrics::{HubMetrics, ShardMetrics};
 use crate::protocol::control::Change;
 use crate::protocol::frame;
 use crate::protocol::json::TimeUnit;
-use crate::protocol::stream::Topic;
+use crate::protocol::stream::{StreamKind, SymbolId, Topic};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +54,9 @@ struct Connection {
     slot: usize,
     /// As the client named them (synonyms included), in subscription order.
     topics: Vec<Topic>,
-    /// `snapshot=true`: the engine sends each diff stream subscribed a `depthSnapshot` first.
+    /// `snapshot=true`: the engine sends each diff stream subscribed a `depthSnapshot` first,
+    /// and the outbox resyncs on overflow instead of evicting (mirrored on it, since the shard
+    /// decides that without asking the engine).
     snapshot: bool,
 }
 
@@ -115,6 +117,7 @@ impl Hub {
         if shard >= self.shards.len() {
             return Vec::new();
         }
+        outbox.set_resyncable(snapshot);
         let slot = variant(combined, unit == TimeUnit::Microsecond);
         self.connections.insert(
             conn,
@@ -166,16 +169,7 @@ impl Hub {
         let Some(connection) = self.connections.get(&conn) else {
             return;
         };
-        let unit = if connection.slot % 2 == 1 {
-            TimeUnit::Microsecond
-        } else {
-            TimeUnit::Millisecond
-        };
-        let mut payload = Vec::with_capacity(16 * 1024);
-        render(&mut payload, unit);
-        let prefix = (connection.slot >= 2)
-            .then(|| format!("{{\"stream\":\"{}\",\"data\":", topic.name(&*self.feed)));
-        let frame = build_frame(prefix.as_deref().map(str::as_bytes), &payload);
+        let frame = frame_for_one(&self.feed, connection.slot, topic, render);
         self.metrics.serialized();
         self.shards[connection.shard].send(ShardMsg::Reply { conn, frame });
     }
@@ -199,6 +193,37 @@ impl Hub {
             .collect();
         self.metrics.serialized_many(payloads.len() as u64);
         self.shards[connection.shard].send(ShardMsg::CatchUp { conn, frames });
+    }
+
+    /// Answers a shard's resync request: renders a `depthSnapshot` of every diff stream the
+    /// connection has with `render(symbol, payload, unit)`, as [`Hub::send_to_one`] would,
+    /// and sends them to its shard in one message, which lets its diffs through again (see
+    /// [`super::outbox`]). A connection that is gone gets nothing.
+    pub fn resync(
+        &mut self,
+        conn: ConnId,
+        mut render: impl FnMut(SymbolId, &mut Vec<u8>, TimeUnit),
+    ) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        let mut snapshots = Vec::new();
+        for &topic in &connection.topics {
+            if let Topic::Symbol {
+                symbol,
+                kind: StreamKind::Diff(_),
+            } = topic
+            {
+                snapshots.push(frame_for_one(
+                    &self.feed,
+                    connection.slot,
+                    topic,
+                    |out, unit| render(symbol, out, unit),
+                ));
+                self.metrics.serialized();
+            }
+        }
+        self.shards[connection.shard].send(ShardMsg::Resynced { conn, snapshots });
     }
 
     /// Counts the connection in each topic it did not have yet; returns those topics.
@@ -285,6 +310,7 @@ impl Hub {
             Change::SetSnapshot(snapshot) => {
                 if let Some(connection) = self.connections.get_mut(&conn) {
                     connection.snapshot = snapshot;
+                    connection.outbox.set_resyncable(snapshot);
                 }
             }
         }
@@ -455,6 +481,24 @@ fn remove_interest(topics: &mut HashMap<Topic, Route>, topic: Topic, shard: usiz
             topics.remove(&key);
         }
     }
+}
+
+/// One event for one connection receiving `slot`'s variant, named as `topic`.
+fn frame_for_one(
+    feed: &Feed,
+    slot: usize,
+    topic: Topic,
+    render: impl FnOnce(&mut Vec<u8>, TimeUnit),
+) -> Bytes {
+    let unit = if slot % 2 == 1 {
+        TimeUnit::Microsecond
+    } else {
+        TimeUnit::Millisecond
+    };
+    let mut payload = Vec::with_capacity(16 * 1024);
+    render(&mut payload, unit);
+    let prefix = (slot >= 2).then(|| format!("{{\"stream\":\"{}\",\"data\":", topic.name(feed)));
+    build_frame(prefix.as_deref().map(str::as_bytes), &payload)
 }
 
 /// One finished text frame: the payload, wrapped as `{"stream":..,"data":<payload>}` if combined.

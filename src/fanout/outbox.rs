@@ -18,14 +18,36 @@
 //! of control replies. Overflow never blocks the publisher: the outbox is emptied at once,
 //! marked with why, and the session closes the connection with 4008. Other closes (shutdown,
 //! limits) let the queue drain first, within the session's close timeout.
+//!
+//! Each frame carries a [`Class`], so that a connection that falls behind loses only what a
+//! newer frame makes worthless (SPEC.md, "Resync instead of eviction"):
+//! - **Conflation.** A snapshot-type event (partial depth, `bookTicker`, tickers, `avgPrice`)
+//!   says everything its stream has to say, so a newer one of the same stream replaces a
+//!   queued one in place instead of queueing behind it: a backed-up reader gets the latest
+//!   state sooner and the queue holds one frame per such stream. Only the backlog qualifies:
+//!   frames a flush already failed to write, not those of the current pass (a connection that
+//!   keeps up sees every event, however many one engine batch holds), nor a partly written
+//!   front frame or what the session took. A queue without a conflatable backlog frame is never
+//!   scanned, so a healthy connection (empty queue) pays nothing.
+//! - **Resync.** On a `snapshot=true` connection ([`Outbox::set_resyncable`]) an overflow
+//!   drops the queued diffs instead of the connection: the diffs are worthless anyway once one
+//!   is missing, and the engine can replace them with one `depthSnapshot` per diff stream.
+//!   The outbox then skips every diff until those snapshots arrive ([`Outbox::resynced`]);
+//!   since the shard applies the engine's messages in order, the diffs it skipped are exactly
+//!   those published before the snapshot, so each stream is contiguous again from it. If the
+//!   frame still does not fit once the diffs are gone (the queue is full of trades), or the
+//!   connection overflows again within [`RESYNC_GRACE`] of a resync (it reads slower than
+//!   snapshots arrive), it is evicted as before.
 
 use crate::metrics::SessionMetrics;
+use crate::protocol::stream::Topic;
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 use tokio::net::tcp::OwnedWriteHalf;
 
 /// Frames handed to one vectored write at most (well under IOV_MAX).
@@ -34,6 +56,10 @@ pub const MAX_IOV: usize = 64;
 /// Room above the byte bound for control replies, so a reply is not what tips a connection
 /// over; one LIST_SUBSCRIPTIONS reply for 1024 streams is about 30 KiB.
 pub const CONTROL_SLACK: usize = 64 * 1024;
+
+/// A connection that overflows again this soon after a resync reads slower than snapshots
+/// arrive: resyncing it again would only send snapshots it cannot take, so it is evicted.
+pub const RESYNC_GRACE: Duration = Duration::from_secs(1);
 
 /// How much one connection may have queued before it counts as a slow consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +74,42 @@ pub struct Queued {
     pub frame: Bytes,
     /// [`crate::clock::monotonic_us`] at publish; 0 for replies and control frames.
     pub born_us: u64,
+    /// What the outbox may do with the frame before it is written.
+    pub class: Class,
+}
+
+impl Queued {
+    /// A reply or control frame: no publish time, never dropped or replaced.
+    pub fn control(frame: Bytes) -> Self {
+        Queued {
+            frame,
+            born_us: 0,
+            class: Class::Other,
+        }
+    }
+}
+
+/// What a frame is, as far as a backed-up queue is concerned (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Class {
+    /// Written in order, never dropped or replaced: trades, klines, ticker arrays (which carry
+    /// only the symbols that changed), replies, control frames.
+    #[default]
+    Other,
+    /// A diff-depth event, or a resync's `depthSnapshot`: dropped when the connection resyncs,
+    /// which replaces them all with fresh snapshots.
+    Diff,
+    /// A snapshot-type event: a newer one with the same key replaces it while it is queued.
+    Conflate(ConflateKey),
+}
+
+/// Which stream a conflatable frame belongs to on one connection: its fan-out key and the
+/// subscriber list ([`super::shard::LISTS`]) it was queued from, because one connection can be
+/// in two lists of one key (both spellings, combined) and each name gets its own events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConflateKey {
+    pub topic: Topic,
+    pub list: u8,
 }
 
 /// Why an outbox stopped accepting frames; the writer turns it into a close frame.
@@ -69,6 +131,15 @@ pub enum Push {
     /// Queued; `flush`: the first frame since the last [`Outbox::flush`], so the publisher
     /// must call it once its pass is over.
     Queued { flush: bool },
+    /// Replaced a queued event of the same stream in place (conflated); nothing new to flush.
+    Conflated,
+    /// A diff dropped because the connection waits for its resync snapshots.
+    Skipped,
+    /// This push overflowed the bound of a connection that resyncs: its queued diffs are gone
+    /// and the publisher must ask the engine for snapshots (and call
+    /// [`Outbox::resync_failed`] if it cannot). `flush` as for `Queued`: the frame itself
+    /// was queued unless it was a diff.
+    Resync { flush: bool },
     /// This push overflowed the bound: the connection is now closing as a slow consumer.
     Overflowed,
     /// The connection was already closing; the frame was dropped.
@@ -92,12 +163,69 @@ struct State {
     wants_data: bool,
     /// Pushed to since the last flush (the publisher has it on its list).
     dirty: bool,
-    /// Bytes and frames of a `resume=` catch-up admitted above the bound; reset once the queue
-    /// has drained, so it lets exactly that backlog through once.
-    allowance: (usize, usize),
     /// The plain-TCP socket's write half, shared with the session, for direct writes; `None`
     /// for TLS and once the session has ended.
     direct: Option<Arc<OwnedWriteHalf>>,
+    /// A conflatable frame may be in `frames`: set when one is queued, cleared whenever
+    /// `frames` empties, so pushes to a queue without one never scan it.
+    may_conflate: bool,
+    /// How many frames at the front of `frames` were already there at the last flush: the
+    /// backlog, the only frames conflation may replace. Frames pushed in the current pass are
+    /// about to be written at its end, so a connection that keeps up sees every event (as on
+    /// Binance) however many the engine published in one batch.
+    backlog: usize,
+    /// `snapshot=true`: an overflow resyncs instead of evicting.
+    resyncable: bool,
+    /// Diffs are skipped until the engine's snapshots arrive.
+    resyncing: bool,
+    /// When the last resync started, for [`RESYNC_GRACE`].
+    last_resync: Option<Instant>,
+    /// Bytes and frames of a `resume=` catch-up admitted above the bound; reset once the queue
+    /// has drained, so it lets exactly that backlog through once.
+    allowance: (usize, usize),
+}
+
+impl State {
+    /// The newest backlog frame of `key` that may still be replaced (not a partly written one).
+    fn conflatable(&self, key: ConflateKey) -> Option<usize> {
+        let first = usize::from(self.offset > 0);
+        (first..self.backlog)
+            .rev()
+            .find(|&at| self.frames[at].class == Class::Conflate(key))
+    }
+
+    /// Drops every queued diff but a partly written front frame.
+    fn drop_diffs(&mut self) {
+        let (keep_front, backlog) = (self.offset > 0, self.backlog);
+        let (mut at, mut frames, mut bytes, mut dropped_backlog) = (0, 0, 0, 0);
+        self.frames.retain(|queued| {
+            let started = at == 0 && keep_front;
+            let in_backlog = at < backlog;
+            at += 1;
+            if queued.class == Class::Diff && !started {
+                frames += 1;
+                bytes += queued.frame.len();
+                dropped_backlog += usize::from(in_backlog);
+                false
+            } else {
+                true
+            }
+        });
+        self.count -= frames;
+        self.bytes -= bytes;
+        self.backlog -= dropped_backlog;
+    }
+
+    fn fits(&self, bound: QueueBound, len: usize) -> bool {
+        self.bytes + len <= bound.max_bytes + self.allowance.0
+            && self.count < bound.max_frames + self.allowance.1
+    }
+
+    fn push(&mut self, queued: Queued) {
+        self.bytes += queued.frame.len();
+        self.count += 1;
+        self.frames.push_back(queued);
+    }
 }
 
 pub struct Outbox {
@@ -113,52 +241,155 @@ impl Outbox {
         }
     }
 
-    /// Queues a data frame, or evicts the connection if that would overflow the bound.
-    pub fn push_data(&self, frame: &Bytes, born_us: u64) -> Push {
+    /// Queues a data frame of `class`: replaces a queued one it supersedes (conflation), skips
+    /// a diff while a resync is under way, and on overflow resyncs or evicts the connection
+    /// (see the module docs).
+    pub fn push_data(&self, frame: &Bytes, born_us: u64, class: Class) -> Push {
         let mut state = self.state.lock();
         if state.closing.is_some() {
             return Push::Closed;
         }
-        if state.bytes + frame.len() > self.bound.max_bytes + state.allowance.0
-            || state.count + 1 > self.bound.max_frames + state.allowance.1
-        {
-            state.closing = Some(Closing::SlowConsumer {
-                queued_bytes: state.bytes,
-                queued_frames: state.count,
-                bound: self.bound,
-            });
-            // Free the backlog now: a slow consumer must not hold memory while it is closed. A
-            // frame already partly on the wire stays, or the close frame would land inside it.
-            let started = if state.offset > 0 {
-                state.frames.pop_front()
-            } else {
-                None
-            };
-            let dropped = std::mem::take(&mut state.frames);
-            state.frames.extend(started);
-            state.bytes -= dropped.iter().map(|q| q.frame.len()).sum::<usize>();
-            state.count -= dropped.len();
-            let waker = state.waker.take();
-            drop(state);
-            drop(dropped);
-            wake(waker);
-            return Push::Overflowed;
+        match class {
+            Class::Diff if state.resyncing => return Push::Skipped,
+            Class::Conflate(key) if state.may_conflate => {
+                if let Some(at) = state.conflatable(key) {
+                    let old = state.frames[at].frame.len();
+                    if state.bytes - old + frame.len() <= self.bound.max_bytes {
+                        state.bytes = state.bytes - old + frame.len();
+                        state.frames[at] = Queued {
+                            frame: frame.clone(),
+                            born_us,
+                            class,
+                        };
+                        return Push::Conflated;
+                    }
+                }
+            }
+            _ => {}
         }
-        state.bytes += frame.len();
-        state.count += 1;
-        state.frames.push_back(Queued {
+        if !state.fits(self.bound, frame.len()) {
+            return self.overflow(state, frame, born_us, class);
+        }
+        state.may_conflate |= matches!(class, Class::Conflate(_));
+        state.push(Queued {
             frame: frame.clone(),
             born_us,
+            class,
         });
         let flush = !state.dirty;
         state.dirty = true;
         Push::Queued { flush }
     }
 
+    /// A data frame does not fit: resync if the connection may and that makes room, else evict.
+    fn overflow(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        frame: &Bytes,
+        born_us: u64,
+        class: Class,
+    ) -> Push {
+        let now = Instant::now();
+        let recently = state
+            .last_resync
+            .is_some_and(|at| now.duration_since(at) < RESYNC_GRACE);
+        if state.resyncable && !state.resyncing && !recently {
+            state.drop_diffs();
+            // A diff is skipped like the ones just dropped; anything else must fit now.
+            if class == Class::Diff || state.fits(self.bound, frame.len()) {
+                state.resyncing = true;
+                state.last_resync = Some(now);
+                let mut flush = false;
+                if class != Class::Diff {
+                    state.may_conflate |= matches!(class, Class::Conflate(_));
+                    state.push(Queued {
+                        frame: frame.clone(),
+                        born_us,
+                        class,
+                    });
+                    flush = !state.dirty;
+                    state.dirty = true;
+                }
+                return Push::Resync { flush };
+            }
+        }
+        self.evict(state);
+        Push::Overflowed
+    }
+
+    /// Closes the connection as a slow consumer and frees its backlog.
+    fn evict(&self, mut state: MutexGuard<'_, State>) {
+        state.closing = Some(Closing::SlowConsumer {
+            queued_bytes: state.bytes,
+            queued_frames: state.count,
+            bound: self.bound,
+        });
+        // Free the backlog now: a slow consumer must not hold memory while it is closed. A
+        // frame already partly on the wire stays, or the close frame would land inside it.
+        let started = if state.offset > 0 {
+            state.frames.pop_front()
+        } else {
+            None
+        };
+        let dropped = std::mem::take(&mut state.frames);
+        state.frames.extend(started);
+        state.bytes -= dropped.iter().map(|q| q.frame.len()).sum::<usize>();
+        state.count -= dropped.len();
+        state.may_conflate = false;
+        state.backlog = 0;
+        let waker = state.waker.take();
+        drop(state);
+        drop(dropped);
+        wake(waker);
+    }
+
+    /// Whether an overflow may resync instead of evicting (`snapshot=true`); the hub keeps it
+    /// in step with the connection's property.
+    pub fn set_resyncable(&self, resyncable: bool) {
+        self.state.lock().resyncable = resyncable;
+    }
+
+    /// The engine could not be asked for snapshots (its request channel is full): evict after
+    /// all, since the diffs are gone.
+    pub fn resync_failed(&self) {
+        let state = self.state.lock();
+        if state.closing.is_none() {
+            self.evict(state);
+        }
+    }
+
+    /// The engine's snapshots for a resync, one per diff stream, rendered after every diff
+    /// the outbox skipped: queues them and lets diffs through again. They may use the
+    /// [`CONTROL_SLACK`] like replies, since the queue just shed its diffs for them; if even
+    /// that is not enough the connection is evicted, and this returns true.
+    pub fn resynced(&self, snapshots: Vec<Bytes>) -> bool {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        state.resyncing = false;
+        let bytes: usize = snapshots.iter().map(Bytes::len).sum();
+        if state.bytes + bytes > self.bound.max_bytes + CONTROL_SLACK {
+            self.evict(state);
+            return true;
+        }
+        for frame in snapshots {
+            // Diffs in all but name: the next resync replaces them too.
+            state.push(Queued {
+                frame,
+                born_us: 0,
+                class: Class::Diff,
+            });
+        }
+        Self::wake_if_waiting(state);
+        false
+    }
+
     /// Queues a `resume=` catch-up. It may be far larger than the bound (minutes of trades), so
     /// it raises the bound by its own size until the queue next drains: live frames behind it
     /// still overflow at the usual bound above it, and a client that does not read it is
-    /// evicted as usual. Its size is bounded by `--history`.
+    /// evicted as usual. Its size is bounded by `--history`. Never conflated or dropped by a
+    /// resync: the client asked for exactly these events.
     pub fn push_catch_up(&self, frames: Vec<Bytes>) {
         let mut state = self.state.lock();
         if state.closing.is_some() {
@@ -167,11 +398,9 @@ impl Outbox {
         let bytes: usize = frames.iter().map(Bytes::len).sum();
         state.allowance.0 += bytes;
         state.allowance.1 += frames.len();
-        state.bytes += bytes;
-        state.count += frames.len();
-        state
-            .frames
-            .extend(frames.into_iter().map(|frame| Queued { frame, born_us: 0 }));
+        for frame in frames {
+            state.push(Queued::control(frame));
+        }
         Self::wake_if_waiting(state);
     }
 
@@ -199,6 +428,7 @@ impl Outbox {
         let socket = match &state.direct {
             Some(socket) if state.wants_data && state.closing.is_none() => socket,
             _ => {
+                state.backlog = state.frames.len();
                 Self::wake_if_waiting(guard);
                 return;
             }
@@ -226,11 +456,14 @@ impl Outbox {
                 // Idle again: hold no buffer until the next frame (one small allocation per
                 // pass, against one `send`).
                 state.frames = VecDeque::new();
+                state.may_conflate = false;
+                state.backlog = 0;
                 state.allowance = (0, 0);
                 return;
             }
         }
         // A backlog: the session takes over until the socket drains.
+        state.backlog = state.frames.len();
         metrics.write_handoffs.increment(1);
         state.wants_data = false;
         let waker = state.waker.take();
@@ -248,13 +481,11 @@ impl Outbox {
             return;
         }
         if state.bytes + frame.len() > self.bound.max_bytes + CONTROL_SLACK {
-            drop(state);
-            self.push_data(&frame, 0);
+            // Never a resync: replies are not diffs, and nothing here could ask for snapshots.
+            self.evict(state);
             return;
         }
-        state.bytes += frame.len();
-        state.count += 1;
-        state.frames.push_back(Queued { frame, born_us: 0 });
+        state.push(Queued::control(frame));
         Self::wake_if_waiting(state);
     }
 
@@ -276,9 +507,7 @@ impl Outbox {
             return;
         }
         if let Some(frame) = last {
-            state.bytes += frame.len();
-            state.count += 1;
-            state.frames.push_back(Queued { frame, born_us: 0 });
+            state.push(Queued::control(frame));
         }
         state.closing = Some(Closing::Close {
             code,
@@ -319,6 +548,8 @@ impl Outbox {
             std::mem::swap(&mut state.frames, batch);
             *offset = std::mem::take(&mut state.offset);
             state.wants_data = false;
+            state.may_conflate = false;
+            state.backlog = 0;
             return Poll::Ready(None);
         }
         if let Some(closing) = &state.closing {
@@ -443,11 +674,14 @@ mod tests {
             max_frames: 10,
         });
         assert!(matches!(
-            outbox.push_data(&frame(60), 1),
+            outbox.push_data(&frame(60), 1, Class::Other),
             Push::Queued { .. }
         ));
-        assert_eq!(outbox.push_data(&frame(60), 1), Push::Overflowed);
-        assert_eq!(outbox.push_data(&frame(1), 1), Push::Closed);
+        assert_eq!(
+            outbox.push_data(&frame(60), 1, Class::Other),
+            Push::Overflowed
+        );
+        assert_eq!(outbox.push_data(&frame(1), 1, Class::Other), Push::Closed);
         let mut batch = VecDeque::new();
         match take(&outbox, &mut batch) {
             Some(Closing::SlowConsumer {
@@ -467,14 +701,14 @@ mod tests {
             max_frames: 10,
         });
         assert!(matches!(
-            outbox.push_data(&frame(60), 1),
+            outbox.push_data(&frame(60), 1, Class::Other),
             Push::Queued { .. }
         ));
         let mut batch = VecDeque::new();
         assert_eq!(take(&outbox, &mut batch), None);
         assert_eq!(batch.len(), 1);
         assert_eq!(
-            outbox.push_data(&frame(60), 1),
+            outbox.push_data(&frame(60), 1, Class::Other),
             Push::Overflowed,
             "the taken frame still counts"
         );
@@ -482,23 +716,266 @@ mod tests {
             max_bytes: 100,
             max_frames: 2,
         });
-        outbox.push_data(&frame(10), 1);
+        outbox.push_data(&frame(10), 1, Class::Other);
         batch.clear();
         take(&outbox, &mut batch);
         outbox.written(1, 10);
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(matches!(
-            outbox.push_data(&frame(10), 1),
+            outbox.push_data(&frame(10), 1, Class::Other),
             Push::Queued { .. }
         ));
         assert!(matches!(
-            outbox.push_data(&frame(10), 1),
+            outbox.push_data(&frame(10), 1, Class::Other),
             Push::Queued { .. }
         ));
         assert_eq!(
-            outbox.push_data(&frame(10), 1),
+            outbox.push_data(&frame(10), 1, Class::Other),
             Push::Overflowed,
             "frame bound"
+        );
+    }
+
+    /// Ends a shard pass: no socket here, so whatever is queued becomes the backlog.
+    fn end_pass(outbox: &Outbox) {
+        let metrics =
+            SessionMetrics::new(Arc::new(crate::metrics::live_stats::LiveStats::default()));
+        outbox.flush(&metrics);
+    }
+
+    fn key(list: u8) -> ConflateKey {
+        ConflateKey {
+            topic: Topic::ServerStats,
+            list,
+        }
+    }
+
+    fn tagged(len: usize, tag: u8) -> Bytes {
+        Bytes::from(vec![tag; len])
+    }
+
+    /// What was queued, as (first byte, length, class).
+    fn contents(batch: &VecDeque<Queued>) -> Vec<(u8, usize, Class)> {
+        batch
+            .iter()
+            .map(|q| (q.frame[0], q.frame.len(), q.class))
+            .collect()
+    }
+
+    #[test]
+    fn a_newer_snapshot_type_event_replaces_the_queued_one_in_place() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 1000,
+            max_frames: 10,
+        });
+        let (a, b) = (Class::Conflate(key(0)), Class::Conflate(key(1)));
+        assert_eq!(
+            outbox.push_data(&tagged(10, b'a'), 1, a),
+            Push::Queued { flush: true }
+        );
+        outbox.push_data(&tagged(10, b't'), 1, Class::Other);
+        outbox.push_data(&tagged(10, b'b'), 1, b);
+        end_pass(&outbox);
+        assert_eq!(outbox.push_data(&tagged(25, b'A'), 2, a), Push::Conflated);
+        assert_eq!(
+            outbox.queued_bytes(),
+            45,
+            "the replaced frame's bytes are gone"
+        );
+        let mut batch = VecDeque::new();
+        take(&outbox, &mut batch);
+        assert_eq!(
+            contents(&batch),
+            [(b'A', 25, a), (b't', 10, Class::Other), (b'b', 10, b)],
+            "same place, newest content; another list of one key is another stream"
+        );
+        assert_eq!(batch[0].born_us, 2);
+        // What the session took is on its way: a new event queues behind it.
+        assert!(matches!(
+            outbox.push_data(&tagged(10, b'a'), 3, a),
+            Push::Queued { .. }
+        ));
+    }
+
+    #[test]
+    fn conflation_spares_a_partly_written_frame_and_respects_the_bound() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 40,
+            max_frames: 10,
+        });
+        let a = Class::Conflate(key(0));
+        outbox.push_data(&tagged(10, b'a'), 1, a);
+        outbox.state.lock().offset = 4;
+        end_pass(&outbox);
+        assert!(matches!(
+            outbox.push_data(&tagged(10, b'b'), 1, a),
+            Push::Queued { .. }
+        ));
+        end_pass(&outbox);
+        assert_eq!(outbox.push_data(&tagged(10, b'c'), 1, a), Push::Conflated);
+        assert_eq!(
+            outbox.push_data(&tagged(35, b'd'), 1, a),
+            Push::Overflowed,
+            "a replacement that would not fit overflows"
+        );
+    }
+
+    #[test]
+    fn events_of_one_pass_are_all_kept() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 1000,
+            max_frames: 10,
+        });
+        let a = Class::Conflate(key(0));
+        for tag in [b'a', b'b'] {
+            assert!(matches!(
+                outbox.push_data(&tagged(10, tag), 1, a),
+                Push::Queued { .. }
+            ));
+        }
+        end_pass(&outbox);
+        assert_eq!(outbox.push_data(&tagged(10, b'c'), 1, a), Push::Conflated);
+        assert!(matches!(
+            outbox.push_data(&tagged(10, b'd'), 1, a),
+            Push::Conflated
+        ));
+        let mut batch = VecDeque::new();
+        take(&outbox, &mut batch);
+        assert_eq!(
+            contents(&batch),
+            [(b'a', 10, a), (b'd', 10, a)],
+            "the newest event replaced the backlog's newest"
+        );
+    }
+
+    #[test]
+    fn a_resync_drops_queued_diffs_and_skips_them_until_the_snapshots() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 100,
+            max_frames: 10,
+        });
+        outbox.set_resyncable(true);
+        outbox.push_data(&tagged(30, b'd'), 1, Class::Diff);
+        outbox.state.lock().offset = 5;
+        outbox.push_data(&tagged(20, b't'), 1, Class::Other);
+        outbox.push_data(&tagged(30, b'd'), 1, Class::Diff);
+        // Overflow: the diffs go, but not the one partly on the wire.
+        assert_eq!(
+            outbox.push_data(&tagged(30, b'd'), 1, Class::Diff),
+            Push::Resync { flush: false }
+        );
+        assert_eq!(outbox.queued_bytes(), 50);
+        assert_eq!(
+            outbox.push_data(&tagged(10, b'd'), 1, Class::Diff),
+            Push::Skipped
+        );
+        assert!(matches!(
+            outbox.push_data(&tagged(10, b'k'), 1, Class::Other),
+            Push::Queued { .. }
+        ));
+        assert!(!outbox.resynced(vec![tagged(15, b's')]));
+        assert!(matches!(
+            outbox.push_data(&tagged(5, b'd'), 1, Class::Diff),
+            Push::Queued { .. }
+        ));
+        let mut batch = VecDeque::new();
+        take(&outbox, &mut batch);
+        assert_eq!(
+            contents(&batch),
+            [
+                (b'd', 30, Class::Diff),
+                (b't', 20, Class::Other),
+                (b'k', 10, Class::Other),
+                (b's', 15, Class::Diff),
+                (b'd', 5, Class::Diff),
+            ]
+        );
+    }
+
+    #[test]
+    fn overflowing_again_within_the_grace_evicts_and_later_resyncs_again() {
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 100,
+            max_frames: 10,
+        });
+        outbox.set_resyncable(true);
+        // Diffs until one does not simply queue.
+        let fill = |outbox: &Outbox| loop {
+            match outbox.push_data(&tagged(30, b'd'), 1, Class::Diff) {
+                Push::Queued { .. } => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(fill(&outbox), Push::Resync { flush: false });
+        assert!(!outbox.resynced(vec![tagged(30, b's')]));
+        // Long enough ago: another resync, which drops the old snapshot too.
+        let backdate = |outbox: &Outbox| {
+            let mut state = outbox.state.lock();
+            state.last_resync = state
+                .last_resync
+                .and_then(|at| at.checked_sub(RESYNC_GRACE));
+        };
+        backdate(&outbox);
+        assert_eq!(fill(&outbox), Push::Resync { flush: false });
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(!outbox.resynced(vec![tagged(30, b's')]));
+        assert_eq!(fill(&outbox), Push::Overflowed, "within a second");
+        assert!(matches!(
+            outbox.closing(),
+            Some(Closing::SlowConsumer { .. })
+        ));
+    }
+
+    #[test]
+    fn a_resync_that_frees_too_little_evicts() {
+        let bound = QueueBound {
+            max_bytes: 100,
+            max_frames: 10,
+        };
+        // The queue is full of trades: dropping its one diff does not make room.
+        let outbox = Outbox::new(bound);
+        outbox.set_resyncable(true);
+        outbox.push_data(&tagged(90, b't'), 1, Class::Other);
+        outbox.push_data(&tagged(5, b'd'), 1, Class::Diff);
+        assert_eq!(
+            outbox.push_data(&tagged(20, b't'), 1, Class::Other),
+            Push::Overflowed
+        );
+
+        // A trade that does not fit while the snapshots are awaited.
+        let outbox = Outbox::new(bound);
+        outbox.set_resyncable(true);
+        outbox.push_data(&tagged(60, b't'), 1, Class::Other);
+        outbox.push_data(&tagged(30, b'd'), 1, Class::Diff);
+        assert_eq!(
+            outbox.push_data(&tagged(30, b't'), 1, Class::Other),
+            Push::Resync { flush: false }
+        );
+        assert_eq!(
+            outbox.push_data(&tagged(20, b't'), 1, Class::Other),
+            Push::Overflowed
+        );
+
+        // Snapshots too big even for the slack.
+        let outbox = Outbox::new(bound);
+        outbox.set_resyncable(true);
+        outbox.push_data(&tagged(90, b'd'), 1, Class::Diff);
+        outbox.push_data(&tagged(20, b'd'), 1, Class::Diff);
+        assert!(outbox.resynced(vec![tagged(CONTROL_SLACK + 101, b's')]));
+        assert!(outbox.is_closing());
+
+        // The engine could not be asked.
+        let outbox = Outbox::new(bound);
+        outbox.set_resyncable(true);
+        outbox.push_data(&tagged(90, b'd'), 1, Class::Diff);
+        assert!(matches!(
+            outbox.push_data(&tagged(20, b'd'), 1, Class::Diff),
+            Push::Resync { .. }
+        ));
+        outbox.resync_failed();
+        assert_eq!(
+            outbox.push_data(&tagged(1, b'd'), 1, Class::Diff),
+            Push::Closed
         );
     }
 
@@ -507,6 +984,7 @@ mod tests {
         let queued = |b: &'static [u8]| Queued {
             frame: Bytes::from_static(b),
             born_us: 7,
+            class: Class::Other,
         };
         let mut pending: VecDeque<Queued> = [queued(b"abcd"), queued(b"ef")].into();
         let mut offset = 0;

@@ -16,10 +16,21 @@
 //!
 //! The engine wakes a shard at most once per engine batch, and only if the shard is parked:
 //! a busy shard sees new messages on its next pass without any wakeup.
+//!
+//! The shard knows each event's stream, so it tells the outbox what kind of frame it queues
+//! ([`Class`]): diffs, which a `snapshot=true` connection that overflows drops and gets back
+//! as fresh snapshots, and snapshot-type events, which a newer one of the same stream replaces
+//! while queued (SPEC.md, "Resync instead of eviction"). On such an overflow the shard asks
+//! the engine for the snapshots through a [`ResyncLink`], a bounded channel the other way; the
+//! engine answers through this shard's channel ([`ShardMsg::Resynced`]), so the answer is
+//! ordered after every diff published before the snapshots were taken and before every diff
+//! published after. When the request channel is full the connection is evicted instead: no
+//! queue anywhere grows without bound.
 
-use super::outbox::{Outbox, Push};
+use super::outbox::{Class, ConflateKey, Outbox, Push};
+use crate::engine::EngineWaker;
 use crate::metrics::ShardMetrics;
-use crate::protocol::stream::Topic;
+use crate::protocol::stream::{StreamKind, Topic};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use std::collections::HashMap;
@@ -66,6 +77,10 @@ pub const CHANNEL_CAPACITY: usize = 4096;
 /// Messages applied per pass at most, so sessions (reads, timers) on the shard get their turn.
 const MESSAGES_PER_PASS: usize = 1024;
 
+/// Resync requests that may wait for the engine, all shards together. Each costs the engine a
+/// snapshot per diff stream of the connection, so a burst beyond this evicts instead.
+pub const RESYNC_CAPACITY: usize = 256;
+
 /// What the engine tells a shard.
 pub enum ShardMsg {
     /// A new connection receiving `slot`'s variant, with the streams named in its URL; `ready`
@@ -109,6 +124,13 @@ pub enum ShardMsg {
     Detach {
         conn: ConnId,
         topics: Vec<Topic>,
+    },
+    /// The answer to a [`ResyncLink::request`]: a `depthSnapshot` frame per diff stream of
+    /// the connection, taken after every diff already sent to this shard; see
+    /// [`Outbox::resynced`].
+    Resynced {
+        conn: ConnId,
+        snapshots: Vec<Bytes>,
     },
     /// One event for every subscriber of `topic` (a fan-out key) on this shard.
     Publish {
@@ -198,6 +220,32 @@ impl Drop for ShardLink {
     }
 }
 
+/// The shards' way to ask the engine for a connection's resync snapshots (see the module docs).
+#[derive(Clone)]
+pub struct ResyncLink {
+    tx: Sender<ConnId>,
+    /// The engine parks when it has nothing to do; a request must not wait for its next timer.
+    waker: EngineWaker,
+}
+
+impl ResyncLink {
+    /// A bounded channel of [`RESYNC_CAPACITY`] requests; the engine reads the receiver and
+    /// `waker` wakes it.
+    pub fn channel(waker: EngineWaker) -> (ResyncLink, Receiver<ConnId>) {
+        let (tx, rx) = crossbeam_channel::bounded(RESYNC_CAPACITY);
+        (ResyncLink { tx, waker }, rx)
+    }
+
+    /// Asks for `conn`'s snapshots; false if the channel is full or the engine gone.
+    pub fn request(&self, conn: ConnId) -> bool {
+        let sent = self.tx.try_send(conn).is_ok();
+        if sent {
+            self.waker.wake();
+        }
+        sent
+    }
+}
+
 /// The front's end of a shard: where its connections are spawned.
 pub struct Shard {
     pub index: usize,
@@ -259,7 +307,12 @@ pub struct Shards {
 
 impl Shards {
     /// Starts `count` shard threads; returns them and the engine's links to them, in order.
-    pub fn start(count: usize, metrics: &ShardMetrics) -> io::Result<(Shards, Vec<ShardLink>)> {
+    /// `resync` is how they ask the engine for resync snapshots.
+    pub fn start(
+        count: usize,
+        metrics: &ShardMetrics,
+        resync: ResyncLink,
+    ) -> io::Result<(Shards, Vec<ShardLink>)> {
         let mut shards = Vec::with_capacity(count);
         let mut links = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
@@ -268,7 +321,7 @@ impl Shards {
                 .enable_all()
                 .build()?;
             let (link, rx) = ShardLink::detached();
-            let table = ShardTable::new(metrics.clone());
+            let table = ShardTable::new(metrics.clone()).resync_to(resync.clone());
             let wake = link.wake.clone();
             shards.push(Shard {
                 index,
@@ -361,6 +414,8 @@ pub struct ShardTable {
     /// Outboxes pushed to in this pass, flushed at its end.
     dirty: Vec<Arc<Outbox>>,
     metrics: ShardMetrics,
+    /// Where resync requests go; without one (tables driven by hand) overflows evict.
+    resync: Option<ResyncLink>,
 }
 
 impl ShardTable {
@@ -370,7 +425,14 @@ impl ShardTable {
             connections: HashMap::new(),
             dirty: Vec::new(),
             metrics,
+            resync: None,
         }
+    }
+
+    /// Lets overflowing `snapshot=true` connections resync through `link`.
+    pub fn resync_to(mut self, link: ResyncLink) -> Self {
+        self.resync = Some(link);
+        self
     }
 
     /// Applies one message from the engine.
@@ -404,6 +466,13 @@ impl ShardTable {
             ShardMsg::CatchUp { conn, frames } => {
                 if let Some(local) = self.connections.get(&conn) {
                     local.outbox.push_catch_up(frames);
+                }
+            }
+            ShardMsg::Resynced { conn, snapshots } => {
+                if let Some(local) = self.connections.get(&conn) {
+                    if local.outbox.resynced(snapshots) {
+                        self.metrics.enqueued(0, 1);
+                    }
                 }
             }
             ShardMsg::Detach { conn, topics } => {
@@ -455,38 +524,60 @@ impl ShardTable {
         let Some(lists) = self.topics.get(&topic) else {
             return;
         };
-        let (mut queued, mut evicted) = (0u64, 0u64);
-        let mut push = |member: &Member, frame: &Bytes, dirty: &mut Vec<Arc<Outbox>>| match member
-            .outbox
-            .push_data(frame, born_us)
-        {
-            Push::Queued { flush } => {
-                queued += 1;
-                if flush {
-                    dirty.push(member.outbox.clone());
+        let classes: [Class; LISTS] = std::array::from_fn(|list| class_of(topic, list));
+        let (mut queued, mut evicted, mut conflated, mut resyncs) = (0u64, 0u64, 0u64, 0u64);
+        let resync = &self.resync;
+        let mut push = |member: &Member, frame: &Bytes, class: Class, dirty: &mut Vec<_>| {
+            let flush = match member.outbox.push_data(frame, born_us, class) {
+                Push::Queued { flush } => {
+                    queued += 1;
+                    flush
                 }
+                Push::Conflated => {
+                    conflated += 1;
+                    false
+                }
+                Push::Resync { flush } => {
+                    if resync
+                        .as_ref()
+                        .is_some_and(|link| link.request(member.conn))
+                    {
+                        resyncs += 1;
+                    } else {
+                        member.outbox.resync_failed();
+                        evicted += 1;
+                    }
+                    flush
+                }
+                Push::Overflowed => {
+                    evicted += 1;
+                    false
+                }
+                Push::Skipped | Push::Closed => false,
+            };
+            if flush {
+                dirty.push(member.outbox.clone());
             }
-            Push::Overflowed => evicted += 1,
-            Push::Closed => {}
         };
         match &frames {
             Frames::Shared(shared) => {
-                for (list, frame) in lists.iter().zip(shared) {
+                for ((list, frame), &class) in lists.iter().zip(shared).zip(&classes) {
                     let Some(frame) = frame else { continue };
                     for member in list {
-                        push(member, frame, &mut self.dirty);
+                        push(member, frame, class, &mut self.dirty);
                     }
                 }
             }
             Frames::PerSubscriber(each) => {
-                for (list, frames) in lists.iter().zip(each.iter()) {
+                for ((list, frames), &class) in lists.iter().zip(each.iter()).zip(&classes) {
                     for (member, frame) in list.iter().zip(frames) {
-                        push(member, frame, &mut self.dirty);
+                        push(member, frame, class, &mut self.dirty);
                     }
                 }
             }
         }
         self.metrics.enqueued(queued, evicted);
+        self.metrics.backlog(conflated, resyncs);
     }
 
     /// Ends a pass: writes each outbox pushed to in it (see [`Outbox::flush`]).
@@ -499,5 +590,73 @@ impl ShardTable {
     /// Connections this shard knows.
     pub fn connections(&self) -> usize {
         self.connections.len()
+    }
+}
+
+/// What a frame of fan-out key `topic`, queued from list `list`, is to a backed-up queue.
+/// Ticker arrays (`!miniTicker@arr`, `!ticker_<w>@arr`) carry only the symbols that changed,
+/// so a newer one does not supersede an older one; neither do trades or klines (a kline's
+/// final update of an interval must not be replaced by the next interval's first).
+fn class_of(topic: Topic, list: usize) -> Class {
+    let Topic::Symbol { kind, .. } = topic else {
+        return Class::Other;
+    };
+    match kind {
+        StreamKind::Diff(_) => Class::Diff,
+        StreamKind::Partial { .. }
+        | StreamKind::BookTicker
+        | StreamKind::MiniTicker
+        | StreamKind::Ticker
+        | StreamKind::RollingTicker(_)
+        | StreamKind::AvgPrice => Class::Conflate(ConflateKey {
+            topic,
+            list: list as u8,
+        }),
+        StreamKind::Trade
+        | StreamKind::AggTrade
+        | StreamKind::Kline(_)
+        | StreamKind::KlineUtc8(_) => Class::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::stream::{Speed, TickerWindow};
+
+    #[test]
+    fn diffs_resync_snapshot_types_conflate_and_the_rest_stay() {
+        let on = |kind| Topic::Symbol { symbol: 0, kind };
+        assert_eq!(class_of(on(StreamKind::Diff(Speed::Ms100)), 2), Class::Diff);
+        let partial = on(StreamKind::Partial {
+            levels: 5,
+            speed: Speed::Unspecified,
+        });
+        assert_eq!(
+            class_of(partial, 4),
+            Class::Conflate(ConflateKey {
+                topic: partial,
+                list: 4
+            }),
+            "each list of a key is its own stream"
+        );
+        for kind in [
+            StreamKind::BookTicker,
+            StreamKind::Ticker,
+            StreamKind::MiniTicker,
+            StreamKind::RollingTicker(TickerWindow::H1),
+            StreamKind::AvgPrice,
+        ] {
+            assert!(matches!(class_of(on(kind), 0), Class::Conflate(_)));
+        }
+        for topic in [
+            on(StreamKind::Trade),
+            on(StreamKind::AggTrade),
+            Topic::AllMiniTickers,
+            Topic::AllRollingTickers(TickerWindow::D1),
+            Topic::ServerStats,
+        ] {
+            assert_eq!(class_of(topic, 0), Class::Other, "{topic:?}");
+        }
     }
 }

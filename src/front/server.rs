@@ -12,7 +12,7 @@
 
 use crate::config::Config;
 use crate::engine;
-use crate::fanout::shard::{Placement, Shards};
+use crate::fanout::shard::{Placement, ResyncLink, Shards};
 use crate::front::admission::{AttemptLimiter, IpConnections};
 use crate::front::auth::TokenSet;
 use crate::front::context::Context;
@@ -95,7 +95,8 @@ pub async fn run_with(
     let live = Arc::new(LiveStats::default());
     let session_metrics = SessionMetrics::new(live.clone());
     let shard_metrics = ShardMetrics::new(session_metrics.clone());
-    let (shards, links) = Shards::start(config.shard_count(), &shard_metrics)?;
+    let (resync, resyncs) = ResyncLink::channel(start.waker.clone());
+    let (shards, links) = Shards::start(config.shard_count(), &shard_metrics, resync)?;
     let (engine, engine_thread) = engine::spawn(
         feed.clone(),
         start,
@@ -103,6 +104,7 @@ pub async fn run_with(
         live,
         links,
         shard_metrics,
+        resyncs,
     )?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);

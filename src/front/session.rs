@@ -416,7 +416,7 @@ impl Session {
                                 state.frame_queued = true;
                                 if state.code != CLOSE_ABNORMAL {
                                     let frame = frame::close(state.code, &describe(&closing).1);
-                                    pending.push_back(Queued { frame, born_us: 0 });
+                                    pending.push_back(Queued::control(frame));
                                 }
                             } else {
                                 state.write_shut = true;

@@ -273,6 +273,20 @@ pub const FAMILIES: &[Family] = &[
         help: "Connections closed with 4008 because their queue overflowed.",
     },
     Family {
+        name: "bookcast_resyncs_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Overflows of snapshot=true connections answered by dropping their queued diffs and sending fresh depthSnapshots instead of closing them.",
+    },
+    Family {
+        name: "bookcast_conflated_total",
+        kind: FamilyKind::Counter,
+        label: None,
+        unit: None,
+        help: "Queued snapshot-type events (partial depth, bookTicker, tickers, avgPrice) replaced in place by a newer one of the same stream.",
+    },
+    Family {
         name: "bookcast_closes_total",
         kind: FamilyKind::Counter,
         label: Some("code"),
@@ -539,6 +553,8 @@ pub struct ShardMetrics {
     slow_consumers: Counter,
     /// The same count, readable by the engine for `!stats@1s`.
     slow_consumers_total: Arc<AtomicU64>,
+    resyncs: Counter,
+    conflated: Counter,
 }
 
 impl ShardMetrics {
@@ -548,6 +564,19 @@ impl ShardMetrics {
             enqueued: counter!("bookcast_frames_enqueued_total"),
             slow_consumers: counter!("bookcast_slow_consumer_disconnects_total"),
             slow_consumers_total: Arc::new(AtomicU64::new(0)),
+            resyncs: counter!("bookcast_resyncs_total"),
+            conflated: counter!("bookcast_conflated_total"),
+        }
+    }
+
+    /// One pass over an event's subscribers: `conflated` queued events replaced by it,
+    /// `resyncs` connections that overflowed and now wait for snapshots.
+    pub fn backlog(&self, conflated: u64, resyncs: u64) {
+        if conflated > 0 {
+            self.conflated.increment(conflated);
+        }
+        if resyncs > 0 {
+            self.resyncs.increment(resyncs);
         }
     }
 
