@@ -5,6 +5,7 @@
 use crate::follow::{Mode, Session};
 use crate::stats::{SlowClose, Stats};
 use crate::target::{self, RestError, Target};
+use crate::transport::{Counted, Transport};
 use futures_util::StreamExt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -18,11 +19,16 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
+/// A client's WebSocket, over a socket that counts its bytes.
+type Ws = WebSocketStream<Counted<TcpStream>>;
+
 /// How every client of the run connects and reconnects.
 #[derive(Clone, Debug)]
 pub struct Connecting {
     /// The `--url` targets; connection k of client i goes to target (i + k) % n.
     pub targets: Arc<Vec<Target>>,
+    /// `--transport`: WebSocket, or one of the plain-HTTP transports for the same streams.
+    pub transport: Transport,
     pub combined: bool,
     pub micros: bool,
     pub mode: Mode,
@@ -116,29 +122,35 @@ fn connect_error(step: &str, error: &std::io::Error) -> String {
 
 fn upgrade_error(error: &tungstenite::Error) -> String {
     match error {
-        tungstenite::Error::Http(response) => {
-            let status = response.status();
-            let mut reason = format!("HTTP {}", status.as_u16());
-            let body = response
-                .body()
-                .as_deref()
-                .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok());
-            let code = body.as_ref().and_then(|b| b["code"].as_i64());
-            let msg = body.as_ref().and_then(|b| b["msg"].as_str().map(quote));
-            match (code, msg) {
-                (Some(code), Some(msg)) => reason.push_str(&format!(" {code} {msg}")),
-                (None, Some(msg)) => reason.push_str(&format!(" {msg}")),
-                _ => {
-                    if let Some(text) = status.canonical_reason() {
-                        reason.push_str(&format!(" {text}"));
-                    }
-                }
-            }
-            reason
-        }
+        tungstenite::Error::Http(response) => refusal(
+            response.status().as_u16(),
+            response.body().as_deref().unwrap_or_default(),
+        ),
         tungstenite::Error::Io(e) => connect_error("upgrade", e),
         other => format!("upgrade: {}", quote(&other.to_string())),
     }
+}
+
+/// A refusal as the report counts it: `HTTP <status>` and the Binance code and message from
+/// the body, or the status's canonical reason.
+pub(crate) fn refusal(status: u16, body: &[u8]) -> String {
+    let mut reason = format!("HTTP {status}");
+    let body = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let code = body.as_ref().and_then(|b| b["code"].as_i64());
+    let msg = body.as_ref().and_then(|b| b["msg"].as_str().map(quote));
+    match (code, msg) {
+        (Some(code), Some(msg)) => reason.push_str(&format!(" {code} {msg}")),
+        (None, Some(msg)) => reason.push_str(&format!(" {msg}")),
+        _ => {
+            if let Some(text) = tungstenite::http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+            {
+                reason.push_str(&format!(" {text}"));
+            }
+        }
+    }
+    reason
 }
 
 /// Server-supplied text made safe to print and count: printable ASCII, at most [`MAX_QUOTED`]
@@ -158,10 +170,11 @@ fn quote(text: &str) -> String {
 /// Opens a TCP connection from `source` and upgrades it.
 async fn connect(
     plan: &Plan,
+    stats: &Arc<Stats>,
     target: &Target,
     source: Option<IpAddr>,
     url: &str,
-) -> Result<WebSocketStream<TcpStream>, String> {
+) -> Result<Ws, String> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
@@ -180,9 +193,10 @@ async fn connect(
         .await
         .map_err(|e| connect_error("connect", &e))?;
     let _ = stream.set_nodelay(true);
+    stats.transport.requests.fetch_add(1, Ordering::Relaxed);
     tokio_tungstenite::client_async_with_config(
         url,
-        stream,
+        Counted::new(stream, stats.clone(), plan.id),
         Some(ws_config(plan.slow_read_every.is_some())),
     )
     .await
@@ -227,6 +241,31 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
     );
     session.micros = connecting.micros;
     let started_us = now_us().saturating_sub(plan.started.elapsed().as_micros() as u64);
+    if connecting.transport != Transport::Ws {
+        session.begin(false, now_us());
+        match connecting.transport {
+            Transport::Sse => {
+                crate::sse::run(&plan, &mut session, &stats, &mut stop, started_us).await
+            }
+            Transport::LongPoll => {
+                crate::poll::run(&plan, &mut session, &stats, &mut stop, started_us, None).await
+            }
+            Transport::Poll(every) => {
+                crate::poll::run(
+                    &plan,
+                    &mut session,
+                    &stats,
+                    &mut stop,
+                    started_us,
+                    Some(every),
+                )
+                .await
+            }
+            Transport::Ws => {}
+        }
+        session.flush(&stats);
+        return;
+    }
     let mut connections = 0usize;
     let mut final_code = 1000;
     loop {
@@ -237,7 +276,7 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
         let connect_start = Instant::now();
         let connected_at_us = now_us();
         let ws = tokio::select! {
-            ws = connect(&plan, target, source, &url) => ws,
+            ws = connect(&plan, &stats, target, source, &url) => ws,
             _ = stopped(&mut stop) => break,
         };
         let mut ws = match ws {
@@ -328,7 +367,7 @@ pub async fn run(plan: Plan, stats: Arc<Stats>, mut stop: watch::Receiver<bool>)
 #[allow(clippy::too_many_arguments)]
 async fn read(
     plan: &Plan,
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut Ws,
     session: &mut Session,
     target: &Target,
     source: Option<IpAddr>,
@@ -398,6 +437,25 @@ async fn read(
     }
 }
 
+/// Counts and checks one event's payload (from an SSE `data:` line or a poll answer),
+/// received at `received_us`; `data` is parsed in place.
+pub(crate) fn deliver(
+    client: usize,
+    session: &mut Session,
+    data: &mut [u8],
+    stats: &Stats,
+    received_us: u64,
+    started_us: u64,
+) {
+    if let Some(counters) = stats.per_client.get(client) {
+        counters
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        counters.events.fetch_add(1, Ordering::Relaxed);
+    }
+    session.check(data, received_us, started_us, stats);
+}
+
 /// Counts and checks one text message.
 fn receive(
     plan: &Plan,
@@ -428,7 +486,7 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 /// The run is over: in the book modes, compare each live book with REST first; then close.
 async fn stop_connection(
     plan: &Plan,
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut Ws,
     session: &mut Session,
     target: &Target,
     source: Option<IpAddr>,
@@ -458,7 +516,7 @@ const CHECK_ATTEMPTS: usize = 10;
 #[allow(clippy::too_many_arguments)]
 async fn check_books(
     plan: &Plan,
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut Ws,
     session: &mut Session,
     target: &Target,
     source: Option<IpAddr>,

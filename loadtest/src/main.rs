@@ -1,15 +1,20 @@
 //! bookcast-load: thousands of WebSocket clients against a Binance-style server, with latency
-//! percentiles, throughput, gap detection and slow-consumer outcomes you can trust.
+//! percentiles, throughput, gap detection and slow-consumer outcomes you can trust; or, with
+//! `--transport`, the same streams over SSE, long polling or short polling, measured alike.
 
 mod book;
 mod churn;
 mod client;
 mod follow;
 mod html;
+mod http;
+mod poll;
 mod processes;
 mod report;
+mod sse;
 mod stats;
 mod target;
+mod transport;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -148,6 +153,14 @@ struct Args {
     /// updates made meanwhile are what a resume must catch up on.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "50ms")]
     reconnect_delay: Duration,
+    /// How clients follow their streams: `ws`; `sse` (GET /sse, one text/event-stream
+    /// response, reopened with Last-Event-ID if it ends); `longpoll` (GET /poll with the
+    /// previous cursor, again as soon as answered); `poll[=INTERVAL]` (a short poll, wait=0,
+    /// every INTERVAL, 3s by default: the seed's setup). The same latency (for polls: how stale
+    /// each event was on arrival), gap and report machinery; the report adds requests and the
+    /// bytes on the wire. Polls take only diff, trade and aggTrade streams.
+    #[arg(long, default_value = "ws", value_parser = transport::Transport::parse)]
+    transport: transport::Transport,
 }
 
 impl Args {
@@ -159,6 +172,32 @@ impl Args {
 
     fn sync_modes(&self) -> bool {
         self.verifies_delivery() || self.reconnect_every.is_some() || self.reconnect_on_close
+    }
+
+    /// The plain-HTTP transports follow streams as a plain WebSocket client does: the modes
+    /// built on WebSocket specifics (in-band snapshots, `resume=`, close codes, slow readers
+    /// behind a small buffer, churned connections) are refused rather than ignored.
+    fn check_transport(&self) -> Result<(), String> {
+        if self.transport == transport::Transport::Ws {
+            return Ok(());
+        }
+        let name = self.transport.name();
+        let refused = [
+            (
+                self.sync_modes(),
+                "--snapshot, --rest-book, --resume and --reconnect-*",
+            ),
+            (self.churn > 0, "--churn"),
+            (self.slow != "0", "--slow"),
+            (self.combined, "--combined"),
+            (self.processes > 1, "--processes"),
+        ];
+        match refused.iter().find(|(on, _)| *on) {
+            Some((_, what)) => Err(format!(
+                "{what} work with --transport ws only (this run: --transport {name})"
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -209,6 +248,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    args.check_transport()?;
     if args.processes > 1 {
         if args.churn > 0 {
             return Err("--churn runs in one process: leave out --processes".into());
@@ -300,6 +340,7 @@ async fn run(args: Args) -> Result<(), String> {
     ));
     let connecting = Arc::new(client::Connecting {
         targets: Arc::new(targets.clone()),
+        transport: args.transport,
         combined: args.combined,
         micros: args.micros,
         mode: follow::Mode {
@@ -340,6 +381,7 @@ async fn run(args: Args) -> Result<(), String> {
     let ramped = started.elapsed();
     let measure_from = Instant::now();
     let events_at_ramp = stats.totals().0;
+    let requests_at_ramp = stats.transport.requests.load(Ordering::Relaxed);
     let url_events_at_ramp = stats.events_by_url();
     tokio::select! {
         _ = tokio::time::sleep(args.duration) => {}
@@ -347,6 +389,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let measured = measure_from.elapsed();
     let events_in_window = stats.totals().0 - events_at_ramp;
+    let requests_in_window = stats.transport.requests.load(Ordering::Relaxed) - requests_at_ramp;
     let url_events_in_window: Vec<u64> = stats
         .events_by_url()
         .iter()
@@ -386,6 +429,12 @@ async fn run(args: Args) -> Result<(), String> {
     if args.sync_modes() {
         report.sync = Some(report::SyncReport::of(&stats));
     }
+    report.transport = Some(report::TransportReport::of(
+        &stats,
+        args.transport,
+        requests_in_window,
+        measured.as_secs_f64(),
+    ));
     // Throughput over the measured window only (after the ramp).
     report.events_per_s = events_in_window as f64 / measured.as_secs_f64().max(1e-9);
     for (url, events) in report.per_url.iter_mut().zip(url_events_in_window) {

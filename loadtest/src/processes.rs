@@ -411,6 +411,7 @@ pub fn merge(
         per_url: Vec::new(),
         churn: None,
         sync: None,
+        transport: None,
     };
     let mut ramp_s: f64 = 0.0;
     if children.len() != shares.len() {
@@ -514,6 +515,11 @@ pub fn merge(
         sum.gaps = sum.gaps.saturating_add(r.gaps);
         sum.slow_clients = sum.slow_clients.saturating_add(r.slow_clients);
         sum.slow_closed = sum.slow_closed.saturating_add(r.slow_closed);
+        if let Some(transport) = &r.transport {
+            sum.transport
+                .get_or_insert_with(Default::default)
+                .add(transport);
+        }
         ramp_s = ramp_s.max(child.ramp_s);
         timelines.push(r.timeline);
     }
@@ -1034,6 +1040,7 @@ mod tests {
                 per_url,
                 churn: None,
                 sync: None,
+                transport: None,
             },
             ramp_s: clients as f64 / 1000.0,
             raw_histograms: RawHistograms {

@@ -118,6 +118,126 @@ pub struct Report {
     /// The book, resume and reconnect modes (one process only, like `churn`).
     #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub sync: Option<SyncReport>,
+    /// `--transport` and what it cost on the wire (added up over `--processes` children).
+    #[serde(default)]
+    pub transport: Option<TransportReport>,
+}
+
+/// What a transport cost: requests, and bytes on the wire against the payloads they carried.
+/// `wire_bytes_received - bytes` (the report's payload bytes) is the framing: HTTP response
+/// heads, poll envelopes and stream wrappers, SSE field names, WebSocket frame headers and
+/// handshake.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct TransportReport {
+    /// `ws`, `sse`, `longpoll` or `poll`.
+    pub name: String,
+    /// A short poll's interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+    /// HTTP requests sent: WebSocket upgrades, SSE streams opened, polls.
+    pub requests: u64,
+    /// Over the measured window (after the ramp), as `events_per_s`.
+    pub requests_per_s: f64,
+    /// Every byte the clients' sockets read and wrote (see `transport::Counted`).
+    pub wire_bytes_received: u64,
+    pub wire_bytes_sent: u64,
+    /// Of `wire_bytes_received`, the HTTP response heads (status line and headers) the HTTP
+    /// transports read; 0 for WebSocket (its one 101 is in the framing).
+    pub response_head_bytes: u64,
+    /// Non-200 answers by status (`malformed` for a 200 whose body did not parse).
+    pub http_errors: BTreeMap<String, u64>,
+    /// Connections opened again after one ended, and failed attempts (SSE, polls).
+    pub reconnects: u64,
+    pub reconnect_failures: u64,
+}
+
+impl TransportReport {
+    pub fn of(
+        stats: &Stats,
+        transport: crate::transport::Transport,
+        requests_in_window: u64,
+        duration_s: f64,
+    ) -> Self {
+        let t = &stats.transport;
+        let (wire_in, wire_out) = stats.wire_totals();
+        TransportReport {
+            name: transport.name().to_string(),
+            poll_interval_ms: match transport {
+                crate::transport::Transport::Poll(every) => Some(every.as_millis() as u64),
+                _ => None,
+            },
+            requests: t.requests.load(Ordering::Relaxed),
+            requests_per_s: requests_in_window as f64 / duration_s.max(1e-9),
+            wire_bytes_received: wire_in,
+            wire_bytes_sent: wire_out,
+            response_head_bytes: t.response_head_bytes.load(Ordering::Relaxed),
+            http_errors: t
+                .http_errors
+                .lock()
+                .iter()
+                .map(|(status, n)| {
+                    let label = if *status == 0 {
+                        "malformed".to_string()
+                    } else {
+                        status.to_string()
+                    };
+                    (label, *n)
+                })
+                .collect(),
+            reconnects: t.reconnects.load(Ordering::Relaxed),
+            reconnect_failures: t.reconnect_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds another process's counts (the rates add up too: the children ran side by side).
+    pub fn add(&mut self, other: &TransportReport) {
+        if self.name.is_empty() {
+            self.name = other.name.clone();
+            self.poll_interval_ms = other.poll_interval_ms;
+        }
+        self.requests += other.requests;
+        self.requests_per_s += other.requests_per_s;
+        self.wire_bytes_received += other.wire_bytes_received;
+        self.wire_bytes_sent += other.wire_bytes_sent;
+        self.response_head_bytes += other.response_head_bytes;
+        for (status, n) in &other.http_errors {
+            *self.http_errors.entry(status.clone()).or_default() += n;
+        }
+        self.reconnects += other.reconnects;
+        self.reconnect_failures += other.reconnect_failures;
+    }
+}
+
+/// The transport's lines of the printout: requests, wire bytes and framing per event.
+pub fn print_transport(t: &TransportReport, events: u64, payload_bytes: u64) {
+    let per_event = |bytes: u64| {
+        if events == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", bytes as f64 / events as f64)
+        }
+    };
+    let interval = t
+        .poll_interval_ms
+        .map(|ms| format!(" every {ms} ms"))
+        .unwrap_or_default();
+    println!(
+        "transport          {}{interval}: {} requests ({:.1}/s), {} reconnects ({} failed)",
+        t.name, t.requests, t.requests_per_s, t.reconnects, t.reconnect_failures
+    );
+    println!(
+        "wire bytes         {} received ({} per event: {} payload + {} framing, {} of it response heads), {} sent ({} per event)",
+        t.wire_bytes_received,
+        per_event(t.wire_bytes_received),
+        per_event(payload_bytes),
+        per_event(t.wire_bytes_received.saturating_sub(payload_bytes)),
+        per_event(t.response_head_bytes),
+        t.wire_bytes_sent,
+        per_event(t.wire_bytes_sent),
+    );
+    if !t.http_errors.is_empty() {
+        println!("http errors        {:?}", t.http_errors);
+    }
 }
 
 /// What `--snapshot`, `--rest-book`, `--resume`, `--reconnect-every` and
@@ -317,6 +437,7 @@ pub fn build(stats: &Stats, facts: RunFacts) -> Report {
         per_url,
         churn: None,
         sync: None,
+        transport: None,
     }
 }
 
@@ -419,6 +540,9 @@ pub fn print(report: &Report) {
     }
     if let Some(sync) = &report.sync {
         print_sync(sync);
+    }
+    if let Some(transport) = &report.transport {
+        print_transport(transport, report.events, report.bytes);
     }
     if report.per_url.len() > 1 {
         print!("{}", per_url_table(&report.per_url));

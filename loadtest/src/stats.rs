@@ -69,7 +69,12 @@ pub struct SlowClose {
 #[derive(Default)]
 pub struct ClientCounters {
     pub events: AtomicU64,
+    /// Payload bytes: the events' JSON as the server rendered it, without any framing.
     pub bytes: AtomicU64,
+    /// What the client's sockets read and wrote, every byte: HTTP heads, WebSocket frame
+    /// headers, SSE field names, poll envelopes (see `transport::Counted`).
+    pub wire_in: AtomicU64,
+    pub wire_out: AtomicU64,
     /// Index of the URL it loads (see `target::url_index`), for the per-URL event counts.
     pub url: usize,
 }
@@ -205,9 +210,31 @@ impl SyncStats {
     }
 }
 
+/// What `--transport` counts beyond events: requests and what HTTP framing cost.
+#[derive(Default)]
+pub struct TransportStats {
+    /// HTTP requests sent: WebSocket upgrades, SSE streams opened, polls.
+    pub requests: AtomicU64,
+    /// Bytes of the HTTP response heads read (status line and headers, up to the blank line).
+    pub response_head_bytes: AtomicU64,
+    /// Non-200 answers by status (a 410 for an expired cursor, a 429, ...).
+    pub http_errors: Mutex<BTreeMap<u16, u64>>,
+    /// Connections opened again after one ended (an SSE stream that ended, a keep-alive the
+    /// server closed), and attempts that failed on the way.
+    pub reconnects: AtomicU64,
+    pub reconnect_failures: AtomicU64,
+}
+
+impl TransportStats {
+    pub fn http_error(&self, status: u16) {
+        *self.http_errors.lock().entry(status).or_default() += 1;
+    }
+}
+
 pub struct Stats {
     pub gaps: AtomicU64,
     pub sync: SyncStats,
+    pub transport: TransportStats,
     pub connected: AtomicU64,
     pub connect_failures: AtomicU64,
     /// [`Stats::connect_failures`] by why: see `client::ConnectError`.
@@ -232,6 +259,7 @@ impl Stats {
         Stats {
             gaps: AtomicU64::new(0),
             sync: SyncStats::new(),
+            transport: TransportStats::default(),
             connected: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             connect_failure_reasons: Mutex::new(BTreeMap::new()),
@@ -284,6 +312,16 @@ impl Stats {
             (
                 e + c.events.load(Ordering::Relaxed),
                 b + c.bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Bytes read and written on the wire so far, over all clients.
+    pub fn wire_totals(&self) -> (u64, u64) {
+        self.per_client.iter().fold((0, 0), |(i, o), c| {
+            (
+                i + c.wire_in.load(Ordering::Relaxed),
+                o + c.wire_out.load(Ordering::Relaxed),
             )
         })
     }
