@@ -75,3 +75,14 @@ async fn long_and_short_polls_follow_their_streams_without_a_gap() {
 
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_clients_follow_their_streams_without_a_gap() {
+    let server = start_server(Config::default()).await;
+    let report = run(server.addr, "sse", 10).await;
+    let t = &report["transport"];
+    assert_eq!(t["name"], "sse");
+    // One request per client for the whole run: the stream stays open.
+    assert_eq!(t["requests"].as_u64(), Some(10), "{report}");
+    server.stop().await;
+}
