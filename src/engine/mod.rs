@@ -21,7 +21,7 @@
 //! the same reason: each snapshot is taken between steps, at the last published update id.
 
 use crate::derive::recent::Recent;
-use crate::derive::{Publisher, Streams};
+use crate::derive::{Publisher, Streams, SymbolStreams};
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
 use crate::fanout::shard::{ConnId, Shape, ShardLink};
@@ -450,29 +450,29 @@ impl Engine {
     /// Whether every id `attach` resumes from has been published here, so its catch-up can be
     /// rendered now.
     fn is_resumable_now(&self, attach: &Attach) -> bool {
-        attach.resume.iter().all(|&(topic, id)| {
-            let Topic::Symbol { symbol, kind } = topic else {
-                return true;
-            };
-            self.stage
-                .streams
-                .symbols()
-                .get(usize::from(symbol))
-                .is_none_or(|s| s.is_published(kind, id))
-        })
+        self.every_resume(attach, |symbol, kind, id| symbol.is_published(kind, id))
     }
 
     /// Whether the history holds everything after each id `attach` resumes from.
     fn holds_history_for(&self, attach: &Attach) -> bool {
-        attach.resume.iter().all(|&(topic, id)| {
-            let Topic::Symbol { symbol, kind } = topic else {
-                return true;
-            };
-            self.stage
+        self.every_resume(attach, |symbol, kind, id| symbol.holds_since(kind, id))
+    }
+
+    /// Whether `check(symbol's state, stream kind, id)` holds for every stream `attach`
+    /// resumes (streams of unknown symbols pass: nothing to resume there).
+    fn every_resume(
+        &self,
+        attach: &Attach,
+        check: impl Fn(&SymbolStreams, StreamKind, u64) -> bool,
+    ) -> bool {
+        attach.resume.iter().all(|&(topic, id)| match topic {
+            Topic::Symbol { symbol, kind } => self
+                .stage
                 .streams
                 .symbols()
                 .get(usize::from(symbol))
-                .is_none_or(|s| s.holds_since(kind, id))
+                .is_none_or(|state| check(state, kind, id)),
+            _ => true,
         })
     }
 

@@ -95,14 +95,8 @@ pub async fn serve<S: Transport>(
             return;
         }
         if is_websocket_path(&head.path) && (head.upgrade_websocket || head.ws_key.is_some()) {
-            if !ctx.attempts.admit(peer) {
-                crate::metrics::rejected(Rejection::IpAttemptLimit);
-                let msg = format!(
-                    "Too many connection attempts from this address: at most {} per {}.",
-                    ctx.config.max_connection_attempts_per_ip,
-                    humantime::format_duration(ctx.config.connection_attempt_window)
-                );
-                let _ = write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
+            if let Err(response) = ctx.admit_attempt(peer) {
+                let _ = write_response(&mut stream, &response, true).await;
                 return;
             }
             let key = match check_handshake(&head) {
@@ -131,14 +125,12 @@ pub async fn serve<S: Transport>(
                     return;
                 }
             };
-            let Ok(ip_slot) = ctx.ip_connections.acquire(peer) else {
-                crate::metrics::rejected(Rejection::IpConnectionCap);
-                let msg = format!(
-                    "Too many open connections from this address: at most {}.",
-                    ctx.config.max_connections_per_ip
-                );
-                let _ = write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
-                return;
+            let ip_slot = match ctx.acquire_ip_slot(peer) {
+                Ok(slot) => slot,
+                Err(response) => {
+                    let _ = write_response(&mut stream, &response, true).await;
+                    return;
+                }
             };
             let slots = crate::front::admission::Slots::new(permit, ip_slot);
             // Checked after the upgrade is known to be valid, answered after it completes

@@ -63,14 +63,12 @@ pub async fn serve<S: Stream>(
             return;
         }
     };
-    let Ok(ip_slot) = ctx.ip_connections.acquire(peer) else {
-        crate::metrics::rejected(Rejection::IpConnectionCap);
-        let msg = format!(
-            "Too many open connections from this address: at most {}.",
-            ctx.config.max_connections_per_ip
-        );
-        let _ = http::write_response(&mut stream, &Response::error(429, -1003, &msg), true).await;
-        return;
+    let ip_slot = match ctx.acquire_ip_slot(peer) {
+        Ok(slot) => slot,
+        Err(response) => {
+            let _ = http::write_response(&mut stream, &response, true).await;
+            return;
+        }
     };
     drop(head);
     let slots = Slots::new(permit, ip_slot);
@@ -130,15 +128,7 @@ fn admit(head: &Head, peer: IpAddr, ctx: &Context) -> Result<Request, Response> 
         crate::metrics::rejected(Rejection::BadHandshake);
         return Err(Response::error(405, -1000, "/sse takes GET."));
     }
-    if !ctx.attempts.admit(peer) {
-        crate::metrics::rejected(Rejection::IpAttemptLimit);
-        let msg = format!(
-            "Too many connection attempts from this address: at most {} per {}.",
-            ctx.config.max_connection_attempts_per_ip,
-            humantime::format_duration(ctx.config.connection_attempt_window)
-        );
-        return Err(Response::error(429, -1003, &msg));
-    }
+    ctx.admit_attempt(peer)?;
     if !super::admission::origin_allowed(
         &ctx.config.allowed_origins,
         head.origin.as_deref(),
