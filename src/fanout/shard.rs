@@ -67,7 +67,8 @@ pub fn variant(shape: Shape, microseconds: bool) -> usize {
 
 /// The shape of variant (or list) `slot`.
 pub fn shape_of(slot: usize) -> Shape {
-    match slot % VARIANTS / 2 {
+    let variant = if spells_synonym(slot) { slot - 4 } else { slot };
+    match variant / 2 {
         0 => Shape::Raw,
         1 => Shape::Combined,
         _ => Shape::Sse,
@@ -99,6 +100,30 @@ pub fn list(slot: usize, topic: Topic) -> usize {
 /// Whether list `list` spells its key's synonym.
 pub fn spells_synonym(list: usize) -> bool {
     list >= VARIANTS
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn every_list_knows_its_shape_unit_and_spelling() {
+        for shape in [Shape::Raw, Shape::Combined, Shape::Sse] {
+            for micro in [false, true] {
+                let slot = variant(shape, micro);
+                assert_eq!((shape_of(slot), is_microseconds(slot)), (shape, micro));
+                assert!(!spells_synonym(slot));
+                if shape != Shape::Raw {
+                    let synonym = slot + 4;
+                    assert!(synonym < LISTS && spells_synonym(synonym));
+                    assert_eq!(
+                        (shape_of(synonym), is_microseconds(synonym)),
+                        (shape, micro)
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Messages a shard's channel holds; when one is full the engine waits for that shard (no
