@@ -9,8 +9,9 @@
 //!   ([`Outbox::flush`]): no task is woken, and tokio's cached edge-triggered readiness costs
 //!   no `epoll_ctl`. This is the common case, one `send` per socket per pass.
 //! - **Session.** On `WouldBlock`, a partial write, TLS (bytes are encrypted per connection) or
-//!   a close, the rest is handed to the session's task, which takes the whole queue in one
-//!   swap, waits for the socket to drain and writes with vectored writes until the queue is
+//!   a close, the rest is handed to the session's task, which takes up to 32 KiB of it at a
+//!   time (the rest stays queued, where a resync can still drop diffs and conflation replace
+//!   events), waits for the socket to drain and writes with vectored writes until the queue is
 //!   empty; then the direct path resumes.
 //!
 //! The bound is enforced on push, in bytes and in frames, counting frames taken by the session
@@ -52,6 +53,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 /// Frames handed to one vectored write at most (well under IOV_MAX).
 pub const MAX_IOV: usize = 64;
+
+/// Bytes of backlog the session takes from the queue at once, at most (one frame at least).
+const BATCH_BYTES: usize = 32 * 1024;
 
 /// Room above the byte bound for control replies, so a reply is not what tips a connection
 /// over; one LIST_SUBSCRIPTIONS reply for 1024 streams is about 30 KiB.
@@ -547,8 +551,8 @@ impl Outbox {
         self.state.lock().closing.clone()
     }
 
-    /// The session's one way in. With `want_data`, moves every queued frame into `batch` (which
-    /// must be empty) in one lock hold, with `offset`, the bytes of its first frame already
+    /// The session's one way in. With `want_data`, moves the queued frames, up to
+    /// [`BATCH_BYTES`], into `batch` (which must be empty) in one lock hold, with `offset`, the bytes of its first frame already
     /// written directly; once the outbox is closing and everything queued has been handed
     /// out, returns why, so the session sends its close frame last. Without `want_data` (the
     /// session is busy with a batch) it only reports a closing, so an eviction or shutdown
@@ -565,11 +569,25 @@ impl Outbox {
         let mut state = self.state.lock();
         if want_data && !state.frames.is_empty() {
             debug_assert!(batch.is_empty());
-            std::mem::swap(&mut state.frames, batch);
+            // At most BATCH_BYTES (one frame at least): what the session holds is committed
+            // to the socket, so the rest of a backlog stays here, where a resync can still
+            // drop its diffs and conflation can still replace its snapshot-type events.
+            let mut taken = (0, 0);
+            for queued in &state.frames {
+                if taken.0 > 0 && taken.1 + queued.frame.len() > BATCH_BYTES {
+                    break;
+                }
+                taken = (taken.0 + 1, taken.1 + queued.frame.len());
+            }
+            if taken.0 == state.frames.len() {
+                std::mem::swap(&mut state.frames, batch);
+                state.may_conflate = false;
+            } else {
+                batch.extend(state.frames.drain(..taken.0));
+            }
+            state.backlog = state.backlog.saturating_sub(taken.0);
             *offset = std::mem::take(&mut state.offset);
             state.wants_data = false;
-            state.may_conflate = false;
-            state.backlog = 0;
             return Poll::Ready(None);
         }
         if let Some(closing) = &state.closing {
@@ -909,6 +927,43 @@ mod tests {
                 (b's', 15, Class::Diff),
                 (b'd', 5, Class::Diff),
             ]
+        );
+    }
+
+    /// The session holds at most BATCH_BYTES of a backlog: the rest stays queued, so a resync
+    /// can drop its diffs and make room for the snapshots (had the session taken the whole
+    /// backlog, nothing could be dropped and the snapshot would evict the reader instead).
+    #[test]
+    fn the_session_takes_a_bounded_batch_so_a_resync_can_make_room() {
+        let frame = 1024;
+        let outbox = Outbox::new(QueueBound {
+            max_bytes: 96 * frame,
+            max_frames: 1000,
+        });
+        outbox.set_resyncable(true);
+        for _ in 0..90 {
+            outbox.push_data(&tagged(frame, b'd'), 1, Class::Diff);
+        }
+        let mut batch = VecDeque::new();
+        take(&outbox, &mut batch);
+        assert_eq!(batch.len() * frame, BATCH_BYTES, "a bounded batch");
+        // The socket stays blocked: the queue overflows and resyncs.
+        let mut pushed = 0;
+        while !matches!(
+            outbox.push_data(&tagged(frame, b'd'), 1, Class::Diff),
+            Push::Resync { .. }
+        ) {
+            pushed += 1;
+            assert!(pushed < 100, "never overflowed");
+        }
+        assert_eq!(
+            outbox.queued_bytes(),
+            BATCH_BYTES,
+            "only the batch held is left"
+        );
+        assert!(
+            !outbox.resynced(vec![tagged(100 * frame, b's')]),
+            "the snapshot fits beside the batch: resynced, not evicted"
         );
     }
 
