@@ -166,7 +166,7 @@ fn main() -> ExitCode {
         let symbols = feed.symbols.len();
         let (ws, http) = if config.tls_cert.is_some() { ("wss", "https") } else { ("ws", "http") };
         println!(
-            "bookcast listening on {addr} ({symbols} symbols): {ws}://{addr}/ws, {ws}://{addr}/stream?streams=..., {http}://{addr}/api/v3/..., {http}://{addr}/metrics"
+            "bookcast listening on {addr} ({symbols} symbols): {ws}://{addr}/ws, {ws}://{addr}/stream?streams=..., {http}://{addr}/sse?streams=..., {http}://{addr}/poll?streams=..., {http}://{addr}/api/v3/..., {http}://{addr}/metrics"
         );
         match bookcast::front::server::run(listener, config, feed, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
