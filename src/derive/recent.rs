@@ -262,6 +262,11 @@ impl Recent {
     }
 }
 
+/// Whether a catch-up has ids it can no longer send.
+pub fn has_gap<T>(missed: &[Missed<T>]) -> bool {
+    missed.iter().any(|m| matches!(m, Missed::Gap { .. }))
+}
+
 /// Whether events ending at id `older` run on into events starting at `newer` (or there are
 /// none newer).
 fn joined(older: Option<u64>, newer: Option<u64>) -> bool {

@@ -7,7 +7,7 @@
 
 use super::history::{self, AggRecord, TradeHistory, TradeRecord};
 use super::payload;
-use super::recent::{DiffCatchUp, Missed, Recent};
+use super::recent::{has_gap, DiffCatchUp, Missed, Recent};
 use super::stats::kline::{Kline, KlineBuilder, KlineInterval};
 use super::stats::rolling::{self, Rolling24h, TickerStats};
 use super::stats::TradePrint;
@@ -232,14 +232,13 @@ impl SymbolStreams {
     }
 
     /// Whether this node has published id `id` of stream `kind` (an update id for diffs, a
-    /// trade or aggregate id): a `resume=` from it can be served now.
+    /// trade or aggregate id): a `resume=` from it can be served now. Streams without ids
+    /// have nothing to wait for.
     pub fn is_published(&self, kind: StreamKind, id: u64) -> bool {
-        match kind {
-            StreamKind::Diff(speed) => id <= self.diff_published_upto(speed),
-            StreamKind::Trade => id <= self.last_trade_id,
-            StreamKind::AggTrade => id < self.next_agg_id,
-            _ => true,
-        }
+        !matches!(
+            kind,
+            StreamKind::Diff(_) | StreamKind::Trade | StreamKind::AggTrade
+        ) || id <= self.latest_id(kind)
     }
 
     /// The newest id this node has published on stream `kind`: an update id for diffs, a
@@ -264,11 +263,11 @@ impl SymbolStreams {
             StreamKind::Trade => self
                 .recent
                 .trades_since(id, self.last_trade_id)
-                .is_none_or(|missed| !missed.iter().any(|m| matches!(m, Missed::Gap { .. }))),
+                .is_none_or(|missed| !has_gap(&missed)),
             StreamKind::AggTrade => self
                 .recent
                 .aggs_since(id, self.next_agg_id - 1)
-                .is_none_or(|missed| !missed.iter().any(|m| matches!(m, Missed::Gap { .. }))),
+                .is_none_or(|missed| !has_gap(&missed)),
             _ => true,
         }
     }

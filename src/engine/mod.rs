@@ -533,9 +533,8 @@ impl Engine {
 
     /// A `depthSnapshot` for each diff stream of `topics` (others are skipped).
     fn send_snapshots_to(&mut self, conn: ConnId, topics: &[Topic]) {
-        let added = topics;
         let now_us = crate::clock::wall_us();
-        for &topic in added {
+        for &topic in topics {
             if let Topic::Symbol {
                 symbol,
                 kind: StreamKind::Diff(_),

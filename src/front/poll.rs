@@ -44,17 +44,36 @@ struct Request {
     unit: TimeUnit,
 }
 
-/// Answers one `/poll` request on shard `shard`.
-pub async fn handle(head: &Head, shard: usize, ctx: &Arc<Context>) -> Response {
+/// Answers one `/poll` request on shard `shard`, with its transport (long or short polling;
+/// none for a request refused before that was known), under which the router counts the
+/// bytes it writes.
+pub async fn handle(
+    head: &Head,
+    shard: usize,
+    ctx: &Arc<Context>,
+) -> (Response, Option<Transport>) {
     let request = match parse(head, ctx) {
         Ok(request) => request,
-        Err(response) => return response,
+        Err(response) => return (response, None),
     };
     let transport = if request.wait.is_zero() {
         Transport::Poll
     } else {
         Transport::LongPoll
     };
+    (
+        answer_poll(request, shard, ctx, transport).await,
+        Some(transport),
+    )
+}
+
+/// Answers a parsed poll.
+async fn answer_poll(
+    request: Request,
+    shard: usize,
+    ctx: &Arc<Context>,
+    transport: Transport,
+) -> Response {
     crate::metrics::transport_request(transport);
     let Some(cursor) = &request.cursor else {
         // No cursor: the current one, at once, so the next poll starts from now.

@@ -164,7 +164,8 @@ pub async fn serve<S: Transport>(
             return;
         }
         let close = head.connection_close || head.http10 || head.content_length > 0;
-        let response = if is_websocket_path(&head.path) {
+        // The poll's transport, if it is one, to count its bytes (response head included).
+        let (response, transport) = if is_websocket_path(&head.path) {
             crate::metrics::rejected(Rejection::NotWebsocket);
             let mut response = Response::error(
                 426,
@@ -172,37 +173,25 @@ pub async fn serve<S: Transport>(
                 "This path serves WebSocket only: send an Upgrade: websocket request.",
             );
             response.extra_headers = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n".into();
-            response
+            (response, None)
         } else if head.path == "/poll" {
-            let response = crate::front::poll::handle(&head, placement.shard, &ctx).await;
-            let transport = poll_transport(&head);
-            match write_response(&mut stream, &response, close).await {
-                Ok(bytes) => crate::metrics::transport_bytes(transport, bytes),
-                Err(_) => return,
-            }
-            if close {
-                return;
-            }
-            served = true;
-            idle_deadline = Instant::now() + timeout;
-            continue;
+            crate::front::poll::handle(&head, placement.shard, &ctx).await
         } else {
-            rest::handle(&head, peer, &ctx).await
+            (rest::handle(&head, peer, &ctx).await, None)
         };
-        if write_response(&mut stream, &response, close).await.is_err() || close {
+        match write_response(&mut stream, &response, close).await {
+            Ok(bytes) => {
+                if let Some(transport) = transport {
+                    crate::metrics::transport_bytes(transport, bytes);
+                }
+            }
+            Err(_) => return,
+        }
+        if close {
             return;
         }
         served = true;
         idle_deadline = Instant::now() + timeout;
-    }
-}
-
-/// Which transport a `/poll` request is, for its bytes: `wait=0` is short polling.
-fn poll_transport(head: &super::http::Head) -> crate::metrics::Transport {
-    if head.param("wait").as_deref() == Some("0") {
-        crate::metrics::Transport::Poll
-    } else {
-        crate::metrics::Transport::LongPoll
     }
 }
 
