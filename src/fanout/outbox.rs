@@ -228,6 +228,12 @@ impl State {
     fn push(&mut self, queued: Queued) {
         self.bytes += queued.frame.len();
         self.count += 1;
+        if self.frames.capacity() == 0 {
+            // Most passes queue one frame per connection, written at the pass's end and freed:
+            // room for one, rather than `VecDeque`'s default four, keeps what every
+            // connection holds at the moment a burst is queued (all of them at once) small.
+            self.frames.reserve_exact(1);
+        }
         self.frames.push_back(queued);
     }
 }
@@ -238,6 +244,9 @@ pub struct Outbox {
     /// A plain-HTTP transport's own counters (SSE), fed by every write; `None` for WebSocket,
     /// whose writes `SessionMetrics` counts alone.
     transport: Option<TransportCounters>,
+    /// A WebSocket session's: its shard closes it with `serverShutdown` and 1001 when the
+    /// server shuts down (SSE and polls end on their own).
+    websocket: bool,
 }
 
 impl Outbox {
@@ -246,7 +255,21 @@ impl Outbox {
             state: Mutex::new(State::default()),
             bound,
             transport: None,
+            websocket: false,
         }
+    }
+
+    /// A WebSocket session's outbox (see [`Outbox::is_websocket`]).
+    pub fn websocket(bound: QueueBound) -> Self {
+        Outbox {
+            websocket: true,
+            ..Outbox::new(bound)
+        }
+    }
+
+    /// Whether the shard closes this outbox at shutdown.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket
     }
 
     /// An outbox whose writes are also counted as `transport`'s events and bytes.
