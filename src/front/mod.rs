@@ -18,3 +18,4 @@ pub mod transport;
 pub mod upgrade;
 pub mod weight;
 pub mod ws_api;
+pub mod ws_read;

@@ -5,8 +5,9 @@
 //! the least loaded [shard](crate::fanout::shard), where it is registered with that shard's
 //! reactor and lives out its life: REST, upgrade, session and every write.
 //!
-//! Shutdown: the `shutdown` future resolving flips a watch channel every session listens to;
-//! each queues `serverShutdown` and a 1001 close behind its data. Every connection task holds a
+//! Shutdown: the `shutdown` future resolving flips a watch channel. Each shard then queues
+//! `serverShutdown` and a 1001 close behind the data of every WebSocket connection it holds;
+//! HTTP connections, SSE streams and polls watch it themselves. Every connection task holds a
 //! clone of a drop-guard sender, so when the receiver sees all of them gone, every client has
 //! been closed; the wait is bounded by `shutdown_timeout`.
 
@@ -96,7 +97,13 @@ pub async fn run_with(
     let session_metrics = SessionMetrics::new(live.clone());
     let shard_metrics = ShardMetrics::new(session_metrics.clone());
     let (resync, resyncs) = ResyncLink::channel(start.waker.clone());
-    let (shards, links) = Shards::start(config.shard_count(), &shard_metrics, resync)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shards, links) = Shards::start(
+        config.shard_count(),
+        &shard_metrics,
+        resync,
+        shutdown_rx.clone(),
+    )?;
     let (engine, engine_thread) = engine::spawn(
         feed.clone(),
         start,
@@ -106,7 +113,6 @@ pub async fn run_with(
         shard_metrics,
         resyncs,
     )?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let shutdown_timeout = config.shutdown_timeout;
     let limit = Arc::new(Semaphore::new(config.max_connections));

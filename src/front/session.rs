@@ -5,7 +5,7 @@
 //! writing bypasses it: the connection's [`Outbox`] holds finished frames shared with every other
 //! subscriber, and the writer hands a whole backlog to one `writev`, so a busy subscriber costs
 //! about one syscall per wakeup. Tungstenite's own automatic replies (pongs) reach the socket
-//! through the same outbox via `ReadSide`, so frames are never interleaved mid-way.
+//! through the same outbox ([`WsReader`]), so frames are never interleaved mid-way.
 //!
 //! One task (rather than a reader and a writer task) keeps per-connection memory small: one
 //! future, one small read buffer, no channel between the halves.
@@ -19,11 +19,11 @@ use crate::front::http;
 use crate::front::transport::Transport;
 use crate::front::upgrade::Upgrade;
 use crate::front::ws_api;
+use crate::front::ws_read::WsReader;
 use crate::protocol::control::{self, Subscriptions};
-use crate::protocol::frame;
-use crate::protocol::json::{push_time, TimeUnit};
+use crate::protocol::frame::{self, SHUTDOWN_CODE, SHUTDOWN_REASON};
+use crate::protocol::json::TimeUnit;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -37,15 +37,15 @@ use tokio::sync::oneshot;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketConfig};
 
 /// Largest client message or frame (SPEC.md: larger is closed with 1009).
 pub const MAX_INCOMING: usize = 4 * 1024;
 /// Tungstenite's read buffer: eagerly allocated per connection, so sized for the control
-/// messages subscribers send (typically under 200 bytes; it grows for the rare larger frame,
-/// read 256 bytes at a time); its 128 KiB default would cost 1.3 GB at 10k clients.
-const READ_BUFFER: usize = 256;
+/// messages subscribers send (a SUBSCRIBE for two streams is about 100 bytes; the buffer grows
+/// for the rare larger frame, read 128 bytes at a time); its 128 KiB default would cost 1.3 GB
+/// at 10k clients.
+const READ_BUFFER: usize = 128;
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
 
@@ -62,42 +62,6 @@ fn ws_config(echo: bool) -> WebSocketConfig {
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
-}
-
-/// The read half as tungstenite sees it: reads come from the socket, and whatever tungstenite
-/// writes by itself (pong replies) is queued on the outbox as a control frame.
-struct ReadSide<R> {
-    read: R,
-    outbox: Arc<Outbox>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadSide<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
-    }
-}
-
-impl<R: Unpin> AsyncWrite for ReadSide<R> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.outbox.push_control(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 /// Detaches the connection from the hub however the session ends (even by panic or abort).
@@ -147,7 +111,7 @@ pub async fn upgrade<S: Transport>(
     } else {
         ctx.config.queue_bound()
     };
-    let outbox = Arc::new(Outbox::new(bound));
+    let outbox = Arc::new(Outbox::websocket(bound));
     let guard = Attached {
         conn,
         outbox: outbox.clone(),
@@ -157,27 +121,34 @@ pub async fn upgrade<S: Transport>(
     let Some(stream) = handshake(stream, conn, shard, &outbox, &key, &upgrade, &ctx).await else {
         return;
     };
+    // Split and wrapped here, in the handshake's short-lived future, so the session's task
+    // holds only the finished halves.
+    let (read, write) = stream.split();
+    if let Some(socket) = S::direct(&write) {
+        outbox.set_direct(socket);
+    }
+    let ws = WsReader::new(read, leftover, ws_config(upgrade.echo));
     ctx.metrics.opened();
-    let session = Session {
-        conn,
+    let mut session = Session::<S> {
+        ws,
+        write,
+        attached: guard,
         echo: upgrade.echo,
         api: upgrade.api.then_some(peer),
-        outbox,
         subscriptions: Subscriptions {
             topics: upgrade.topics,
             combined: upgrade.combined,
             snapshot: upgrade.snapshot,
         },
         unit: upgrade.unit,
-        ctx,
+        _slots: permit,
+        _placement: placement,
     };
+    // The task's future is the session itself plus `run`'s locals: every byte of it is paid
+    // once per connection for the connection's whole life.
     tokio::spawn(async move {
-        let ctx = session.ctx.clone();
-        let code = session.run(stream, leftover).await;
-        ctx.metrics.closed(code);
-        drop(guard);
-        drop(permit);
-        drop(placement);
+        let code = session.run().await;
+        session.attached.ctx.metrics.closed(code);
     });
 }
 
@@ -277,17 +248,22 @@ fn describe(closing: &Closing) -> (u16, String) {
     }
 }
 
-struct Session {
-    conn: u64,
+/// A connection after its handshake: its socket halves and everything it holds until it ends.
+/// Dropped in field order: the socket closes, the connection is detached from the hub, then
+/// its admission slots and its shard's load count are released.
+struct Session<S: Transport> {
+    ws: WsReader<S::Read>,
+    write: S::Write,
+    attached: Attached,
     /// The conformance echo route: messages are echoed instead of parsed as control messages.
     echo: bool,
     /// A WebSocket API connection (`/ws-api/v3`) and its peer, whose request weight its
     /// requests spend: text messages are requests for [`ws_api::answer`], not control messages.
     api: Option<IpAddr>,
-    outbox: Arc<Outbox>,
     subscriptions: Subscriptions,
     unit: TimeUnit,
-    ctx: Arc<Context>,
+    _slots: crate::front::admission::Slots,
+    _placement: Placement,
 }
 
 /// What one pass of the loop decided.
@@ -297,33 +273,21 @@ enum Next {
     Request(Vec<u8>),
     /// Drop the socket now and record this close code.
     End(u16),
+    /// Our close frame is written: shut the write side. Awaited after the select rather than
+    /// in its arm, so that the arm's locals are not kept in the future (per connection).
+    ShutWrite,
 }
 
-impl Session {
+impl<S: Transport> Session<S> {
     /// Runs the connection to its end and returns the close code to record.
-    async fn run<S: Transport>(mut self, stream: S, leftover: Vec<u8>) -> u16 {
-        let (read, mut write) = stream.split();
-        if let Some(socket) = S::direct(&write) {
-            self.outbox.set_direct(socket);
-        }
-        let read_side = ReadSide {
-            read,
-            outbox: self.outbox.clone(),
-        };
-        let mut ws = WebSocketStream::from_partially_read(
-            read_side,
-            leftover,
-            Role::Server,
-            Some(ws_config(self.echo)),
-        )
-        .await;
-        // Borrowed from a local Arc rather than cloned: every byte of this future is paid
-        // once per connection.
-        let ctx = self.ctx.clone();
+    async fn run(&mut self) -> u16 {
+        // A local Arc, so the config can be borrowed while `self` is mutated.
+        let ctx = self.attached.ctx.clone();
         let config = &ctx.config;
-        let mut shutdown = self.ctx.shutdown.clone();
-        let mut shutdown_seen = *shutdown.borrow();
-        if shutdown_seen {
+        // Shutdown reaches a running session through its outbox (its shard closes it), so
+        // the session's future holds no watch of its own; this covers one whose attach the
+        // shard applied after it had closed the others.
+        if *ctx.shutdown.borrow() {
             self.begin_shutdown();
         }
         let started = Instant::now();
@@ -356,25 +320,23 @@ impl Session {
         // Bytes of the batch's first frame the shard already wrote directly.
         let mut batch_offset = 0usize;
         loop {
-            let silent_until = last_heard + config.pong_timeout;
-            let timer = match &close {
-                Some(state) => state.deadline,
-                None => next_ping.min(silent_until).min(lifetime_end),
-            };
-            if sleep.deadline() != timer {
-                sleep.as_mut().reset(timer);
+            // Recomputed rather than kept: a local that lives across the await below would be
+            // stored in the future, per connection.
+            {
+                let timer = match &close {
+                    Some(state) => state.deadline,
+                    None => next_ping
+                        .min(last_heard + config.pong_timeout)
+                        .min(lifetime_end),
+                };
+                if sleep.deadline() != timer {
+                    sleep.as_mut().reset(timer);
+                }
             }
             let draining = read_done && close.as_ref().is_some_and(|c| !c.peer_closed);
             let next = tokio::select! {
                 biased;
-                changed = shutdown.changed(), if !shutdown_seen => {
-                    shutdown_seen = true;
-                    if changed.is_ok() {
-                        self.begin_shutdown();
-                    }
-                    Next::Continue
-                }
-                input = poll_fn(|cx| poll_input(&mut ws, read_done, cx)), if (!read_done || draining) && answering.is_none() => match input {
+                input = poll_fn(|cx| poll_input(&mut self.ws, &self.attached.outbox, read_done, cx)), if (!read_done || draining) && answering.is_none() => match input {
                     Input::Message(incoming) => {
                         last_heard = Instant::now();
                         self.on_incoming(incoming, &mut rate, &mut close, &mut read_done, last_heard, config)
@@ -386,22 +348,22 @@ impl Session {
                     answering = None;
                     crate::metrics::ws_api_request(answer.method, answer.error);
                     // Dropped by the outbox if the connection is closing meanwhile.
-                    self.outbox.push_control(frame::text(&answer.json));
+                    self.attached.outbox.push_control(frame::text(&answer.json));
                     Next::Continue
                 }
-                written = poll_fn(|cx| poll_write_batch(&mut write, &pending, offset, cx)), if !pending.is_empty() => {
+                written = poll_fn(|cx| poll_write_batch(&mut self.write, &pending, offset, cx)), if !pending.is_empty() => {
                     match written {
                         Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
                         Ok(n) => {
                             let (frames, bytes) = outbox::wrote(&mut pending, &mut offset, n, metrics);
-                            self.outbox.written(frames, bytes);
+                            self.attached.outbox.written(frames, bytes);
                             Next::Continue
                         }
                     }
                 }
                 // Armed while a batch is being written too (for closing only), so an eviction or
                 // shutdown starts the close deadline even when the socket is backed up.
-                event = poll_fn(|cx| self.outbox.poll_next(cx, &mut batch, &mut batch_offset, pending.is_empty())),
+                event = poll_fn(|cx| self.attached.outbox.poll_next(cx, &mut batch, &mut batch_offset, pending.is_empty())),
                     if close.as_ref().is_none_or(|c| pending.is_empty() && !c.write_shut) =>
                 {
                     match event {
@@ -416,20 +378,17 @@ impl Session {
                             let state = self.closing(&mut close, &closing, config);
                             if !pending.is_empty() {
                                 // Noticed mid-batch: the deadline runs; the close frame follows the batch.
+                                Next::Continue
                             } else if !state.frame_queued {
                                 state.frame_queued = true;
                                 if state.code != CLOSE_ABNORMAL {
                                     let frame = frame::close(state.code, &describe(&closing).1);
                                     pending.push_back(Queued::control(frame));
                                 }
+                                Next::Continue
                             } else {
-                                state.write_shut = true;
-                                let _ = write.shutdown().await;
-                                if state.peer_closed || state.code == CLOSE_ABNORMAL {
-                                    return state.code;
-                                }
+                                Next::ShutWrite
                             }
-                            Next::Continue
                         }
                     }
                 }
@@ -441,7 +400,7 @@ impl Session {
                                 return state.code;
                             }
                         }
-                        None if now >= silent_until => {
+                        None if now >= last_heard + config.pong_timeout => {
                             // Dead peer: no close handshake, nobody would read it.
                             return CLOSE_ABNORMAL;
                         }
@@ -452,7 +411,7 @@ impl Session {
                         None => {
                             if now >= next_ping {
                                 next_ping = now + config.ping_interval;
-                                self.outbox.push_control(Bytes::from_static(frame::PING));
+                                self.attached.outbox.push_control(Bytes::from_static(frame::PING));
                             }
                         }
                     }
@@ -468,6 +427,15 @@ impl Session {
                             Some(Box::pin(
                                 async move { ws_api::answer(text, peer, &ctx).await },
                             ));
+                    }
+                }
+                Next::ShutWrite => {
+                    let _ = self.write.shutdown().await;
+                    if let Some(state) = close.as_mut() {
+                        state.write_shut = true;
+                        if state.peer_closed || state.code == CLOSE_ABNORMAL {
+                            return state.code;
+                        }
                     }
                 }
                 Next::Continue => {}
@@ -501,26 +469,20 @@ impl Session {
 
     /// Closes from inside the session: queue the close and start its deadline now.
     fn begin_close(&self, close: &mut Option<Close>, code: u16, reason: String, config: &Config) {
-        self.outbox.close(code, reason, None);
-        if let Some(closing) = self.outbox.closing() {
+        self.attached.outbox.close(code, reason, None);
+        if let Some(closing) = self.attached.outbox.closing() {
             self.closing(close, &closing, config);
         }
     }
 
-    /// Queues the `serverShutdown` event and a 1001 close behind what is already queued.
+    /// Queues the `serverShutdown` event and a 1001 close behind what is already queued, for
+    /// a session that starts after its shard closed every connection it had
+    /// ([`crate::fanout::shard`] does it for the others).
     fn begin_shutdown(&self) {
-        let mut payload = Vec::with_capacity(96);
-        if self.subscriptions.combined {
-            payload.extend_from_slice(b"{\"stream\":\"!serverShutdown\",\"data\":");
-        }
-        payload.extend_from_slice(b"{\"e\":\"serverShutdown\",\"E\":");
-        push_time(&mut payload, crate::clock::wall_us(), self.unit);
-        payload.push(b'}');
-        if self.subscriptions.combined {
-            payload.push(b'}');
-        }
-        self.outbox
-            .close(1001, "server shutting down", Some(frame::text(&payload)));
+        let event = frame::server_shutdown(self.subscriptions.combined, self.unit);
+        self.attached
+            .outbox
+            .close(SHUTDOWN_CODE, SHUTDOWN_REASON, Some(event));
     }
 
     fn on_incoming(
@@ -566,14 +528,17 @@ impl Session {
             }
             return Next::Continue;
         }
-        if close.is_some() || self.outbox.is_closing() {
+        if close.is_some() || self.attached.outbox.is_closing() {
             // Closing: the peer's messages no longer matter.
             return Next::Continue;
         }
         if self.echo {
             match message {
-                Message::Text(text) => self.outbox.push_control(frame::text(text.as_bytes())),
-                Message::Binary(data) => self.outbox.push_control(frame::binary(&data)),
+                Message::Text(text) => self
+                    .attached
+                    .outbox
+                    .push_control(frame::text(text.as_bytes())),
+                Message::Binary(data) => self.attached.outbox.push_control(frame::binary(&data)),
                 _ => {}
             }
             return Next::Continue;
@@ -598,19 +563,19 @@ impl Session {
                 let outcome = control::handle(
                     &mut bytes,
                     &mut self.subscriptions,
-                    &*self.ctx.feed,
+                    &*self.attached.ctx.feed,
                     config.max_streams,
                 );
-                self.ctx.metrics.control_message(outcome.method);
+                self.attached.ctx.metrics.control_message(outcome.method);
                 if let Some(code) = outcome.error {
-                    self.ctx.metrics.control_error(code);
+                    self.attached.ctx.metrics.control_error(code);
                 }
                 let command = Command::Control {
-                    conn: self.conn,
+                    conn: self.attached.conn,
                     change: outcome.change,
                     reply: frame::text(&outcome.reply),
                 };
-                if self.ctx.engine.try_send(command).is_err() {
+                if self.attached.ctx.engine.try_send(command).is_err() {
                     self.begin_close(close, 1013, "server busy: try again later".into(), config);
                 }
             }
@@ -643,14 +608,15 @@ enum Input {
 }
 
 fn poll_input<R: AsyncRead + Unpin>(
-    ws: &mut WebSocketStream<ReadSide<R>>,
+    ws: &mut WsReader<R>,
+    outbox: &Outbox,
     read_done: bool,
     cx: &mut TaskContext<'_>,
 ) -> Poll<Input> {
     if read_done {
-        poll_discard(&mut ws.get_mut().read, cx).map(Input::Drained)
+        poll_discard(ws.socket(), cx).map(Input::Drained)
     } else {
-        ws.poll_next_unpin(cx).map(Input::Message)
+        ws.poll_next(cx, outbox).map(Input::Message)
     }
 }
 

@@ -91,6 +91,27 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     finish(buf, OP_CLOSE)
 }
 
+/// How every WebSocket connection is closed when the server shuts down (after
+/// [`server_shutdown`]).
+pub const SHUTDOWN_CODE: u16 = 1001;
+pub const SHUTDOWN_REASON: &str = "server shutting down";
+
+/// The `serverShutdown` event as a text frame, in the connection's format: wrapped as a
+/// combined stream event or bare, its time in ms or µs. Sent last before the 1001 close.
+pub fn server_shutdown(combined: bool, unit: crate::protocol::json::TimeUnit) -> Bytes {
+    let mut payload = Vec::with_capacity(96);
+    if combined {
+        payload.extend_from_slice(b"{\"stream\":\"!serverShutdown\",\"data\":");
+    }
+    payload.extend_from_slice(b"{\"e\":\"serverShutdown\",\"E\":");
+    crate::protocol::json::push_time(&mut payload, crate::clock::wall_us(), unit);
+    payload.push(b'}');
+    if combined {
+        payload.push(b'}');
+    }
+    text(&payload)
+}
+
 /// The server's ping: empty payload, so one static frame serves every connection and every
 /// interval without an allocation.
 pub const PING: &[u8] = &[FIN | OP_PING, 0];
