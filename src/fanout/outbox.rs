@@ -159,7 +159,9 @@ struct State {
     bytes: usize,
     /// Frames queued plus frames taken and not yet written.
     count: usize,
-    closing: Option<Closing>,
+    /// Why the outbox is closing, once it is. Boxed: set at most once in a connection's life,
+    /// so the connections that are not closing do not carry its size.
+    closing: Option<Box<Closing>>,
     /// The writer's waker while it waits: for data and closing, or (while it is busy writing a
     /// batch) for closing only. Taken by whoever wakes it, so a busy writer costs pushes nothing.
     waker: Option<Waker>,
@@ -243,7 +245,7 @@ pub struct Outbox {
     bound: QueueBound,
     /// A plain-HTTP transport's own counters (SSE), fed by every write; `None` for WebSocket,
     /// whose writes `SessionMetrics` counts alone.
-    transport: Option<TransportCounters>,
+    transport: Option<Box<TransportCounters>>,
     /// A WebSocket session's: its shard closes it with `serverShutdown` and 1001 when the
     /// server shuts down (SSE and polls end on their own).
     websocket: bool,
@@ -275,7 +277,7 @@ impl Outbox {
     /// An outbox whose writes are also counted as `transport`'s events and bytes.
     pub fn for_transport(bound: QueueBound, transport: Transport) -> Self {
         Outbox {
-            transport: Some(TransportCounters::new(transport)),
+            transport: Some(Box::new(TransportCounters::new(transport))),
             ..Outbox::new(bound)
         }
     }
@@ -365,11 +367,11 @@ impl Outbox {
 
     /// Closes the connection as a slow consumer and frees its backlog.
     fn evict(&self, mut state: MutexGuard<'_, State>) {
-        state.closing = Some(Closing::SlowConsumer {
+        state.closing = Some(Box::new(Closing::SlowConsumer {
             queued_bytes: state.bytes,
             queued_frames: state.count,
             bound: self.bound,
-        });
+        }));
         // Free the backlog now: a slow consumer must not hold memory while it is closed. A
         // frame already partly on the wire stays, or the close frame would land inside it.
         let started = if state.offset > 0 {
@@ -556,10 +558,10 @@ impl Outbox {
         if let Some(frame) = last {
             state.push(Queued::control(frame));
         }
-        state.closing = Some(Closing::Close {
+        state.closing = Some(Box::new(Closing::Close {
             code,
             reason: reason.into(),
-        });
+        }));
         let waker = state.waker.take();
         drop(state);
         wake(waker);
@@ -571,7 +573,7 @@ impl Outbox {
 
     /// Why the outbox is closing, if it is.
     pub fn closing(&self) -> Option<Closing> {
-        self.state.lock().closing.clone()
+        self.state.lock().closing.as_deref().cloned()
     }
 
     /// The session's one way in. With `want_data`, moves the queued frames, up to
@@ -614,7 +616,7 @@ impl Outbox {
             return Poll::Ready(None);
         }
         if let Some(closing) = &state.closing {
-            return Poll::Ready(Some(closing.clone()));
+            return Poll::Ready(Some(Closing::clone(closing)));
         }
         if !state
             .waker
