@@ -1,9 +1,9 @@
 //! Shards: the threads that own the connections and write to their sockets.
 //!
-//! Each shard is one thread running a tokio `current_thread` runtime. A connection is handed to
-//! one shard when it is accepted and stays there: its HTTP requests, WebSocket session, timers
-//! and every write to its socket run on that thread, so nothing about a connection crosses
-//! threads after the accept.
+//! Each shard is one thread running a tokio `current_thread` runtime, and accepts connections
+//! itself (see [`crate::front::server`]). A connection stays on the shard that accepted it: its
+//! HTTP requests, WebSocket session, timers and every write to its socket run on that thread,
+//! so nothing about a connection ever crosses threads.
 //!
 //! The engine (one thread) reaches a shard only through its bounded channel ([`ShardLink`]):
 //! subscription changes, replies, and each published event as finished frames, once per shard
@@ -43,7 +43,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch, Notify};
@@ -315,58 +315,31 @@ impl ResyncLink {
 }
 
 /// The front's end of a shard: where its connections are spawned.
+#[derive(Clone)]
 pub struct Shard {
     pub index: usize,
     runtime: tokio::runtime::Handle,
-    /// Connections living on this shard, to place new ones on the least loaded.
-    load: Arc<AtomicUsize>,
 }
 
 impl Shard {
-    /// Runs a connection on this shard's thread. The connection keeps its [`Placement`] for as
-    /// long as it lives, in whichever task ends up owning it.
-    pub fn spawn<F, Fut>(&self, connection: F)
-    where
-        F: FnOnce(Placement) -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let placement = Placement {
-            shard: self.index,
-            _load: LoadGuard::new(self.load.clone()),
-        };
-        self.runtime
-            .spawn(async move { connection(placement).await });
+    /// Runs `task` on this shard's thread.
+    pub fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(task);
     }
 
-    /// Connections on this shard now.
-    pub fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
+    /// Where a connection accepted by this shard lives.
+    pub fn place(&self) -> Placement {
+        Placement { shard: self.index }
     }
 }
 
-/// Which shard a connection lives on; counts it there until dropped.
+/// Which shard a connection lives on: the one whose accept loop took it.
+#[derive(Clone, Copy, Debug)]
 pub struct Placement {
     pub shard: usize,
-    _load: LoadGuard,
 }
 
-/// Counts a connection on its shard until it ends, however it ends.
-struct LoadGuard(Arc<AtomicUsize>);
-
-impl LoadGuard {
-    fn new(load: Arc<AtomicUsize>) -> Self {
-        load.fetch_add(1, Ordering::Relaxed);
-        LoadGuard(load)
-    }
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Every shard, for the accept loop.
+/// Every shard, each running an accept loop.
 pub struct Shards {
     shards: Vec<Shard>,
     /// Each thread ends once the engine drops its [`ShardLink`].
@@ -397,7 +370,6 @@ impl Shards {
             shards.push(Shard {
                 index,
                 runtime: runtime.handle().clone(),
-                load: Arc::new(AtomicUsize::new(0)),
             });
             links.push(link);
             threads.push(
@@ -415,12 +387,9 @@ impl Shards {
         ))
     }
 
-    /// The shard with the fewest connections (the first of equals).
-    pub fn least_loaded(&self) -> &Shard {
-        self.shards
-            .iter()
-            .min_by_key(|shard| shard.load())
-            .expect("Shards::start makes at least one")
+    /// The shards, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Shard> {
+        self.shards.iter()
     }
 }
 

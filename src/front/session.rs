@@ -142,7 +142,6 @@ pub async fn upgrade<S: Transport>(
         },
         unit: upgrade.unit,
         _slots: permit,
-        _placement: placement,
     };
     // The task's future is the session itself plus `run`'s locals: every byte of it is paid
     // once per connection for the connection's whole life.
@@ -250,7 +249,7 @@ fn describe(closing: &Closing) -> (u16, String) {
 
 /// A connection after its handshake: its socket halves and everything it holds until it ends.
 /// Dropped in field order: the socket closes, the connection is detached from the hub, then
-/// its admission slots and its shard's load count are released.
+/// its admission slots are released.
 struct Session<S: Transport> {
     ws: WsReader<S::Read>,
     write: S::Write,
@@ -263,7 +262,6 @@ struct Session<S: Transport> {
     subscriptions: Subscriptions,
     unit: TimeUnit,
     _slots: crate::front::admission::Slots,
-    _placement: Placement,
 }
 
 /// What one pass of the loop decided.

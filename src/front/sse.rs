@@ -119,7 +119,6 @@ pub async fn serve<S: Stream>(
     }
     drop(guard);
     drop(slots);
-    drop(placement);
 }
 
 /// Checks everything a request can get wrong; returns what it asks for.
