@@ -34,6 +34,7 @@ use crate::protocol::json::TimeUnit;
 use crate::protocol::stream::{StreamKind, SymbolId, Topic};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,6 +48,11 @@ pub const COMMAND_CAPACITY: usize = 65_536;
 const COMMANDS_PER_TURN: usize = 4_096;
 /// Resync requests answered per loop turn at most: each renders a snapshot per diff stream.
 const RESYNCS_PER_TURN: usize = 64;
+/// A command sent while the parked engine will wake by itself within this long anyway (its
+/// next book step is due) does not unpark it: at the default feed the engine steps every
+/// ~0.6 ms, so connections opening, closing and subscribing cost no thread wakeup and context
+/// switch of their own, for at most this much more latency.
+const LAZY_WAKE_US: u64 = 2_000;
 
 /// A new connection on `shard` and the streams named in its URL; `ready` fires once they are
 /// live there (and anything `snapshot` or `resume` asked for is queued ahead of their events).
@@ -103,16 +109,45 @@ pub enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: Sender<Command>,
-    /// The engine thread, unparked after each send (see [`Engine::run`]).
+    /// The engine thread, unparked after a send unless it wakes soon anyway (see
+    /// [`Engine::run`]).
     engine: std::thread::Thread,
+    wakes_at: Arc<WakesAt>,
 }
 
 impl EngineHandle {
     /// Sends without waiting; `Err` means the engine is saturated or gone.
     pub fn try_send(&self, command: Command) -> Result<(), Command> {
         self.tx.try_send(command).map_err(|e| e.into_inner())?;
-        self.engine.unpark();
+        if !self.wakes_at.soon() {
+            self.engine.unpark();
+        }
         Ok(())
+    }
+}
+
+/// When the parked engine thread will wake by itself, in [`crate::clock::monotonic_us`]; 0
+/// while it runs. The engine stores it before it looks at its channels one last time and
+/// parks; a sender reads it after its send (both with `SeqCst`), so either the engine sees
+/// the command or the sender sees a deadline it cannot rely on and unparks.
+#[derive(Default)]
+struct WakesAt(AtomicU64);
+
+impl WakesAt {
+    /// Whether the engine is parked and will wake within [`LAZY_WAKE_US`] by itself.
+    fn soon(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let at = self.0.load(Ordering::SeqCst);
+        at != 0 && at <= crate::clock::monotonic_us() + LAZY_WAKE_US
+    }
+
+    fn parking_until(&self, at_us: u64) {
+        self.0.store(at_us, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    fn running(&self) {
+        self.0.store(0, Ordering::SeqCst);
     }
 }
 
@@ -149,6 +184,8 @@ pub fn spawn(
     resyncs: Receiver<ConnId>,
 ) -> std::io::Result<(EngineHandle, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
+    let wakes_at = Arc::new(WakesAt::default());
+    let engine_wakes_at = wakes_at.clone();
     let thread = std::thread::Builder::new()
         .name("bookcast-engine".into())
         .spawn(move || {
@@ -173,11 +210,19 @@ pub fn spawn(
                 feed,
                 deferred: Vec::new(),
                 resyncs,
+                wakes_at: engine_wakes_at,
             }
             .run(rx)
         })?;
     let engine = thread.thread().clone();
-    Ok((EngineHandle { tx, engine }, thread))
+    Ok((
+        EngineHandle {
+            tx,
+            engine,
+            wakes_at,
+        },
+        thread,
+    ))
 }
 
 /// What an engine thread starts with: the derivation stage's state and what drives it.
@@ -312,6 +357,8 @@ struct Engine {
     deferred: Vec<(Instant, Box<Attach>)>,
     /// Connections whose shard asks for resync snapshots.
     resyncs: Receiver<ConnId>,
+    /// Published before each park, for senders (see [`EngineHandle::try_send`]).
+    wakes_at: Arc<WakesAt>,
 }
 
 /// Whether `topic` is a diff depth stream.
@@ -357,10 +404,16 @@ impl Engine {
             // second. Senders unpark the thread; a send between this check and the park leaves
             // the unpark token set, so the park returns at once. Once every sender is gone,
             // `try_recv` at the top of the loop sees it within one timer period (100 ms).
-            if rx.is_empty() && self.resyncs.is_empty() {
-                if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
-                    std::thread::park_timeout(wait.min(IDLE_WAIT));
+            // Commands sent while the engine will wake within LAZY_WAKE_US anyway do not
+            // unpark it: the deadline is published before the last look at the channels.
+            if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+                let wait = wait.min(IDLE_WAIT);
+                self.wakes_at
+                    .parking_until(crate::clock::monotonic_us() + wait.as_micros() as u64);
+                if rx.is_empty() && self.resyncs.is_empty() {
+                    std::thread::park_timeout(wait);
                 }
+                self.wakes_at.running();
             }
         }
     }
