@@ -8,6 +8,9 @@
 #   SCALES="1000" DURATION=10s benches/fanout.sh
 #   SERVERS="bookcast go" benches/fanout.sh
 #   SERVERS="bookcast bun" benches/fanout.sh
+#   SERVERS="bookcast bookcast-1shard bun" benches/fanout.sh   # bookcast-1shard: --shards 1,
+#                                         # one writer thread like Bun's, leaving the other
+#                                         # core to the load generator on a 2-core machine
 #   STREAM=@depth benches/fanout.sh       # Binance's 1000 ms diff (bursts: every symbol's
 #                                         # window closes at once); or @trade, @depth20@100ms, ...
 #   benches/fanout.sh --smoke             # (or SMOKE=1) 200 clients, 3 s, @depth@0ms, bookcast +
@@ -63,7 +66,7 @@ log() { printf '[fanout] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 for s in $SERVERS; do
-  case "$s" in bookcast|bookcast-naive|node|go|bun) ;; *) die "unknown server '$s'" ;; esac
+  case "$s" in bookcast|bookcast-naive|bookcast-1shard|node|go|bun) ;; *) die "unknown server '$s'" ;; esac
 done
 for n in $SCALES; do [[ "$n" =~ ^[0-9]+$ ]] || die "bad scale '$n'"; done
 # The suffix after '<sym>' (the peers relay <sym>$STREAM for every symbol); the servers refuse
@@ -246,9 +249,10 @@ start_server() {
   local name=$1 port=$2 logf=$3
   port_free "$port" || die "port $port is in use (set PORT_BASE)"
   case "$name" in
-    bookcast | bookcast-naive)
+    bookcast | bookcast-naive | bookcast-1shard)
       local extra=()
       [[ "$name" == bookcast-naive ]] && extra=(--naive-fanout)
+      [[ "$name" == bookcast-1shard ]] && extra=(--shards 1)
       "$BIN/bookcast" --listen "127.0.0.1:$port" --max-connection-attempts-per-ip 0 \
         --shutdown-timeout 2s "${extra[@]+"${extra[@]}"}" >"$logf" 2>&1 &
       ;;
@@ -281,6 +285,7 @@ port_of() {
   case "$1" in
     bookcast) echo $((PORT_BASE + 1)) ;;
     bookcast-naive) echo $((PORT_BASE + 2)) ;;
+    bookcast-1shard) echo $((PORT_BASE + 6)) ;;
     node) echo $((PORT_BASE + 3)) ;;
     go) echo $((PORT_BASE + 4)) ;;
     bun) echo $((PORT_BASE + 5)) ;;
