@@ -349,6 +349,13 @@ async fn a_stalled_reader_gets_only_the_newest_partial_depth() {
             slow_ids.push(id);
         }
     }
+    // The fast reader may not have read that last event yet: wait until it has.
+    let newest = *slow_ids.last().expect("the stalled reader got events");
+    let mut ids_seen = ids_rx.clone();
+    tokio::time::timeout(PATIENCE, ids_seen.wait_for(|ids| ids.contains(&newest)))
+        .await
+        .expect("the fast reader gets the stalled reader's newest event")
+        .expect("fast reader running");
     stop_fast.send(()).expect("fast reader running");
     fast_reader.await.expect("fast reader");
 
