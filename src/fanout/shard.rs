@@ -364,7 +364,9 @@ impl Shards {
                 .enable_all()
                 .build()?;
             let (link, rx) = ShardLink::detached();
-            let table = ShardTable::new(metrics.clone()).resync_to(resync.clone());
+            let table = ShardTable::new(metrics.clone())
+                .resync_to(resync.clone())
+                .counted_as(index);
             let wake = link.wake.clone();
             let shutdown = shutdown.clone();
             shards.push(Shard {
@@ -470,6 +472,8 @@ pub struct ShardTable {
     metrics: ShardMetrics,
     /// Where resync requests go; without one (tables driven by hand) overflows evict.
     resync: Option<ResyncLink>,
+    /// `bookcast_shard_connections{shard}`; `None` for tables driven by hand.
+    counted: Option<::metrics::Gauge>,
 }
 
 impl ShardTable {
@@ -480,6 +484,22 @@ impl ShardTable {
             dirty: Vec::new(),
             metrics,
             resync: None,
+            counted: None,
+        }
+    }
+
+    /// Reports how many connections this table holds as shard `index`'s
+    /// `bookcast_shard_connections`.
+    pub fn counted_as(mut self, index: usize) -> Self {
+        let gauge = ::metrics::gauge!("bookcast_shard_connections", "shard" => index.to_string());
+        gauge.set(0.0);
+        self.counted = Some(gauge);
+        self
+    }
+
+    fn count_connections(&self) {
+        if let Some(gauge) = &self.counted {
+            gauge.set(self.connections.len() as f64);
         }
     }
 
@@ -500,6 +520,7 @@ impl ShardTable {
                 ready,
             } => {
                 self.connections.insert(conn, Local { outbox, slot });
+                self.count_connections();
                 self.subscribe(conn, &topics);
                 let _ = ready.send(());
             }
@@ -532,6 +553,7 @@ impl ShardTable {
             ShardMsg::Detach { conn, topics } => {
                 self.unsubscribe(conn, &topics);
                 self.connections.remove(&conn);
+                self.count_connections();
             }
             ShardMsg::Publish {
                 topic,

@@ -161,6 +161,13 @@ pub const FAMILIES: &[Family] = &[
         help: "WebSocket connections closed with 4001 because of a missing or invalid token (--auth-tokens), by reason.",
     },
     Family {
+        name: "bookcast_shard_connections",
+        kind: FamilyKind::Gauge,
+        label: Some("shard"),
+        unit: None,
+        help: "Connections in each shard's fan-out table (WebSocket sessions, SSE streams, waiting polls), by shard: each shard accepts its own, so this shows how they spread.",
+    },
+    Family {
         name: "bookcast_subscriptions",
         kind: FamilyKind::Gauge,
         label: Some("kind"),
