@@ -22,8 +22,8 @@
 
 use super::outbox::Outbox;
 use super::shard::{
-    is_microseconds, list, shape_of, spells_synonym, variant, ConnId, Frames, Shape, ShardLink,
-    ShardMsg, LISTS,
+    is_microseconds, list, shape_of, spells_synonym, unit_of, variant, ConnId, Frames, Shape,
+    ShardLink, ShardMsg, LISTS,
 };
 use crate::market::feed::Feed;
 use crate::metrics::{HubMetrics, ShardMetrics};
@@ -518,11 +518,7 @@ fn frame_for_one(
     topic: Topic,
     render: impl FnOnce(&mut Vec<u8>, TimeUnit),
 ) -> Bytes {
-    let unit = if is_microseconds(slot) {
-        TimeUnit::Microsecond
-    } else {
-        TimeUnit::Millisecond
-    };
+    let unit = unit_of(slot);
     let mut payload = Vec::with_capacity(16 * 1024);
     render(&mut payload, unit);
     build_frame(shape_of(slot), &Naming::new(feed, topic), topic, &payload)

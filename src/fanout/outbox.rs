@@ -567,6 +567,16 @@ impl Outbox {
         wake(waker);
     }
 
+    /// Closes for the server's shutdown: `event` (the connection's `serverShutdown` frame)
+    /// last, then 1001.
+    pub fn shut_down(&self, event: Bytes) {
+        self.close(
+            crate::protocol::frame::SHUTDOWN_CODE,
+            crate::protocol::frame::SHUTDOWN_REASON,
+            Some(event),
+        );
+    }
+
     pub fn is_closing(&self) -> bool {
         self.state.lock().closing.is_some()
     }

@@ -87,6 +87,15 @@ pub fn is_microseconds(slot: usize) -> bool {
     slot % 2 == 1
 }
 
+/// The time unit of variant (or list) `slot`.
+pub fn unit_of(slot: usize) -> TimeUnit {
+    if is_microseconds(slot) {
+        TimeUnit::Microsecond
+    } else {
+        TimeUnit::Millisecond
+    }
+}
+
 /// Subscriber lists per fan-out key ([`Topic::fanout_key`]): one per variant, then the four
 /// named variants (combined and SSE, which carry the stream's name) again for subscribers who
 /// used the key's synonym (`btcusdt@depth@1000ms` for `btcusdt@depth`), whose name must echo
@@ -315,7 +324,6 @@ impl ResyncLink {
 }
 
 /// The front's end of a shard: where its connections are spawned.
-#[derive(Clone)]
 pub struct Shard {
     pub index: usize,
     runtime: tokio::runtime::Handle,
@@ -673,18 +681,9 @@ impl ShardTable {
                 continue;
             }
             let event = events[local.slot].get_or_insert_with(|| {
-                let unit = if is_microseconds(local.slot) {
-                    TimeUnit::Microsecond
-                } else {
-                    TimeUnit::Millisecond
-                };
-                frame::server_shutdown(shape_of(local.slot) == Shape::Combined, unit)
+                frame::server_shutdown(shape_of(local.slot) == Shape::Combined, unit_of(local.slot))
             });
-            local.outbox.close(
-                frame::SHUTDOWN_CODE,
-                frame::SHUTDOWN_REASON,
-                Some(event.clone()),
-            );
+            local.outbox.shut_down(event.clone());
         }
     }
 

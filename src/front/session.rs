@@ -21,7 +21,7 @@ use crate::front::upgrade::Upgrade;
 use crate::front::ws_api;
 use crate::front::ws_read::WsReader;
 use crate::protocol::control::{self, Subscriptions};
-use crate::protocol::frame::{self, SHUTDOWN_CODE, SHUTDOWN_REASON};
+use crate::protocol::frame;
 use crate::protocol::json::TimeUnit;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -478,9 +478,7 @@ impl<S: Transport> Session<S> {
     /// ([`crate::fanout::shard`] does it for the others).
     fn begin_shutdown(&self) {
         let event = frame::server_shutdown(self.subscriptions.combined, self.unit);
-        self.attached
-            .outbox
-            .close(SHUTDOWN_CODE, SHUTDOWN_REASON, Some(event));
+        self.attached.outbox.shut_down(event);
     }
 
     fn on_incoming(
