@@ -271,157 +271,112 @@ enum Next {
     Request(Vec<u8>),
     /// Drop the socket now and record this close code.
     End(u16),
-    /// Our close frame is written: shut the write side. Awaited after the select rather than
-    /// in its arm, so that the arm's locals are not kept in the future (per connection).
+    /// Our close frame is written: shut the write side. Awaited in `run` once the event is
+    /// handled, so that the handler's locals are not kept in the future (per connection).
     ShutWrite,
+}
+
+/// What the connection is waiting on, in priority order: what [`Session::poll_event`] found
+/// ready. Handled after the poll, so nothing the handlers use is kept in the future.
+enum Event {
+    Input(Input),
+    Answer(ws_api::Answer),
+    Written(io::Result<usize>),
+    /// The outbox handed over a batch (`None`) or reports the connection closing.
+    Outbox(Option<Closing>),
+    Timer,
+}
+
+/// Everything the loop keeps between wakeups. One struct that one poll function borrows:
+/// a `select!` over five futures kept a borrow of these per branch (about 100 bytes more per
+/// connection, for its whole life).
+struct LoopState {
+    /// The batch being written, and how much of its first frame is already out.
+    pending: VecDeque<Queued>,
+    offset: usize,
+    /// Filled by the outbox while `pending` is still being written.
+    batch: VecDeque<Queued>,
+    /// Bytes of the batch's first frame the shard already wrote directly.
+    batch_offset: usize,
+    close: Option<Close>,
+    rate: RateWindow,
+    last_heard: Instant,
+    next_ping: Instant,
+    lifetime_end: Instant,
+    /// Tungstenite reported an error or the peer's close: from here on the socket's input is
+    /// only drained (unread input would turn our close into a reset) until EOF.
+    read_done: bool,
+    /// The WebSocket API request being answered, if any. One at a time: input is not read
+    /// while it runs, so answers keep the requests' order and a client that sends faster than
+    /// it is answered is held back by TCP rather than queued here.
+    answering: Option<Pin<Box<dyn Future<Output = ws_api::Answer> + Send>>>,
+}
+
+impl LoopState {
+    fn close_code(&self) -> u16 {
+        self.close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)
+    }
+
+    /// When the connection's one timer should fire next.
+    fn deadline(&self, config: &Config) -> Instant {
+        match &self.close {
+            Some(state) => state.deadline,
+            None => self
+                .next_ping
+                .min(self.last_heard + config.pong_timeout)
+                .min(self.lifetime_end),
+        }
+    }
 }
 
 impl<S: Transport> Session<S> {
     /// Runs the connection to its end and returns the close code to record.
     async fn run(&mut self) -> u16 {
-        // A local Arc, so the config can be borrowed while `self` is mutated.
-        let ctx = self.attached.ctx.clone();
-        let config = &ctx.config;
         // Shutdown reaches a running session through its outbox (its shard closes it), so
         // the session's future holds no watch of its own; this covers one whose attach the
         // shard applied after it had closed the others.
-        if *ctx.shutdown.borrow() {
+        if *self.attached.ctx.shutdown.borrow() {
             self.begin_shutdown();
         }
         let started = Instant::now();
-        let lifetime_end = started + config.max_lifetime;
-        let mut last_heard = started;
-        let mut next_ping = started + config.ping_interval;
-        let mut rate = RateWindow {
-            limit: config.max_messages_per_second,
-            started,
-            count: 0,
+        let config = &self.attached.ctx.config;
+        let mut state = LoopState {
+            pending: VecDeque::new(),
+            offset: 0,
+            batch: VecDeque::new(),
+            batch_offset: 0,
+            close: None,
+            rate: RateWindow {
+                limit: config.max_messages_per_second,
+                started,
+                count: 0,
+            },
+            last_heard: started,
+            next_ping: started + config.ping_interval,
+            lifetime_end: started + config.max_lifetime,
+            read_done: false,
+            answering: None,
         };
-        let mut pending: VecDeque<Queued> = VecDeque::new();
-        let mut offset = 0usize;
-        let mut close: Option<Close> = None;
         // One timer for the connection, moved only when its deadline changes (rarely): creating
         // a fresh one per wakeup would register with the timer wheel on every frame written.
-        let sleep = sleep_until(next_ping);
+        let sleep = sleep_until(state.next_ping);
         tokio::pin!(sleep);
-        // Tungstenite reported an error or the peer's close: from here on the socket's input is
-        // only drained (unread input would turn our close into a reset) until EOF.
-        let mut read_done = false;
-        let metrics = &ctx.metrics;
-        // The WebSocket API request being answered, if any. One at a time: input is not read
-        // while it runs, so answers keep the requests' order and a client that sends faster
-        // than it is answered is held back by TCP rather than queued here.
-        let mut answering: Option<Pin<Box<dyn Future<Output = ws_api::Answer> + Send>>> = None;
-
-        // Filled by the outbox branch while `pending` may be borrowed by the write branch.
-        let mut batch: VecDeque<Queued> = VecDeque::new();
-        // Bytes of the batch's first frame the shard already wrote directly.
-        let mut batch_offset = 0usize;
         loop {
-            // Recomputed rather than kept: a local that lives across the await below would be
-            // stored in the future, per connection.
             {
-                let timer = match &close {
-                    Some(state) => state.deadline,
-                    None => next_ping
-                        .min(last_heard + config.pong_timeout)
-                        .min(lifetime_end),
-                };
-                if sleep.deadline() != timer {
-                    sleep.as_mut().reset(timer);
+                let deadline = state.deadline(&self.attached.ctx.config);
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
                 }
             }
-            let draining = read_done && close.as_ref().is_some_and(|c| !c.peer_closed);
-            let next = tokio::select! {
-                biased;
-                input = poll_fn(|cx| poll_input(&mut self.ws, &self.attached.outbox, read_done, cx)), if (!read_done || draining) && answering.is_none() => match input {
-                    Input::Message(incoming) => {
-                        last_heard = Instant::now();
-                        self.on_incoming(incoming, &mut rate, &mut close, &mut read_done, last_heard, config)
-                    }
-                    Input::Drained(Ok(0) | Err(_)) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
-                    Input::Drained(Ok(_)) => Next::Continue,
-                },
-                answer = poll_fn(|cx| poll_answer(&mut answering, cx)), if answering.is_some() => {
-                    answering = None;
-                    crate::metrics::ws_api_request(answer.method, answer.error);
-                    // Dropped by the outbox if the connection is closing meanwhile.
-                    self.attached.outbox.push_control(frame::text(&answer.json));
-                    Next::Continue
-                }
-                written = poll_fn(|cx| poll_write_batch(&mut self.write, &pending, offset, cx)), if !pending.is_empty() => {
-                    match written {
-                        Ok(0) | Err(_) => Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
-                        Ok(n) => {
-                            let (frames, bytes) = outbox::wrote(&mut pending, &mut offset, n, metrics);
-                            self.attached.outbox.written(frames, bytes);
-                            Next::Continue
-                        }
-                    }
-                }
-                // Armed while a batch is being written too (for closing only), so an eviction or
-                // shutdown starts the close deadline even when the socket is backed up.
-                event = poll_fn(|cx| self.attached.outbox.poll_next(cx, &mut batch, &mut batch_offset, pending.is_empty())),
-                    if close.as_ref().is_none_or(|c| pending.is_empty() && !c.write_shut) =>
-                {
-                    match event {
-                        None => {
-                            std::mem::swap(&mut pending, &mut batch);
-                            offset = batch_offset;
-                            let queued: usize = pending.iter().map(|q| q.frame.len()).sum();
-                            metrics.queue_depth_bytes.record(queued as f64);
-                            Next::Continue
-                        }
-                        Some(closing) => {
-                            let state = self.closing(&mut close, &closing, config);
-                            if !pending.is_empty() {
-                                // Noticed mid-batch: the deadline runs; the close frame follows the batch.
-                                Next::Continue
-                            } else if !state.frame_queued {
-                                state.frame_queued = true;
-                                if state.code != CLOSE_ABNORMAL {
-                                    let frame = frame::close(state.code, &describe(&closing).1);
-                                    pending.push_back(Queued::control(frame));
-                                }
-                                Next::Continue
-                            } else {
-                                Next::ShutWrite
-                            }
-                        }
-                    }
-                }
-                _ = &mut sleep => {
-                    let now = Instant::now();
-                    match &close {
-                        Some(state) => {
-                            if now >= state.deadline {
-                                return state.code;
-                            }
-                        }
-                        None if now >= last_heard + config.pong_timeout => {
-                            // Dead peer: no close handshake, nobody would read it.
-                            return CLOSE_ABNORMAL;
-                        }
-                        None if now >= lifetime_end => {
-                            let reason = format!("connection lifetime of {} reached", humantime::format_duration(config.max_lifetime));
-                            self.begin_close(&mut close, 4009, reason, config);
-                        }
-                        None => {
-                            if now >= next_ping {
-                                next_ping = now + config.ping_interval;
-                                self.attached.outbox.push_control(Bytes::from_static(frame::PING));
-                            }
-                        }
-                    }
-                    Next::Continue
-                }
-            };
-            match next {
+            let event = poll_fn(|cx| self.poll_event(&mut state, sleep.as_mut(), cx)).await;
+            // Handled in a plain function, so that nothing it uses lives in the future (a
+            // local that lived across an await would be stored there, per connection).
+            match self.on_event(event, &mut state) {
                 Next::End(code) => return code,
                 Next::Request(text) => {
                     if let Some(peer) = self.api {
-                        let ctx = ctx.clone();
-                        answering =
+                        let ctx = self.attached.ctx.clone();
+                        state.answering =
                             Some(Box::pin(
                                 async move { ws_api::answer(text, peer, &ctx).await },
                             ));
@@ -429,16 +384,144 @@ impl<S: Transport> Session<S> {
                 }
                 Next::ShutWrite => {
                     let _ = self.write.shutdown().await;
-                    if let Some(state) = close.as_mut() {
-                        state.write_shut = true;
-                        if state.peer_closed || state.code == CLOSE_ABNORMAL {
-                            return state.code;
+                    if let Some(close) = state.close.as_mut() {
+                        close.write_shut = true;
+                        if close.peer_closed || close.code == CLOSE_ABNORMAL {
+                            return close.code;
                         }
                     }
                 }
                 Next::Continue => {}
             }
         }
+    }
+
+    /// Acts on what [`Session::poll_event`] found.
+    fn on_event(&mut self, event: Event, state: &mut LoopState) -> Next {
+        // A local Arc, so the config can be borrowed while `self` is mutated.
+        let ctx = self.attached.ctx.clone();
+        let config = &ctx.config;
+        match event {
+            Event::Input(Input::Message(incoming)) => {
+                state.last_heard = Instant::now();
+                self.on_incoming(incoming, state, config)
+            }
+            Event::Input(Input::Drained(Ok(0) | Err(_))) => Next::End(state.close_code()),
+            Event::Input(Input::Drained(Ok(_))) => Next::Continue,
+            Event::Answer(answer) => {
+                state.answering = None;
+                crate::metrics::ws_api_request(answer.method, answer.error);
+                // Dropped by the outbox if the connection is closing meanwhile.
+                self.attached.outbox.push_control(frame::text(&answer.json));
+                Next::Continue
+            }
+            Event::Written(Ok(0) | Err(_)) => Next::End(state.close_code()),
+            Event::Written(Ok(n)) => {
+                let (frames, bytes) =
+                    outbox::wrote(&mut state.pending, &mut state.offset, n, &ctx.metrics);
+                self.attached.outbox.written(frames, bytes);
+                Next::Continue
+            }
+            Event::Outbox(None) => {
+                std::mem::swap(&mut state.pending, &mut state.batch);
+                state.offset = state.batch_offset;
+                let queued: usize = state.pending.iter().map(|q| q.frame.len()).sum();
+                ctx.metrics.queue_depth_bytes.record(queued as f64);
+                Next::Continue
+            }
+            Event::Outbox(Some(closing)) => {
+                let idle = state.pending.is_empty();
+                let close = self.closing(&mut state.close, &closing, config);
+                if !idle {
+                    // Noticed mid-batch: the deadline runs; the close frame follows the batch.
+                    Next::Continue
+                } else if !close.frame_queued {
+                    close.frame_queued = true;
+                    if close.code != CLOSE_ABNORMAL {
+                        let frame = frame::close(close.code, &describe(&closing).1);
+                        state.pending.push_back(Queued::control(frame));
+                    }
+                    Next::Continue
+                } else {
+                    Next::ShutWrite
+                }
+            }
+            Event::Timer => {
+                let now = Instant::now();
+                match &state.close {
+                    Some(close) => {
+                        if now >= close.deadline {
+                            return Next::End(close.code);
+                        }
+                    }
+                    None if now >= state.last_heard + config.pong_timeout => {
+                        // Dead peer: no close handshake, nobody would read it.
+                        return Next::End(CLOSE_ABNORMAL);
+                    }
+                    None if now >= state.lifetime_end => {
+                        let reason = format!(
+                            "connection lifetime of {} reached",
+                            humantime::format_duration(config.max_lifetime)
+                        );
+                        self.begin_close(&mut state.close, 4009, reason, config);
+                    }
+                    None => {
+                        if now >= state.next_ping {
+                            state.next_ping = now + config.ping_interval;
+                            self.attached
+                                .outbox
+                                .push_control(Bytes::from_static(frame::PING));
+                        }
+                    }
+                }
+                Next::Continue
+            }
+        }
+    }
+
+    /// Polls what the connection waits on, in a fixed order (a biased `select!`, written out):
+    /// input first, so a client's close is seen before more data is queued for it; then a
+    /// WebSocket API answer; the batch being written; the outbox, armed while a batch is being
+    /// written too (for closing only), so an eviction or shutdown starts the close deadline
+    /// even when the socket is backed up; and the timer.
+    fn poll_event(
+        &mut self,
+        state: &mut LoopState,
+        sleep: Pin<&mut tokio::time::Sleep>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Event> {
+        let draining = state.read_done && state.close.as_ref().is_some_and(|c| !c.peer_closed);
+        if (!state.read_done || draining) && state.answering.is_none() {
+            let input = poll_input(&mut self.ws, &self.attached.outbox, state.read_done, cx);
+            if let Poll::Ready(input) = input {
+                return Poll::Ready(Event::Input(input));
+            }
+        }
+        if let Some(answering) = state.answering.as_mut() {
+            if let Poll::Ready(answer) = answering.as_mut().poll(cx) {
+                return Poll::Ready(Event::Answer(answer));
+            }
+        }
+        if !state.pending.is_empty() {
+            let written = poll_write_batch(&mut self.write, &state.pending, state.offset, cx);
+            if let Poll::Ready(written) = written {
+                return Poll::Ready(Event::Written(written));
+            }
+        }
+        let idle = state.pending.is_empty();
+        if state.close.as_ref().is_none_or(|c| idle && !c.write_shut) {
+            let event =
+                self.attached
+                    .outbox
+                    .poll_next(cx, &mut state.batch, &mut state.batch_offset, idle);
+            if let Poll::Ready(event) = event {
+                return Poll::Ready(Event::Outbox(event));
+            }
+        }
+        if sleep.poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        Poll::Pending
     }
 
     /// The connection's close state, created on first sight of the outbox's closing.
@@ -484,12 +567,17 @@ impl<S: Transport> Session<S> {
     fn on_incoming(
         &mut self,
         incoming: Option<Result<Message, WsError>>,
-        rate: &mut RateWindow,
-        close: &mut Option<Close>,
-        read_done: &mut bool,
-        now: Instant,
+        state: &mut LoopState,
         config: &Config,
     ) -> Next {
+        let LoopState {
+            rate,
+            close,
+            read_done,
+            last_heard: now,
+            ..
+        } = state;
+        let now = *now;
         let message = match incoming {
             None => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
             Some(Ok(message)) => message,
@@ -581,17 +669,6 @@ impl<S: Transport> Session<S> {
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) | Message::Close(_) => {}
         }
         Next::Continue
-    }
-}
-
-/// Polls the WebSocket API request being answered; pending while there is none.
-fn poll_answer(
-    answering: &mut Option<Pin<Box<dyn Future<Output = ws_api::Answer> + Send>>>,
-    cx: &mut TaskContext<'_>,
-) -> Poll<ws_api::Answer> {
-    match answering {
-        Some(future) => future.as_mut().poll(cx),
-        None => Poll::Pending,
     }
 }
 
