@@ -49,7 +49,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 
 /// Frames handed to one vectored write at most (well under IOV_MAX).
 pub const MAX_IOV: usize = 64;
@@ -169,9 +169,9 @@ struct State {
     wants_data: bool,
     /// Pushed to since the last flush (the publisher has it on its list).
     dirty: bool,
-    /// The plain-TCP socket's write half, shared with the session, for direct writes; `None`
+    /// The plain-TCP socket, shared with the session, for direct writes; `None`
     /// for TLS and once the session has ended.
-    direct: Option<Arc<OwnedWriteHalf>>,
+    direct: Option<Arc<TcpStream>>,
     /// A conflatable frame may be in `frames`: set when one is queued, cleared whenever
     /// `frames` empties, so pushes to a queue without one never scan it.
     may_conflate: bool,
@@ -453,7 +453,7 @@ impl Outbox {
     }
 
     /// Lets the shard write to this plain-TCP socket directly (see the module docs).
-    pub fn set_direct(&self, socket: Arc<OwnedWriteHalf>) {
+    pub fn set_direct(&self, socket: Arc<TcpStream>) {
         self.state.lock().direct = Some(socket);
     }
 

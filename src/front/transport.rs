@@ -1,17 +1,16 @@
 //! The byte streams a connection can run over: plain TCP, or TLS over TCP (`--tls-cert`).
 //!
-//! Sessions are generic over [`Transport`] so the plain path keeps tokio's owned TCP halves
-//! (no lock between reader and writer), with the write half shared with the connection's
-//! shard for direct writes, while TLS goes through `tokio::io::split` and only its session
-//! writes (its bytes are encrypted per connection anyway).
+//! Sessions are generic over [`Transport`] so the plain path keeps one shared TCP socket (no
+//! lock between reader and writer), also held by the connection's shard for direct writes,
+//! while TLS goes through `tokio::io::split` and only its session writes (its bytes are
+//! encrypted per connection anyway).
 
 use std::io::{self, IoSlice};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,33 +24,53 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     type Write: AsyncWrite + Unpin + Send + 'static;
     fn split(self) -> (Self::Read, Self::Write);
     /// The socket the shard may write to directly, if this transport allows it.
-    fn direct(write: &Self::Write) -> Option<Arc<OwnedWriteHalf>>;
+    fn direct(write: &Self::Write) -> Option<Arc<TcpStream>>;
 }
 
 impl Transport for TcpStream {
-    type Read = OwnedReadHalf;
+    type Read = SharedRead;
     type Write = SharedWrite;
 
-    fn split(self) -> (OwnedReadHalf, SharedWrite) {
-        let (read, write) = self.into_split();
-        (read, SharedWrite(Arc::new(write)))
+    /// Both halves share one `Arc<TcpStream>`: tokio's `into_split` would allocate its own
+    /// Arc, and the shard's share of the write half another, per connection.
+    fn split(self) -> (SharedRead, SharedWrite) {
+        let socket = Arc::new(self);
+        (SharedRead(socket.clone()), SharedWrite(socket))
     }
 
-    fn direct(write: &SharedWrite) -> Option<Arc<OwnedWriteHalf>> {
+    fn direct(write: &SharedWrite) -> Option<Arc<TcpStream>> {
         Some(write.0.clone())
     }
 }
 
-/// A TCP write half shared by the session and its shard (both on one thread, never writing at
-/// once: see [`crate::fanout::outbox`]). Writes go through tokio's readiness and `try_write`,
-/// which take `&self`; the socket's write side shuts down when the last holder drops it.
-pub struct SharedWrite(Arc<OwnedWriteHalf>);
+/// The read side of a shared TCP socket: tokio's readiness and `try_read`, which take `&self`.
+pub struct SharedRead(Arc<TcpStream>);
 
-impl SharedWrite {
-    fn tcp(&self) -> &TcpStream {
-        AsRef::<TcpStream>::as_ref(&*self.0)
+impl AsyncRead for SharedRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            // `try_read` clears the readiness on `WouldBlock`, so the next poll waits again.
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
+
+/// A TCP socket's write side, shared by the session and its shard (both on one thread, never
+/// writing at once: see [`crate::fanout::outbox`]). Writes go through tokio's readiness and
+/// `try_write`, which take `&self`; the socket closes when the last holder drops it.
+pub struct SharedWrite(Arc<TcpStream>);
 
 impl SharedWrite {
     /// Waits for write readiness, then tries `write`; on `WouldBlock` (readiness cleared) waits
@@ -59,10 +78,10 @@ impl SharedWrite {
     fn poll_try(
         &self,
         cx: &mut Context<'_>,
-        write: impl Fn(&OwnedWriteHalf) -> io::Result<usize>,
+        write: impl Fn(&TcpStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.tcp().poll_write_ready(cx))?;
+            ready!(self.0.poll_write_ready(cx))?;
             match write(&self.0) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
@@ -97,7 +116,7 @@ impl AsyncWrite for SharedWrite {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let socket = socket2::SockRef::from(self.tcp());
+        let socket = socket2::SockRef::from(&*self.0);
         Poll::Ready(socket.shutdown(std::net::Shutdown::Write))
     }
 }
@@ -110,7 +129,7 @@ impl Transport for TlsStream<TcpStream> {
         tokio::io::split(self)
     }
 
-    fn direct(_: &Self::Write) -> Option<Arc<OwnedWriteHalf>> {
+    fn direct(_: &Self::Write) -> Option<Arc<TcpStream>> {
         None
     }
 }
