@@ -41,11 +41,11 @@ use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketConfig};
 
 /// Largest client message or frame (SPEC.md: larger is closed with 1009).
 pub const MAX_INCOMING: usize = 4 * 1024;
-/// Tungstenite's read buffer: eagerly allocated per connection, so sized for the control
-/// messages subscribers send (a SUBSCRIBE for two streams is about 100 bytes; the buffer grows
-/// for the rare larger frame, read 128 bytes at a time); its 128 KiB default would cost 1.3 GB
-/// at 10k clients.
-const READ_BUFFER: usize = 128;
+/// Tungstenite's read buffer: eagerly allocated per connection, so sized for what subscribers
+/// mostly send, pongs and small control messages (a SUBSCRIBE for two streams, about 100 bytes,
+/// takes two reads; the buffer grows for a larger frame once its header is read). Its 128 KiB
+/// default would cost 1.3 GB at 10k clients.
+const READ_BUFFER: usize = 64;
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
 
