@@ -30,7 +30,7 @@ use crate::metrics::{HubMetrics, ShardMetrics};
 use crate::protocol::control::Change;
 use crate::protocol::frame;
 use crate::protocol::json::TimeUnit;
-use crate::protocol::stream::{StreamKind, SymbolId, Topic};
+use crate::protocol::stream::{StreamKind, SymbolId, Topic, TopicList};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -73,17 +73,31 @@ impl Route {
     }
 }
 
+/// One per connection, in a hash table that grows to the next power of two: its fields are
+/// narrow (16 bytes less here is about 27 less per connection at 19,000).
 struct Connection {
-    shard: usize,
     /// Only to notice connections that ended without a detach (see [`Hub::sweep`]).
     outbox: Arc<Outbox>,
-    slot: usize,
     /// As the client named them (synonyms included), in subscription order.
-    topics: Vec<Topic>,
+    topics: TopicList,
+    /// Its shard's index ([`Connection::shard`]).
+    shard: u16,
+    /// Its list slot ([`Connection::slot`]): one of [`LISTS`].
+    slot: u8,
     /// `snapshot=true`: the engine sends each diff stream subscribed a `depthSnapshot` first,
     /// and the outbox resyncs on overflow instead of evicting (mirrored on it, since the shard
     /// decides that without asking the engine).
     snapshot: bool,
+}
+
+impl Connection {
+    fn shard(&self) -> usize {
+        usize::from(self.shard)
+    }
+
+    fn slot(&self) -> usize {
+        usize::from(self.slot)
+    }
 }
 
 pub struct Hub {
@@ -140,18 +154,21 @@ impl Hub {
         topics: &[Topic],
         ready: oneshot::Sender<()>,
     ) -> Vec<Topic> {
-        if shard >= self.shards.len() {
+        let Some(index) = u16::try_from(shard)
+            .ok()
+            .filter(|_| shard < self.shards.len())
+        else {
             return Vec::new();
-        }
+        };
         outbox.set_resyncable(snapshot);
         let slot = variant(shape, unit == TimeUnit::Microsecond);
         self.connections.insert(
             conn,
             Connection {
-                shard,
                 outbox: outbox.clone(),
-                slot,
-                topics: Vec::new(),
+                topics: TopicList::new(),
+                shard: index,
+                slot: slot as u8, // < LISTS
                 snapshot,
             },
         );
@@ -171,7 +188,7 @@ impl Hub {
     pub fn subscribe(&mut self, conn: ConnId, topics: &[Topic]) -> Vec<Topic> {
         let added = self.add_interest(conn, topics);
         if let (false, Some(connection)) = (added.is_empty(), self.connections.get(&conn)) {
-            self.shards[connection.shard].send(ShardMsg::Subscribe {
+            self.shards[connection.shard()].send(ShardMsg::Subscribe {
                 conn,
                 topics: added.clone(),
             });
@@ -195,9 +212,9 @@ impl Hub {
         let Some(connection) = self.connections.get(&conn) else {
             return;
         };
-        let frame = frame_for_one(&self.feed, connection.slot, topic, render);
+        let frame = frame_for_one(&self.feed, connection.slot(), topic, render);
         self.metrics.serialized();
-        self.shards[connection.shard].send(ShardMsg::Reply { conn, frame });
+        self.shards[connection.shard()].send(ShardMsg::Reply { conn, frame });
     }
 
     /// Queues a `resume=` catch-up to one connection ahead of the stream's live events: each
@@ -211,13 +228,13 @@ impl Hub {
         if payloads.is_empty() {
             return;
         }
-        let (shape, naming) = (shape_of(connection.slot), Naming::new(&self.feed, topic));
+        let (shape, naming) = (shape_of(connection.slot()), Naming::new(&self.feed, topic));
         let frames = payloads
             .iter()
             .map(|payload| build_frame(shape, &naming, topic, payload))
             .collect();
         self.metrics.serialized_many(payloads.len() as u64);
-        self.shards[connection.shard].send(ShardMsg::CatchUp { conn, frames });
+        self.shards[connection.shard()].send(ShardMsg::CatchUp { conn, frames });
     }
 
     /// Answers a shard's resync request: renders a `depthSnapshot` of every diff stream the
@@ -241,14 +258,14 @@ impl Hub {
             {
                 snapshots.push(frame_for_one(
                     &self.feed,
-                    connection.slot,
+                    connection.slot(),
                     topic,
                     |out, unit| render(symbol, out, unit),
                 ));
                 self.metrics.serialized();
             }
         }
-        self.shards[connection.shard].send(ShardMsg::Resynced { conn, snapshots });
+        self.shards[connection.shard()].send(ShardMsg::Resynced { conn, snapshots });
     }
 
     /// Counts the connection in each topic it did not have yet; returns those topics.
@@ -284,13 +301,18 @@ impl Hub {
         for topic in topics {
             if let Some(at) = connection.topics.iter().position(|t| t == topic) {
                 connection.topics.swap_remove(at);
-                remove_interest(&mut self.topics, *topic, connection.shard, connection.slot);
+                remove_interest(
+                    &mut self.topics,
+                    *topic,
+                    connection.shard(),
+                    connection.slot(),
+                );
                 self.metrics.unsubscribed(topic.label());
                 removed.push(*topic);
             }
         }
         if !removed.is_empty() {
-            self.shards[connection.shard].send(ShardMsg::Unsubscribe {
+            self.shards[connection.shard()].send(ShardMsg::Unsubscribe {
                 conn,
                 topics: removed,
             });
@@ -302,7 +324,7 @@ impl Hub {
         let Some(connection) = self.connections.get_mut(&conn) else {
             return;
         };
-        if shape_of(connection.slot) == Shape::Sse {
+        if shape_of(connection.slot()) == Shape::Sse {
             return; // a WebSocket property; an SSE stream has no control messages anyway
         }
         let shape = if combined {
@@ -310,14 +332,19 @@ impl Hub {
         } else {
             Shape::Raw
         };
-        let slot = variant(shape, is_microseconds(connection.slot));
-        if connection.slot == slot {
+        let slot = variant(shape, is_microseconds(connection.slot()));
+        if connection.slot() == slot {
             return;
         }
         for &topic in &connection.topics {
-            remove_interest(&mut self.topics, topic, connection.shard, connection.slot);
+            remove_interest(
+                &mut self.topics,
+                topic,
+                connection.shard(),
+                connection.slot(),
+            );
         }
-        connection.slot = slot;
+        connection.slot = slot as u8; // < LISTS
         for &topic in &connection.topics {
             add_interest(
                 &mut self.topics,
@@ -327,8 +354,8 @@ impl Hub {
                 connection,
             );
         }
-        let topics = connection.topics.clone();
-        self.shards[connection.shard].send(ShardMsg::Reslot { conn, slot, topics });
+        let topics = connection.topics.to_vec();
+        self.shards[connection.shard()].send(ShardMsg::Reslot { conn, slot, topics });
     }
 
     /// Applies a control message's change, then queues its reply behind everything already
@@ -348,7 +375,7 @@ impl Hub {
             }
         }
         if let Some(connection) = self.connections.get(&conn) {
-            self.shards[connection.shard].send(ShardMsg::Reply { conn, frame: reply });
+            self.shards[connection.shard()].send(ShardMsg::Reply { conn, frame: reply });
         }
         added
     }
@@ -357,11 +384,17 @@ impl Hub {
     pub fn detach(&mut self, conn: ConnId) {
         if let Some(connection) = self.connections.remove(&conn) {
             for topic in &connection.topics {
-                remove_interest(&mut self.topics, *topic, connection.shard, connection.slot);
+                remove_interest(
+                    &mut self.topics,
+                    *topic,
+                    connection.shard(),
+                    connection.slot(),
+                );
                 self.metrics.unsubscribed(topic.label());
             }
-            let topics = connection.topics;
-            self.shards[connection.shard].send(ShardMsg::Detach { conn, topics });
+            let shard = connection.shard();
+            let topics = connection.topics.into_vec();
+            self.shards[shard].send(ShardMsg::Detach { conn, topics });
         }
     }
 
@@ -497,7 +530,7 @@ fn add_interest(
     let route = topics
         .entry(key)
         .or_insert_with(|| new_route(feed, shards, key));
-    route.counts[connection.shard][list(connection.slot, topic)] += 1;
+    route.counts[connection.shard()][list(connection.slot(), topic)] += 1;
 }
 
 fn remove_interest(topics: &mut HashMap<Topic, Route>, topic: Topic, shard: usize, slot: usize) {

@@ -23,6 +23,7 @@ use crate::front::ws_read::WsReader;
 use crate::protocol::control::{self, Subscriptions};
 use crate::protocol::frame;
 use crate::protocol::json::TimeUnit;
+use crate::protocol::stream::TopicList;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -136,7 +137,8 @@ pub async fn upgrade<S: Transport>(
         echo: upgrade.echo,
         api: upgrade.api.then_some(peer),
         subscriptions: Subscriptions {
-            topics: upgrade.topics,
+            // Inline, not the parsed Vec's heap buffer: this list lives as long as the session.
+            topics: TopicList::from_slice(&upgrade.topics),
             combined: upgrade.combined,
             snapshot: upgrade.snapshot,
         },

@@ -7,7 +7,7 @@
 //! type, 2 invalid request, 3 invalid JSON.
 
 use crate::protocol::json::{self, push_escaped_str};
-use crate::protocol::stream::{self, StreamNameError, SymbolTable, Topic};
+use crate::protocol::stream::{self, StreamNameError, SymbolTable, Topic, TopicList};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
@@ -33,7 +33,7 @@ const MAX_DEPTH: usize = 4;
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     /// In subscription order, as LIST_SUBSCRIPTIONS reports them.
-    pub topics: Vec<Topic>,
+    pub topics: TopicList,
     pub combined: bool,
     /// `snapshot=true`: every diff stream subscribed starts with a `depthSnapshot`.
     pub snapshot: bool,

@@ -132,6 +132,11 @@ impl StreamKind {
     }
 }
 
+/// A connection's streams, in subscription order. Inline up to four (most connections follow
+/// one or two), so following a stream costs no allocation of its own; the session and the hub
+/// each hold one per connection.
+pub type TopicList = smallvec::SmallVec<[Topic; 4]>;
+
 /// One subscribable stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
