@@ -49,9 +49,9 @@ const COMMANDS_PER_TURN: usize = 4_096;
 /// Resync requests answered per loop turn at most: each renders a snapshot per diff stream.
 const RESYNCS_PER_TURN: usize = 64;
 /// A command sent while the parked engine will wake by itself within this long anyway (its
-/// next book step is due) does not unpark it: at the default feed the engine steps every
-/// ~0.6 ms, so connections opening, closing and subscribing cost no thread wakeup and context
-/// switch of their own, for at most this much more latency.
+/// next batch of book steps is due) does not unpark it: at the default feed the engine steps
+/// every [`simulate::STEP_QUANTUM`] (2 ms), so connections opening, closing and subscribing
+/// cost no thread wakeup and context switch of their own, for at most this much more latency.
 const LAZY_WAKE_US: u64 = 2_000;
 
 /// A new connection on `shard` and the streams named in its URL; `ready` fires once they are
