@@ -18,9 +18,12 @@ pub const TICK_PERIOD: Duration = Duration::from_millis(100);
 ///
 /// Each batch wakes every shard with a subscriber (a futex wake and two context switches per
 /// shard), so at the default feed's ~1,600 steps a second, stepping each symbol exactly on
-/// its own clock cost more in wakeups than in rendering. Batching them caps the engine at
-/// 500 batches a second; a step is taken at most this much after its nominal time, and its
-/// events are stamped when it is taken, so no latency measured from them grows.
+/// its own clock cost more in wakeups than in rendering. Batching them limits the clock to
+/// 500 batches a second (commands and resync requests may still wake the engine between).
+/// A step, or the 100 ms tick, is taken at most this much after its nominal time, and its
+/// events are stamped when it is taken, so no latency measured from them grows; a step due
+/// just after a tick may land in the window that tick closes, as if it had come a moment
+/// sooner.
 pub const STEP_QUANTUM: Duration = Duration::from_millis(2);
 
 /// Where a simulation records what it does, in order, before it is derived: the cluster
@@ -156,8 +159,8 @@ impl Market for Simulation {
 /// all step at once every 100 ms and every subscriber's frame would be queued in the same
 /// instant. The writers then drain the whole burst one socket at a time, and the last
 /// subscriber waits for all the others (measured: publish-to-socket p99 5-10 ms at 1,000
-/// subscribers on 2 cores). Spread over the period, each step wakes only its own symbol's
-/// subscribers. Real venues don't tick in lockstep either. Offsets are fixed per feed, so
+/// subscribers on 2 cores). Spread over the period, each batch ([`STEP_QUANTUM`]) wakes only
+/// the subscribers of the few symbols it steps. Real venues don't tick in lockstep either. Offsets are fixed per feed, so
 /// event contents stay deterministic per seed.
 fn first_step_offset(index: usize, count: usize, period: Duration) -> Duration {
     let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);

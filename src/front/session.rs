@@ -44,8 +44,9 @@ use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketConfig};
 pub const MAX_INCOMING: usize = 4 * 1024;
 /// Tungstenite's read buffer: eagerly allocated per connection, so sized for what subscribers
 /// mostly send, pongs and small control messages (a SUBSCRIBE for two streams, about 100 bytes,
-/// takes two reads; the buffer grows for a larger frame once its header is read). Its 128 KiB
-/// default would cost 1.3 GB at 10k clients.
+/// takes two reads: tungstenite reads at most this much per call, though the buffer grows to
+/// hold a larger frame once its header is read). Its 128 KiB default would cost 1.3 GB at 10k
+/// clients.
 const READ_BUFFER: usize = 64;
 /// Code recorded for connections that ended without a close handshake.
 pub const CLOSE_ABNORMAL: u16 = 1006;
@@ -250,8 +251,9 @@ fn describe(closing: &Closing) -> (u16, String) {
 }
 
 /// A connection after its handshake: its socket halves and everything it holds until it ends.
-/// Dropped in field order: the socket closes, the connection is detached from the hub, then
-/// its admission slots are released.
+/// Dropped in field order: the socket's halves, then the hub attachment (which releases the
+/// shard's share of a plain socket, so the socket closes, and detaches the connection), then
+/// its admission slots.
 struct Session<S: Transport> {
     ws: WsReader<S::Read>,
     write: S::Write,
@@ -400,14 +402,17 @@ impl<S: Transport> Session<S> {
 
     /// Acts on what [`Session::poll_event`] found.
     fn on_event(&mut self, event: Event, state: &mut LoopState) -> Next {
-        // A local Arc, so the config can be borrowed while `self` is mutated.
-        let ctx = self.attached.ctx.clone();
+        if let Event::Input(Input::Message(incoming)) = event {
+            state.last_heard = Instant::now();
+            // A local Arc, so the config can be borrowed while `self` is mutated (only here:
+            // the count is shared by every connection, so no other event touches it).
+            let ctx = self.attached.ctx.clone();
+            return self.on_incoming(incoming, state, &ctx.config);
+        }
+        let ctx = &*self.attached.ctx;
         let config = &ctx.config;
         match event {
-            Event::Input(Input::Message(incoming)) => {
-                state.last_heard = Instant::now();
-                self.on_incoming(incoming, state, config)
-            }
+            Event::Input(Input::Message(_)) => Next::Continue, // handled above
             Event::Input(Input::Drained(Ok(0) | Err(_))) => Next::End(state.close_code()),
             Event::Input(Input::Drained(Ok(_))) => Next::Continue,
             Event::Answer(answer) => {
@@ -572,14 +577,14 @@ impl<S: Transport> Session<S> {
         state: &mut LoopState,
         config: &Config,
     ) -> Next {
+        // Set by the caller as the message arrived.
+        let now = state.last_heard;
         let LoopState {
             rate,
             close,
             read_done,
-            last_heard: now,
             ..
         } = state;
-        let now = *now;
         let message = match incoming {
             None => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
             Some(Ok(message)) => message,
