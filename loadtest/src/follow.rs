@@ -550,8 +550,9 @@ impl Session {
             }
             _ => {}
         }
-        // A replay's event times are those of the original events: not a latency.
-        if let (Some(event_us), false) = (event.E, catchup) {
+        // A replay's event times are those of the original events: not a latency; nor is what
+        // arrives once the run stops (see `Stats::stopped_at_us`).
+        if let (Some(event_us), false, true) = (event.E, catchup, stats.measures(received_us)) {
             let latency = received_us
                 .saturating_sub(event_us)
                 .min(u64::from(u32::MAX)) as u32;

@@ -399,6 +399,9 @@ async fn run(args: Args) -> Result<(), String> {
     // Read before the clients stop: a run shorter than the 1 s sampling tick may have no
     // timeline sample at all, and its peak must not read 0 (seen as a flaky test).
     let connected_at_end = stats.connected.load(Ordering::Relaxed);
+    stats
+        .stopped_at_us
+        .store(client::now_us(), Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let churned = started.elapsed();
     let deadline = tokio::time::Instant::now() + args.grace;

@@ -244,6 +244,13 @@ pub struct Stats {
     /// Since the last progress tick; reset by the sampler.
     pub interval_latency: ShardedHistogram,
     pub connect_ms: Mutex<Histogram<u64>>,
+    /// When the run was told to stop, µs since the epoch (the event times' clock); 0 while it
+    /// runs. Latencies are recorded for events received before it: what clients read
+    /// afterwards (while every book client fetches a REST snapshot at once to check its book,
+    /// and all of them close) measures the test's own teardown, not the fan-out. Clients see
+    /// the stop one by one, so a flag of their own would still let in events delayed by the
+    /// first clients' teardown.
+    pub stopped_at_us: AtomicU64,
     pub closes: Mutex<BTreeMap<u16, u64>>,
     pub slow_closed: Mutex<Vec<SlowClose>>,
     pub per_client: Vec<ClientCounters>,
@@ -267,6 +274,7 @@ impl Stats {
             fast_latency: ShardedHistogram::new(),
             interval_latency: ShardedHistogram::new(),
             connect_ms: Mutex::new(histogram()),
+            stopped_at_us: AtomicU64::new(0),
             closes: Mutex::new(BTreeMap::new()),
             slow_closed: Mutex::new(Vec::new()),
             per_client: (0..clients)
@@ -277,6 +285,13 @@ impl Stats {
                 .collect(),
             per_url: (0..urls).map(|_| UrlStats::new()).collect(),
         }
+    }
+
+    /// Whether an event received at `received_us` counts toward latency (see
+    /// [`Stats::stopped_at_us`]).
+    pub fn measures(&self, received_us: u64) -> bool {
+        let stopped = self.stopped_at_us.load(Ordering::Relaxed);
+        stopped == 0 || received_us < stopped
     }
 
     /// Events received so far by the clients of each URL.
