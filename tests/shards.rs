@@ -8,7 +8,6 @@ mod common;
 
 use bookcast::config::Config;
 use common::*;
-use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 12;
 
@@ -36,17 +35,13 @@ async fn every_connection_is_counted_on_the_shard_that_accepted_it() {
     );
 
     drop(clients);
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = server.metric("bookcast_shard_connections", "").await;
-        if left == 0.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{left} connections still counted after every client left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server
+        .wait_metric_until(
+            "bookcast_shard_connections",
+            "",
+            "0 once every client left",
+            |v| v == 0.0,
+        )
+        .await;
     server.stop().await;
 }

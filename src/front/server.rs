@@ -32,7 +32,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-
 use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Serves `listener` until `shutdown` resolves, then closes every client and returns: the

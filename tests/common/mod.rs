@@ -94,15 +94,27 @@ impl TestServer {
 
     /// Waits until `metric(name, labels) >= at_least`.
     pub async fn wait_metric(&self, name: &str, labels: &str, at_least: f64) -> f64 {
+        self.wait_metric_until(name, labels, &format!(">= {at_least}"), |v| v >= at_least)
+            .await
+    }
+
+    /// Waits until `metric(name, labels)` satisfies `wanted` (described as `what`).
+    pub async fn wait_metric_until(
+        &self,
+        name: &str,
+        labels: &str,
+        what: &str,
+        wanted: impl Fn(f64) -> bool,
+    ) -> f64 {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let value = self.metric(name, labels).await;
-            if value >= at_least {
+            if wanted(value) {
                 return value;
             }
             assert!(
                 Instant::now() < deadline,
-                "{name}{{{labels}}} stayed at {value}, wanted >= {at_least}"
+                "{name}{{{labels}}} stayed at {value}, wanted {what}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
