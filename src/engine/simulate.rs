@@ -160,8 +160,8 @@ impl Market for Simulation {
 /// instant. The writers then drain the whole burst one socket at a time, and the last
 /// subscriber waits for all the others (measured: publish-to-socket p99 5-10 ms at 1,000
 /// subscribers on 2 cores). Spread over the period, each batch ([`STEP_QUANTUM`]) wakes only
-/// the subscribers of the few symbols it steps. Real venues don't tick in lockstep either. Offsets are fixed per feed, so
-/// event contents stay deterministic per seed.
+/// the subscribers of the few symbols it steps. Real venues don't tick in lockstep either.
+/// Offsets are fixed per feed, so event contents stay deterministic per seed.
 fn first_step_offset(index: usize, count: usize, period: Duration) -> Duration {
     let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
     let index = u32::try_from(index).unwrap_or(0) % count;

@@ -301,12 +301,7 @@ impl Hub {
         for topic in topics {
             if let Some(at) = connection.topics.iter().position(|t| t == topic) {
                 connection.topics.swap_remove(at);
-                remove_interest(
-                    &mut self.topics,
-                    *topic,
-                    connection.shard(),
-                    connection.slot(),
-                );
+                remove_interest(&mut self.topics, *topic, connection);
                 self.metrics.unsubscribed(topic.label());
                 removed.push(*topic);
             }
@@ -337,12 +332,7 @@ impl Hub {
             return;
         }
         for &topic in &connection.topics {
-            remove_interest(
-                &mut self.topics,
-                topic,
-                connection.shard(),
-                connection.slot(),
-            );
+            remove_interest(&mut self.topics, topic, connection);
         }
         connection.slot = slot as u8; // < LISTS
         for &topic in &connection.topics {
@@ -384,12 +374,7 @@ impl Hub {
     pub fn detach(&mut self, conn: ConnId) {
         if let Some(connection) = self.connections.remove(&conn) {
             for topic in &connection.topics {
-                remove_interest(
-                    &mut self.topics,
-                    *topic,
-                    connection.shard(),
-                    connection.slot(),
-                );
+                remove_interest(&mut self.topics, *topic, &connection);
                 self.metrics.unsubscribed(topic.label());
             }
             let shard = connection.shard();
@@ -533,10 +518,10 @@ fn add_interest(
     route.counts[connection.shard()][list(connection.slot(), topic)] += 1;
 }
 
-fn remove_interest(topics: &mut HashMap<Topic, Route>, topic: Topic, shard: usize, slot: usize) {
+fn remove_interest(topics: &mut HashMap<Topic, Route>, topic: Topic, connection: &Connection) {
     let key = topic.fanout_key();
     if let Some(route) = topics.get_mut(&key) {
-        let count = &mut route.counts[shard][list(slot, topic)];
+        let count = &mut route.counts[connection.shard()][list(connection.slot(), topic)];
         *count = count.saturating_sub(1);
         if route.counts.iter().all(|c| c.iter().all(|&n| n == 0)) {
             topics.remove(&key);

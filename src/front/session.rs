@@ -250,6 +250,11 @@ fn describe(closing: &Closing) -> (u16, String) {
     }
 }
 
+/// The code to record if the connection ends now: the close under way's, else 1006.
+fn close_code(close: &Option<Close>) -> u16 {
+    close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)
+}
+
 /// A connection after its handshake: its socket halves and everything it holds until it ends.
 /// Dropped in field order: the socket's halves, then the hub attachment (which releases the
 /// shard's share of a plain socket, so the socket closes, and detaches the connection), then
@@ -318,7 +323,7 @@ struct LoopState {
 
 impl LoopState {
     fn close_code(&self) -> u16 {
-        self.close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)
+        close_code(&self.close)
     }
 
     /// When the connection's one timer should fire next.
@@ -402,17 +407,16 @@ impl<S: Transport> Session<S> {
 
     /// Acts on what [`Session::poll_event`] found.
     fn on_event(&mut self, event: Event, state: &mut LoopState) -> Next {
-        if let Event::Input(Input::Message(incoming)) = event {
-            state.last_heard = Instant::now();
-            // A local Arc, so the config can be borrowed while `self` is mutated (only here:
-            // the count is shared by every connection, so no other event touches it).
-            let ctx = self.attached.ctx.clone();
-            return self.on_incoming(incoming, state, &ctx.config);
-        }
         let ctx = &*self.attached.ctx;
         let config = &ctx.config;
         match event {
-            Event::Input(Input::Message(_)) => Next::Continue, // handled above
+            Event::Input(Input::Message(incoming)) => {
+                state.last_heard = Instant::now();
+                // A local Arc, so the config can be borrowed while `self` is mutated (only
+                // here: the count is shared by every connection, so no other event touches it).
+                let ctx = self.attached.ctx.clone();
+                self.on_incoming(incoming, state, &ctx.config)
+            }
             Event::Input(Input::Drained(Ok(0) | Err(_))) => Next::End(state.close_code()),
             Event::Input(Input::Drained(Ok(_))) => Next::Continue,
             Event::Answer(answer) => {
@@ -586,7 +590,7 @@ impl<S: Transport> Session<S> {
             ..
         } = state;
         let message = match incoming {
-            None => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
+            None => return Next::End(close_code(close)),
             Some(Ok(message)) => message,
             Some(Err(error)) => {
                 *read_done = true;
@@ -597,10 +601,10 @@ impl<S: Transport> Session<S> {
                     ),
                     WsError::Utf8(_) => (1007, "invalid UTF-8 in text message".to_string()),
                     WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                        return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code))
+                        return Next::End(close_code(close))
                     }
                     WsError::Protocol(e) => (1002, format!("protocol error: {e}")),
-                    _ => return Next::End(close.as_ref().map_or(CLOSE_ABNORMAL, |c| c.code)),
+                    _ => return Next::End(close_code(close)),
                 };
                 self.begin_close(close, code, reason, config);
                 return Next::Continue;

@@ -68,8 +68,9 @@ impl AsyncRead for SharedRead {
 }
 
 /// A TCP socket's write side, shared by the session and its shard (both on one thread, never
-/// writing at once: see [`crate::fanout::outbox`]). Writes go through tokio's readiness and
-/// `try_write`, which take `&self`; the socket closes when the last holder drops it.
+/// writing at once: see [`crate::fanout::outbox`]). The session's writes go through tokio's
+/// readiness and `try_write`, which take `&self` (the shard's `send` straight on the
+/// descriptor); the socket closes when the last holder drops it.
 pub struct SharedWrite(Arc<TcpStream>);
 
 impl SharedWrite {
